@@ -1,0 +1,171 @@
+"""The two-tower encoder: a torch module plus the batched, versioned wrapper the stream uses.
+
+User tower: hashed user-id embedding, plus a pooled embedding of the recent items weighted
+by a learned per-type weight and by recency, then an MLP, L2-normalised.
+Item tower: hashed item-id embedding plus the item's dynamic features, then an MLP,
+L2-normalised. Hashing lets unseen ids embed without rebuilding a vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional
+
+from models.features import EVENT_TYPES, ITEM_FEATURES, TYPE_CODES, ItemInput, UserInput
+from models.hashing import id_buckets
+
+__all__ = ["Encoder", "EncoderConfig", "TorchEncoder", "TwoTowerModel", "UserBatch", "ItemBatch"]
+
+_RATING = TYPE_CODES["rating"]
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture of one encoder version (stored in its manifest)."""
+
+    dim: int = 64
+    id_dim: int = 32
+    buckets: int = 1 << 15
+    hidden: int = 128
+    history: int = 50
+    recency_tau_seconds: float = 86_400.0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, float | int]) -> EncoderConfig:
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        return cls(**known)  # type: ignore[arg-type]
+
+
+@dataclass
+class UserBatch:
+    """Tensors for a batch of users (histories padded to ``history``)."""
+
+    user_buckets: torch.Tensor  # [B, 2] int64
+    item_buckets: torch.Tensor  # [B, L, 2] int64
+    type_codes: torch.Tensor  # [B, L] int64
+    weights: torch.Tensor  # [B, L] float32: recency x rating factor x mask
+
+
+@dataclass
+class ItemBatch:
+    item_buckets: torch.Tensor  # [B, 2] int64
+    features: torch.Tensor  # [B, ITEM_FEATURES] float32
+
+
+class TwoTowerModel(nn.Module):
+    """The trainable module. ``encode_users`` / ``encode_items`` return unit vectors."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.user_ids = nn.Embedding(config.buckets, config.id_dim)
+        self.item_ids = nn.Embedding(config.buckets, config.id_dim)
+        self.type_weight = nn.Parameter(torch.zeros(len(EVENT_TYPES)))
+        self.user_mlp = nn.Sequential(
+            nn.Linear(2 * config.id_dim, config.hidden), nn.ReLU(), nn.Linear(config.hidden, config.dim)
+        )
+        self.item_norm = nn.LayerNorm(ITEM_FEATURES)
+        self.item_mlp = nn.Sequential(
+            nn.Linear(config.id_dim + ITEM_FEATURES, config.hidden),
+            nn.ReLU(),
+            nn.Linear(config.hidden, config.dim),
+        )
+        nn.init.normal_(self.user_ids.weight, std=0.1)
+        nn.init.normal_(self.item_ids.weight, std=0.1)
+
+    def encode_users(self, batch: UserBatch) -> torch.Tensor:
+        own = self.user_ids(batch.user_buckets).sum(dim=1)
+        history = self.item_ids(batch.item_buckets).sum(dim=2)
+        weights = functional.softplus(self.type_weight)[batch.type_codes] * batch.weights
+        pooled = (weights.unsqueeze(-1) * history).sum(dim=1) / (
+            weights.sum(dim=1, keepdim=True) + 1e-6
+        )
+        return functional.normalize(self.user_mlp(torch.cat([own, pooled], dim=1)), dim=1)
+
+    def encode_items(self, batch: ItemBatch) -> torch.Tensor:
+        own = self.item_ids(batch.item_buckets).sum(dim=1)
+        features = self.item_norm(batch.features)
+        return functional.normalize(self.item_mlp(torch.cat([own, features], dim=1)), dim=1)
+
+
+def user_batch(inputs: Sequence[UserInput], config: EncoderConfig) -> UserBatch:
+    """Featurise users: hash ids, pad histories, weight by recency and rating value."""
+    size, length = len(inputs), config.history
+    user_buckets = np.empty((size, 2), dtype=np.int64)
+    item_buckets = np.zeros((size, length, 2), dtype=np.int64)
+    type_codes = np.zeros((size, length), dtype=np.int64)
+    weights = np.zeros((size, length), dtype=np.float32)
+    tau_ms = config.recency_tau_seconds * 1000.0
+    for row, user in enumerate(inputs):
+        user_buckets[row] = id_buckets("user", user.user_id, config.buckets)
+        recent = slice(max(0, len(user.item_ids) - length), len(user.item_ids))
+        items, codes = user.item_ids[recent], user.type_codes[recent]
+        values, stamps = user.values[recent], user.timestamps_ms[recent]
+        if not items:
+            continue
+        reference = stamps[-1]
+        for col, (item_id, code, value, ts) in enumerate(zip(items, codes, values, stamps)):
+            item_buckets[row, col] = id_buckets("item", item_id, config.buckets)
+            type_codes[row, col] = code
+            factor = 1.0
+            if code == _RATING and not math.isnan(value):
+                factor = min(max(value, 0.0), 5.0) / 5.0 + 0.1
+            weights[row, col] = factor * math.exp(-(reference - ts) / tau_ms)
+    return UserBatch(
+        torch.from_numpy(user_buckets),
+        torch.from_numpy(item_buckets),
+        torch.from_numpy(type_codes),
+        torch.from_numpy(weights),
+    )
+
+
+def item_batch(inputs: Sequence[ItemInput], config: EncoderConfig) -> ItemBatch:
+    buckets = np.array([id_buckets("item", item.item_id, config.buckets) for item in inputs])
+    features = np.array([item.features for item in inputs], dtype=np.float32)
+    return ItemBatch(
+        torch.from_numpy(buckets.reshape(len(inputs), 2).astype(np.int64)),
+        torch.from_numpy(features.reshape(len(inputs), ITEM_FEATURES)),
+    )
+
+
+class Encoder(Protocol):
+    """What the stream needs from an encoder version."""
+
+    version: int
+    dim: int
+
+    def encode_users(self, inputs: Sequence[UserInput]) -> np.ndarray: ...
+
+    def encode_items(self, inputs: Sequence[ItemInput]) -> np.ndarray: ...
+
+
+class TorchEncoder:
+    """A fixed encoder version in inference mode: inputs in, float32 unit vectors out."""
+
+    def __init__(self, model: TwoTowerModel, version: int) -> None:
+        self.model = model.eval()
+        self.version = version
+        self.config = model.config
+        self.dim = model.config.dim
+
+    def encode_users(self, inputs: Sequence[UserInput]) -> np.ndarray:
+        if not inputs:
+            return np.empty((0, self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            return self.model.encode_users(user_batch(inputs, self.config)).numpy()
+
+    def encode_items(self, inputs: Sequence[ItemInput]) -> np.ndarray:
+        if not inputs:
+            return np.empty((0, self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            return self.model.encode_items(item_batch(inputs, self.config)).numpy()

@@ -1,0 +1,32 @@
+"""Exceptions of the models package::
+
+    ModelError
+    ├── RegistryError          the registry directory or a manifest is unusable
+    │   ├── VersionMissingError    no such version in the registry
+    │   └── IntegrityError         weights do not match the manifest's sha256
+    └── TrainingError          training cannot run on the given data
+"""
+
+from __future__ import annotations
+
+__all__ = ["IntegrityError", "ModelError", "RegistryError", "TrainingError", "VersionMissingError"]
+
+
+class ModelError(Exception):
+    """Base of every error raised by the models package."""
+
+
+class RegistryError(ModelError):
+    """The registry directory or a manifest is unusable."""
+
+
+class VersionMissingError(RegistryError):
+    """The requested version is not in the registry."""
+
+
+class IntegrityError(RegistryError):
+    """A version's weights do not match the sha256 recorded in its manifest."""
+
+
+class TrainingError(ModelError):
+    """Training cannot run on the given data."""

@@ -1,0 +1,181 @@
+"""Entity state kept by the stream and the encoder inputs derived from it.
+
+Training and refresh both build encoder inputs from these classes, so an embedding computed
+live is computed from exactly the features the encoder was trained on.
+
+- :class:`UserState`: the user's most recent interactions (a window, default 50).
+- :class:`ItemState`: interaction counts per event type, exponentially decayed with time
+  constants of 1 hour, 24 hours and 7 days (an order-independent sliding count), lifetime
+  totals per type, first and last seen.
+
+Both serialise to compact binary (``to_bytes`` / ``from_bytes``).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+
+__all__ = [
+    "EVENT_TYPES",
+    "ITEM_FEATURES",
+    "WINDOWS_SECONDS",
+    "ItemInput",
+    "ItemState",
+    "UserInput",
+    "UserState",
+]
+
+EVENT_TYPES: tuple[str, ...] = ("view", "click", "cart", "purchase", "rating")
+TYPE_CODES = {name: code for code, name in enumerate(EVENT_TYPES)}
+WINDOWS_SECONDS: tuple[int, ...] = (3_600, 86_400, 604_800)
+ITEM_FEATURES = len(EVENT_TYPES) * len(WINDOWS_SECONDS) + len(EVENT_TYPES)
+
+_USER_HEADER = struct.Struct("<BIQ")  # format, lifetime count, last ts
+_USER_ENTRY = struct.Struct("<QBfH")  # ts, type code, value (NaN if none), id length
+_ITEM_FORMAT = struct.Struct(f"<BQ{len(EVENT_TYPES) * len(WINDOWS_SECONDS)}d{len(EVENT_TYPES)}IQQ")
+
+
+@dataclass(frozen=True)
+class UserInput:
+    """What the user tower reads: the id and the recent interactions, oldest first."""
+
+    user_id: str
+    item_ids: tuple[str, ...]
+    type_codes: tuple[int, ...]
+    values: tuple[float, ...]
+    timestamps_ms: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ItemInput:
+    """What the item tower reads: the id and :data:`ITEM_FEATURES` dynamic features."""
+
+    item_id: str
+    features: tuple[float, ...]
+
+
+@dataclass
+class UserState:
+    """A window of the user's most recent interactions, oldest first."""
+
+    window: int = 50
+    item_ids: list[str] = field(default_factory=list)
+    type_codes: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    timestamps_ms: list[int] = field(default_factory=list)
+    count: int = 0
+    last_ts_ms: int = 0
+
+    def add(self, item_id: str, type_code: int, value: float | None, ts_ms: int) -> None:
+        """Insert one interaction in time order, dropping the oldest beyond the window."""
+        position = len(self.timestamps_ms)
+        while position > 0 and self.timestamps_ms[position - 1] > ts_ms:
+            position -= 1
+        self.item_ids.insert(position, item_id)
+        self.type_codes.insert(position, type_code)
+        self.values.insert(position, math.nan if value is None else float(value))
+        self.timestamps_ms.insert(position, ts_ms)
+        excess = len(self.item_ids) - self.window
+        if excess > 0:
+            del self.item_ids[:excess], self.type_codes[:excess]
+            del self.values[:excess], self.timestamps_ms[:excess]
+        self.count += 1
+        self.last_ts_ms = max(self.last_ts_ms, ts_ms)
+
+    def to_input(self, user_id: str) -> UserInput:
+        return UserInput(
+            user_id,
+            tuple(self.item_ids),
+            tuple(self.type_codes),
+            tuple(self.values),
+            tuple(self.timestamps_ms),
+        )
+
+    def to_bytes(self) -> bytes:
+        parts = [_USER_HEADER.pack(1, self.count, self.last_ts_ms)]
+        for item_id, code, value, ts in zip(
+            self.item_ids, self.type_codes, self.values, self.timestamps_ms
+        ):
+            raw = item_id.encode("utf-8")
+            parts.append(_USER_ENTRY.pack(ts, code, value, len(raw)))
+            parts.append(raw)
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, window: int = 50) -> UserState:
+        fmt, count, last_ts = _USER_HEADER.unpack_from(data, 0)
+        if fmt != 1:
+            raise ValueError(f"unknown user state format {fmt}")
+        state = cls(window=window, count=count, last_ts_ms=last_ts)
+        offset = _USER_HEADER.size
+        while offset < len(data):
+            ts, code, value, length = _USER_ENTRY.unpack_from(data, offset)
+            offset += _USER_ENTRY.size
+            state.item_ids.append(data[offset : offset + length].decode("utf-8"))
+            offset += length
+            state.type_codes.append(code)
+            state.values.append(value)
+            state.timestamps_ms.append(ts)
+        excess = len(state.item_ids) - window
+        if excess > 0:  # the window was shrunk since this state was written
+            del state.item_ids[:excess], state.type_codes[:excess]
+            del state.values[:excess], state.timestamps_ms[:excess]
+        return state
+
+
+@dataclass
+class ItemState:
+    """Decayed interaction counts per (type, window), lifetime totals, first and last seen.
+
+    ``decayed[t * W + w]`` is ``sum(exp(-(ref - ts_i) / tau_w))`` over the item's events of
+    type ``t``, evaluated at ``ref_ts_ms`` (the latest event time seen). The sum does not
+    depend on the order in which events arrive.
+    """
+
+    ref_ts_ms: int = 0
+    decayed: list[float] = field(
+        default_factory=lambda: [0.0] * (len(EVENT_TYPES) * len(WINDOWS_SECONDS))
+    )
+    totals: list[int] = field(default_factory=lambda: [0] * len(EVENT_TYPES))
+    first_seen_ms: int = 0
+    last_seen_ms: int = 0
+
+    def add(self, type_code: int, ts_ms: int) -> None:
+        windows = len(WINDOWS_SECONDS)
+        if self.totals == [0] * len(EVENT_TYPES) and self.ref_ts_ms == 0:
+            self.ref_ts_ms = self.first_seen_ms = self.last_seen_ms = ts_ms
+        if ts_ms > self.ref_ts_ms:
+            elapsed = (ts_ms - self.ref_ts_ms) / 1000.0
+            factors = [math.exp(-elapsed / tau) for tau in WINDOWS_SECONDS]
+            for index in range(len(self.decayed)):
+                self.decayed[index] *= factors[index % windows]
+            self.ref_ts_ms = ts_ms
+        age = (self.ref_ts_ms - ts_ms) / 1000.0
+        base = type_code * windows
+        for w, tau in enumerate(WINDOWS_SECONDS):
+            self.decayed[base + w] += math.exp(-age / tau)
+        self.totals[type_code] += 1
+        self.first_seen_ms = min(self.first_seen_ms, ts_ms)
+        self.last_seen_ms = max(self.last_seen_ms, ts_ms)
+
+    def to_input(self, item_id: str) -> ItemInput:
+        features = [math.log1p(value) for value in self.decayed]
+        features.extend(math.log1p(total) for total in self.totals)
+        return ItemInput(item_id, tuple(features))
+
+    def to_bytes(self) -> bytes:
+        return _ITEM_FORMAT.pack(
+            1, self.ref_ts_ms, *self.decayed, *self.totals, self.first_seen_ms, self.last_seen_ms
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ItemState:
+        fields = _ITEM_FORMAT.unpack(data)
+        if fields[0] != 1:
+            raise ValueError(f"unknown item state format {fields[0]}")
+        n_decayed = len(EVENT_TYPES) * len(WINDOWS_SECONDS)
+        decayed = list(fields[2 : 2 + n_decayed])
+        totals = list(fields[2 + n_decayed : 2 + n_decayed + len(EVENT_TYPES)])
+        return cls(fields[1], decayed, totals, fields[-2], fields[-1])

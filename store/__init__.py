@@ -1,0 +1,37 @@
+"""The versioned vector store: RocksDB records of per-version vectors, and version lookup."""
+
+from __future__ import annotations
+
+from store.errors import StoreError, StoreOpenError, VersionNotFoundError
+from store.keys import KINDS, Kind, entity_key, parse_entity_key
+from store.lookup import ResolvedVector, lookup_many, lookup_one, resolve_entry
+from store.record import (
+    RECORD_FORMAT,
+    RecordFormatError,
+    VersionedVector,
+    decode_record,
+    encode_record,
+    upsert_entry,
+)
+from store.vector_store import StoreWriter, VersionedVectorStore
+
+__all__ = [
+    "KINDS",
+    "RECORD_FORMAT",
+    "Kind",
+    "RecordFormatError",
+    "ResolvedVector",
+    "StoreError",
+    "StoreOpenError",
+    "StoreWriter",
+    "VersionNotFoundError",
+    "VersionedVector",
+    "VersionedVectorStore",
+    "decode_record",
+    "encode_record",
+    "entity_key",
+    "lookup_many",
+    "lookup_one",
+    "parse_entity_key",
+    "resolve_entry",
+]

@@ -1,0 +1,28 @@
+"""Key layout of the store: one byte per entity kind, then the id in UTF-8."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+__all__ = ["KINDS", "Kind", "entity_key", "parse_entity_key"]
+
+Kind = Literal["user", "item"]
+KINDS: tuple[Kind, ...] = ("user", "item")
+_PREFIX: dict[str, bytes] = {"user": b"u:", "item": b"i:"}
+_KIND_OF_PREFIX = {prefix: kind for kind, prefix in _PREFIX.items()}
+
+
+def entity_key(kind: str, entity_id: str) -> bytes:
+    """The RocksDB key of one entity: ``u:<id>`` or ``i:<id>``."""
+    try:
+        return _PREFIX[kind] + entity_id.encode("utf-8")
+    except KeyError:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}") from None
+
+
+def parse_entity_key(key: bytes) -> tuple[Kind, str]:
+    """Inverse of :func:`entity_key`."""
+    kind = _KIND_OF_PREFIX.get(key[:2])
+    if kind is None:
+        raise ValueError(f"not an entity key: {key[:16]!r}")
+    return kind, key[2:].decode("utf-8")

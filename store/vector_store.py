@@ -1,0 +1,212 @@
+"""The versioned vector store: RocksDB (through rocksdict) holding, per entity, the vectors
+of its most recent encoder versions, plus the stream's entity state and source offsets.
+
+Column families:
+
+- ``vectors``: entity key -> record (see :mod:`store.record`);
+- ``state``: entity key -> the stream processor's state bytes for that entity;
+- ``offsets``: ``topic/partition`` -> next source offset to apply (u64), written in the same
+  write batch as the state and vectors it produced, so a restart neither loses nor
+  re-applies an event;
+- ``default``: metadata (serving version, per-version entity counts, broker incarnation,
+  and the outbox of the last batch's outgoing messages until they are confirmed sent).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from rocksdict import Options, Rdict, WriteBatch
+
+from store.errors import StoreError, StoreOpenError
+from store.keys import KINDS, entity_key
+from store.record import VersionedVector, decode_record, encode_record, upsert_entry
+
+__all__ = ["VersionedVectorStore", "StoreWriter"]
+
+_U64 = struct.Struct("<Q")
+_COLUMN_FAMILIES = ("vectors", "state", "offsets")
+_SERVING_KEY = b"meta:serving_version"
+_INCARNATION_KEY = b"meta:broker_incarnation"
+_OUTBOX_KEY = b"meta:outbox"
+_COUNT_PREFIX = b"count:"
+
+
+def _count_key(kind: str, version: int) -> bytes:
+    return _COUNT_PREFIX + f"{kind}:{version}".encode()
+
+
+def _raw_options() -> Options:
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.create_missing_column_families(True)
+    return options
+
+
+class VersionedVectorStore:
+    """One RocksDB database holding versioned vectors, entity state and offsets.
+
+    A store is opened by one process at a time (RocksDB's lock enforces it); the worker
+    writes through :meth:`writer`, the lookup API reads through :meth:`get_records`.
+    """
+
+    def __init__(self, path: str | Path, keep_versions: int = 5) -> None:
+        if not 1 <= keep_versions <= 255:
+            raise ValueError("keep_versions must be between 1 and 255")
+        self.path = Path(path)
+        self.keep_versions = keep_versions
+        self.path.mkdir(parents=True, exist_ok=True)
+        column_families = {name: Options(raw_mode=True) for name in _COLUMN_FAMILIES}
+        try:
+            self._db = Rdict(str(self.path), options=_raw_options(), column_families=column_families)
+        except Exception as exc:  # rocksdict raises a bare Exception on lock or corruption
+            raise StoreOpenError(f"cannot open the store at {self.path}: {exc}") from exc
+        self._cf = {name: self._db.get_column_family(name) for name in _COLUMN_FAMILIES}
+        self._handles = {name: self._db.get_column_family_handle(name) for name in _COLUMN_FAMILIES}
+        self._counts: Counter[tuple[str, int]] = Counter()
+        for key, value in self._db.items(from_key=_COUNT_PREFIX):
+            if not key.startswith(_COUNT_PREFIX):
+                break
+            kind, version = key[len(_COUNT_PREFIX) :].decode().split(":")
+            self._counts[(kind, int(version))] = _U64.unpack(value)[0]
+
+    # ----- reads -------------------------------------------------------------------------
+
+    def get_records(self, kind: str, ids: Sequence[str]) -> list[list[VersionedVector] | None]:
+        """The decoded records of ``ids`` (multi-get), ``None`` where an id has none."""
+        raw = self._cf["vectors"].get([entity_key(kind, entity_id) for entity_id in ids])
+        return [None if value is None else decode_record(value) for value in raw]
+
+    def get_record(self, kind: str, entity_id: str) -> list[VersionedVector] | None:
+        return self.get_records(kind, [entity_id])[0]
+
+    def get_states(self, kind: str, ids: Sequence[str]) -> list[bytes | None]:
+        return self._cf["state"].get([entity_key(kind, entity_id) for entity_id in ids])
+
+    def iter_states(self, kind: str) -> Iterable[tuple[str, bytes]]:
+        """Every (id, state bytes) of one kind, in key order."""
+        prefix = entity_key(kind, "")
+        for key, value in self._cf["state"].items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            yield key[len(prefix) :].decode("utf-8"), value
+
+    def get_offset(self, topic: str, partition: int) -> int | None:
+        """The next offset of ``topic/partition`` to apply, if any was applied."""
+        value = self._cf["offsets"].get(f"{topic}/{partition}".encode())
+        return None if value is None else _U64.unpack(value)[0]
+
+    def version_counts(self) -> dict[str, dict[int, int]]:
+        """Entities holding a vector of each version, per kind."""
+        counts: dict[str, dict[int, int]] = {kind: {} for kind in KINDS}
+        for (kind, version), count in sorted(self._counts.items()):
+            if count:
+                counts[kind][version] = count
+        return counts
+
+    @property
+    def serving_version(self) -> int | None:
+        value = self._db.get(_SERVING_KEY)
+        return None if value is None else _U64.unpack(value)[0]
+
+    def set_serving_version(self, version: int) -> None:
+        self._db.put(_SERVING_KEY, _U64.pack(version))
+
+    # ----- offsets bookkeeping -----------------------------------------------------------
+
+    def ensure_broker_incarnation(self, incarnation: str) -> bool:
+        """Forget stored source offsets if they belong to another broker incarnation.
+
+        Offsets of a topic on one broker mean nothing on another (the embedded broker keeps
+        topics in memory, so every start is a new incarnation). Entity state and vectors
+        stay. Returns True when the offsets were reset.
+        """
+        current = self._db.get(_INCARNATION_KEY)
+        if current == incarnation.encode():
+            return False
+        for key in list(self._cf["offsets"].keys()):
+            self._cf["offsets"].delete(key)
+        self._db.put(_INCARNATION_KEY, incarnation.encode())
+        return current is not None
+
+    def pending_outbox(self) -> bytes | None:
+        """Outgoing messages committed with the last batch and not yet confirmed sent."""
+        return self._db.get(_OUTBOX_KEY)
+
+    def clear_outbox(self) -> None:
+        self._db.delete(_OUTBOX_KEY)
+
+    # ----- writes ------------------------------------------------------------------------
+
+    def writer(self) -> StoreWriter:
+        return StoreWriter(self)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def approximate_size_bytes(self) -> int:
+        """On-disk bytes of the store's SST and log files."""
+        return sum(path.stat().st_size for path in self.path.iterdir() if path.is_file())
+
+
+class StoreWriter:
+    """Accumulates state, vectors and offsets, then writes them in one atomic batch."""
+
+    def __init__(self, store: VersionedVectorStore) -> None:
+        self._store = store
+        self._batch = WriteBatch(raw_mode=True)
+        self._count_delta: Counter[tuple[str, int]] = Counter()
+        self._pending: dict[bytes, list[VersionedVector]] = {}
+        self.vectors_written: Counter[tuple[str, int]] = Counter()
+
+    def put_state(self, kind: str, entity_id: str, state: bytes) -> None:
+        self._batch.put(entity_key(kind, entity_id), state, self._store._handles["state"])
+
+    def put_vectors(
+        self, kind: str, ids: Sequence[str], version: int, vectors: np.ndarray, updated_at_ms: int
+    ) -> None:
+        """Upsert one vector per id at ``version`` (rows of ``vectors``, float32 or float16)."""
+        if len(ids) != vectors.shape[0]:
+            raise StoreError(f"{len(ids)} ids but {vectors.shape[0]} vectors")
+        if len(set(ids)) != len(ids):
+            raise StoreError("ids in one put_vectors call must be distinct")
+        handle = self._store._handles["vectors"]
+        keep = self._store.keep_versions
+        for entity_id, old, row in zip(ids, self._store.get_records(kind, ids), vectors):
+            key = entity_key(kind, entity_id)
+            old = self._pending.get(key, old)
+            entry = VersionedVector(version, updated_at_ms, row)
+            entries, added, evicted = upsert_entry(old or [], entry, keep)
+            self._pending[key] = entries
+            if added:
+                self._count_delta[(kind, version)] += 1
+            for gone in evicted:
+                self._count_delta[(kind, gone)] -= 1
+            self._batch.put(key, encode_record(entries), handle)
+        self.vectors_written[(kind, version)] += len(ids)
+
+    def set_offset(self, topic: str, partition: int, next_offset: int) -> None:
+        key = f"{topic}/{partition}".encode()
+        self._batch.put(key, _U64.pack(next_offset), self._store._handles["offsets"])
+
+    def set_outbox(self, outbox: bytes) -> None:
+        """Keep this batch's outgoing messages with it until they are confirmed sent."""
+        self._batch.put(_OUTBOX_KEY, outbox)
+
+    def commit(self) -> None:
+        """Write everything accumulated in one atomic RocksDB write batch."""
+        store = self._store
+        counts = Counter(store._counts)
+        for (kind, version), delta in self._count_delta.items():
+            if delta:
+                counts[(kind, version)] += delta
+                self._batch.put(_count_key(kind, version), _U64.pack(counts[(kind, version)]))
+        store._db.write(self._batch)
+        store._counts = counts
+        self._batch = WriteBatch(raw_mode=True)
+        self._count_delta.clear()
+        self._pending.clear()

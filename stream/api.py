@@ -1,0 +1,164 @@
+"""The lookup API (HTTP, JSON): embeddings by kind and id, versions, health and metrics.
+
+Reads without ``?version`` use the store's serving version, one value for users and items
+alike, so a caller never pairs a user vector of one version with item vectors of another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from store.errors import VersionNotFoundError
+from store.keys import KINDS
+from store.lookup import ResolvedVector, lookup_many, lookup_one
+from store.vector_store import VersionedVectorStore
+from stream.events import MAX_ID_LENGTH
+from stream.metrics import Metrics
+
+__all__ = ["ApiContext", "MAX_BATCH_IDS", "create_app"]
+
+MAX_BATCH_IDS = 10_000
+MAX_BODY_BYTES = 4 << 20
+
+
+@dataclass
+class ApiContext:
+    store: VersionedVectorStore
+    metrics: Metrics
+    active_version: int
+    registry_versions: Callable[[], list[int]]
+    health: Callable[[], dict[str, Any]]
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    body = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def _vector_json(resolved: ResolvedVector) -> dict[str, Any]:
+    return {
+        "kind": resolved.kind,
+        "id": resolved.id,
+        "version": resolved.version,
+        "vector": resolved.vector.astype("float32", copy=False),
+        "updated_at": resolved.updated_at_ms,
+        "source": resolved.source,
+    }
+
+
+def _kind(request: web.Request) -> str:
+    kind = request.match_info["kind"]
+    if kind not in KINDS:
+        raise _ApiError(400, "bad_kind", f"kind must be one of {', '.join(KINDS)}")
+    return kind
+
+
+def _version(raw: Any, context: ApiContext) -> int:
+    if raw is None:
+        serving = context.store.serving_version
+        if serving is None:
+            raise _ApiError(503, "no_serving_version", "no serving version is set yet")
+        return serving
+    if isinstance(raw, bool):
+        raise _ApiError(400, "bad_version", "version must be a positive integer")
+    try:
+        version = int(raw)
+    except (TypeError, ValueError):
+        raise _ApiError(400, "bad_version", "version must be a positive integer") from None
+    if version < 1 or (isinstance(raw, float) and not raw.is_integer()):
+        raise _ApiError(400, "bad_version", "version must be a positive integer")
+    return version
+
+
+def _check_id(entity_id: Any) -> str:
+    if not isinstance(entity_id, str) or not 1 <= len(entity_id) <= MAX_ID_LENGTH:
+        raise _ApiError(400, "bad_id", f"ids are strings of 1 to {MAX_ID_LENGTH} characters")
+    return entity_id
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except _ApiError as error:
+        return _json({"error": error.code, "message": error.message}, status=error.status)
+    except web.HTTPRequestEntityTooLarge:
+        return _json({"error": "body_too_large", "message": f"bodies are limited to {MAX_BODY_BYTES} bytes"}, 413)
+
+
+def create_app(context: ApiContext) -> web.Application:
+    """The aiohttp application serving ``context``'s store."""
+    routes = web.RouteTableDef()
+
+    @routes.get("/v1/embeddings/{kind}/{id}")
+    async def get_one(request: web.Request) -> web.Response:
+        kind = _kind(request)
+        entity_id = _check_id(request.match_info["id"])
+        version = _version(request.query.get("version"), context)
+        try:
+            resolved = lookup_one(context.store, kind, entity_id, version)
+        except VersionNotFoundError as exc:
+            raise _ApiError(404, "version_not_found", f"{kind} {entity_id!r}: {exc}") from None
+        if resolved is None:
+            raise _ApiError(404, "not_found", f"unknown {kind} {entity_id!r}")
+        return _json(_vector_json(resolved))
+
+    @routes.post("/v1/embeddings/{kind}/batch")
+    async def get_batch(request: web.Request) -> web.Response:
+        kind = _kind(request)
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            raise _ApiError(400, "bad_body", "the body must be JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("ids"), list):
+            raise _ApiError(400, "bad_body", 'the body must be {"ids": [...], "version": V}')
+        ids = [_check_id(entity_id) for entity_id in body["ids"]]
+        if len(ids) > MAX_BATCH_IDS:
+            raise _ApiError(400, "too_many_ids", f"at most {MAX_BATCH_IDS} ids per batch")
+        version = _version(body.get("version"), context)
+        resolved = lookup_many(context.store, kind, ids, version)
+        return _json(
+            {
+                "kind": kind,
+                "version": version,
+                "results": [None if r is None else _vector_json(r) for r in resolved],
+            }
+        )
+
+    @routes.get("/v1/versions")
+    async def versions(request: web.Request) -> web.Response:
+        counts = context.store.version_counts()
+        return _json(
+            {
+                "serving_version": context.store.serving_version,
+                "active_encoder_version": context.active_version,
+                "registry_versions": context.registry_versions(),
+                "store": {kind: {str(v): n for v, n in per.items()} for kind, per in counts.items()},
+            }
+        )
+
+    @routes.get("/healthz")
+    async def healthz(request: web.Request) -> web.Response:
+        return _json({"status": "ok", **context.health()})
+
+    @routes.get("/metrics")
+    async def metrics(request: web.Request) -> web.Response:
+        text = context.metrics.render(
+            context.store.version_counts(), context.store.serving_version, context.active_version
+        )
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
+    app.add_routes(routes)
+    return app

@@ -1,0 +1,114 @@
+"""Worker metrics, rendered in the Prometheus text format."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+__all__ = ["LAG_BUCKETS_SECONDS", "Metrics"]
+
+LAG_BUCKETS_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass
+class Metrics:
+    """Counters and a refresh-lag histogram, safe to update from the processing thread."""
+
+    events_consumed: int = 0
+    events_applied: int = 0
+    events_duplicate: int = 0
+    batches: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    written: Counter[tuple[str, int]] = field(default_factory=Counter)
+    lag_buckets: list[int] = field(default_factory=lambda: [0] * (len(LAG_BUCKETS_SECONDS) + 1))
+    lag_sum: float = 0.0
+    lag_count: int = 0
+    recent_lags: deque[float] = field(default_factory=lambda: deque(maxlen=5_000))
+    consumed_history: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=120))
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def observe_lags(self, lags_seconds: list[float]) -> None:
+        with self._lock:
+            for lag in lags_seconds:
+                self.lag_buckets[bisect.bisect_left(LAG_BUCKETS_SECONDS, lag)] += 1
+                self.lag_sum += lag
+            self.lag_count += len(lags_seconds)
+            self.recent_lags.extend(lags_seconds)
+
+    def lag_percentile(self, fraction: float) -> float | None:
+        with self._lock:
+            lags = sorted(self.recent_lags)
+        if not lags:
+            return None
+        return lags[min(len(lags) - 1, int(fraction * len(lags)))]
+
+    def events_per_second(self, now: float | None = None, window_s: float = 5.0) -> float:
+        """Consumption rate over the last ``window_s`` seconds (sampled by :meth:`tick`)."""
+        now = time.monotonic() if now is None else now
+        self.tick(now)
+        past = [sample for sample in self.consumed_history if now - sample[0] <= window_s]
+        if len(past) < 2 or past[-1][0] == past[0][0]:
+            return 0.0
+        return (past[-1][1] - past[0][1]) / (past[-1][0] - past[0][0])
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if not self.consumed_history or now - self.consumed_history[-1][0] >= 0.5:
+            self.consumed_history.append((now, self.events_consumed))
+
+    def render(self, entities: dict[str, dict[int, int]], serving: int | None, active: int) -> str:
+        """The Prometheus exposition text."""
+        lines = [
+            "# HELP embstream_events_consumed_total Records read from the interactions topic.",
+            "# TYPE embstream_events_consumed_total counter",
+            f"embstream_events_consumed_total {self.events_consumed}",
+            "# HELP embstream_events_applied_total Valid events applied to entity state.",
+            "# TYPE embstream_events_applied_total counter",
+            f"embstream_events_applied_total {self.events_applied}",
+            "# HELP embstream_events_duplicate_total Redelivered events skipped (already applied).",
+            "# TYPE embstream_events_duplicate_total counter",
+            f"embstream_events_duplicate_total {self.events_duplicate}",
+            "# HELP embstream_events_rejected_total Events sent to the dead-letter topic, by reason.",
+            "# TYPE embstream_events_rejected_total counter",
+        ]
+        for reason, count in sorted(self.rejected.items()):
+            label = reason.replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'embstream_events_rejected_total{{reason="{label}"}} {count}')
+        lines += [
+            "# HELP embstream_embeddings_written_total Embeddings written, by kind and version.",
+            "# TYPE embstream_embeddings_written_total counter",
+        ]
+        for (kind, version), count in sorted(self.written.items()):
+            lines.append(f'embstream_embeddings_written_total{{kind="{kind}",version="{version}"}} {count}')
+        lines += [
+            "# HELP embstream_entities Entities holding a vector of a version, by kind.",
+            "# TYPE embstream_entities gauge",
+        ]
+        for kind, versions in entities.items():
+            for version, count in versions.items():
+                lines.append(f'embstream_entities{{kind="{kind}",version="{version}"}} {count}')
+        lines += [
+            "# HELP embstream_serving_version The version reads use when none is asked for.",
+            "# TYPE embstream_serving_version gauge",
+            f"embstream_serving_version {serving or 0}",
+            "# HELP embstream_active_encoder_version The version the worker refreshes with.",
+            "# TYPE embstream_active_encoder_version gauge",
+            f"embstream_active_encoder_version {active}",
+            "# HELP embstream_batches_total Micro-batches processed.",
+            "# TYPE embstream_batches_total counter",
+            f"embstream_batches_total {self.batches}",
+            "# HELP embstream_refresh_lag_seconds Event timestamp to embedding written.",
+            "# TYPE embstream_refresh_lag_seconds histogram",
+        ]
+        with self._lock:
+            cumulative = 0
+            for bound, count in zip(LAG_BUCKETS_SECONDS, self.lag_buckets):
+                cumulative += count
+                lines.append(f'embstream_refresh_lag_seconds_bucket{{le="{bound}"}} {cumulative}')
+            lines.append(f'embstream_refresh_lag_seconds_bucket{{le="+Inf"}} {self.lag_count}')
+            lines.append(f"embstream_refresh_lag_seconds_sum {self.lag_sum:.6f}")
+            lines.append(f"embstream_refresh_lag_seconds_count {self.lag_count}")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,170 @@
+"""Where a vector gets written: one micro-batch of consumed records in, entity state updated,
+embeddings recomputed with the active encoder version, everything committed atomically.
+
+The batch is coalesced: an entity touched by many events in the batch is encoded once, and
+all users (then all items) of the batch go through the encoder in one call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from models.encoder import Encoder
+from models.features import ItemState, UserState
+from store.vector_store import VersionedVectorStore
+from stream.events import Interaction, Rejection, parse_event
+from stream.outbox import OutgoingMessage, encode_outbox
+
+__all__ = ["BatchOutcome", "ConsumedRecord", "EmbeddingRefresher"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedRecord:
+    """The parts of a Kafka record the refresher needs."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+@dataclass
+class BatchOutcome:
+    consumed: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    written: dict[tuple[str, int], int] = field(default_factory=dict)
+    lags_seconds: list[float] = field(default_factory=list)
+    outbox: list[OutgoingMessage] = field(default_factory=list)
+
+
+class EmbeddingRefresher:
+    """Applies batches to a store with one fixed encoder version."""
+
+    def __init__(
+        self,
+        store: VersionedVectorStore,
+        encoder: Encoder,
+        *,
+        updates_topic: str,
+        dlq_topic: str,
+        user_window: int = 50,
+        max_future_skew_ms: int = 86_400_000,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.store = store
+        self.encoder = encoder
+        self.updates_topic = updates_topic
+        self.dlq_topic = dlq_topic
+        self.user_window = user_window
+        self.max_future_skew_ms = max_future_skew_ms
+        self.clock_ms = clock_ms
+
+    def process(self, records: Sequence[ConsumedRecord]) -> BatchOutcome:
+        """Apply ``records`` (in partition order) and commit state, vectors, offsets, outbox."""
+        outcome = BatchOutcome(consumed=len(records))
+        now_ms = self.clock_ms()
+        next_offsets: dict[tuple[str, int], int] = {}
+        stored: dict[tuple[str, int], int | None] = {}
+        events: list[Interaction] = []
+        for record in records:
+            source = (record.topic, record.partition)
+            if source not in stored:
+                stored[source] = self.store.get_offset(*source)
+            floor = stored[source]
+            if floor is not None and record.offset < floor:
+                outcome.duplicates += 1
+                continue
+            next_offsets[source] = record.offset + 1
+            parsed = parse_event(record.value, record.timestamp_ms, now_ms, self.max_future_skew_ms)
+            if isinstance(parsed, Rejection):
+                outcome.rejected[parsed.reason] = outcome.rejected.get(parsed.reason, 0) + 1
+                outcome.outbox.append(self._dead_letter(record, parsed.reason))
+            else:
+                events.append(parsed)
+        outcome.applied = len(events)
+        writer = self.store.writer()
+        if events:
+            users, items = self._apply(events)
+            written_at = self.clock_ms()
+            self._encode_and_put(writer, users, items, written_at, outcome)
+        for (topic, partition), offset in next_offsets.items():
+            writer.set_offset(topic, partition, offset)
+        if outcome.outbox:
+            writer.set_outbox(encode_outbox(outcome.outbox))
+        writer.commit()
+        return outcome
+
+    def _apply(
+        self, events: list[Interaction]
+    ) -> tuple[dict[str, tuple[UserState, int]], dict[str, tuple[ItemState, int]]]:
+        """Load, update and return the touched states with their latest event time."""
+        user_ids = list(dict.fromkeys(event.user_id for event in events))
+        item_ids = list(dict.fromkeys(event.item_id for event in events))
+        users = {
+            user_id: UserState(window=self.user_window)
+            if raw is None
+            else UserState.from_bytes(raw, window=self.user_window)
+            for user_id, raw in zip(user_ids, self.store.get_states("user", user_ids))
+        }
+        items = {
+            item_id: ItemState() if raw is None else ItemState.from_bytes(raw)
+            for item_id, raw in zip(item_ids, self.store.get_states("item", item_ids))
+        }
+        user_latest: dict[str, int] = {}
+        item_latest: dict[str, int] = {}
+        for event in events:
+            users[event.user_id].add(event.item_id, event.type_code, event.value, event.ts_ms)
+            items[event.item_id].add(event.type_code, event.ts_ms)
+            user_latest[event.user_id] = max(user_latest.get(event.user_id, 0), event.ts_ms)
+            item_latest[event.item_id] = max(item_latest.get(event.item_id, 0), event.ts_ms)
+        return (
+            {uid: (state, user_latest[uid]) for uid, state in users.items()},
+            {iid: (state, item_latest[iid]) for iid, state in items.items()},
+        )
+
+    def _encode_and_put(self, writer, users, items, written_at: int, outcome: BatchOutcome) -> None:  # type: ignore[no-untyped-def]
+        version = self.encoder.version
+        for kind, states in (("user", users), ("item", items)):
+            ids = list(states)
+            inputs = [states[entity_id][0].to_input(entity_id) for entity_id in ids]
+            vectors = (
+                self.encoder.encode_users(inputs) if kind == "user" else self.encoder.encode_items(inputs)
+            )
+            for entity_id in ids:
+                writer.put_state(kind, entity_id, states[entity_id][0].to_bytes())
+            writer.put_vectors(kind, ids, version, vectors, written_at)
+            outcome.written[(kind, version)] = len(ids)
+            for entity_id in ids:
+                event_ts = states[entity_id][1]
+                outcome.lags_seconds.append(max(0.0, (written_at - event_ts) / 1000.0))
+                outcome.outbox.append(
+                    OutgoingMessage(
+                        self.updates_topic,
+                        f"{kind}:{entity_id}".encode(),
+                        orjson.dumps(
+                            {"kind": kind, "id": entity_id, "version": version,
+                             "ts": written_at, "event_ts": event_ts}
+                        ),
+                    )
+                )
+
+    def _dead_letter(self, record: ConsumedRecord, reason: str) -> OutgoingMessage:
+        return OutgoingMessage(
+            self.dlq_topic,
+            record.key,
+            record.value or b"",
+            (
+                ("error", reason.encode()),
+                ("source.topic", record.topic.encode()),
+                ("source.partition", str(record.partition).encode()),
+                ("source.offset", str(record.offset).encode()),
+            ),
+        )

@@ -1,0 +1,138 @@
+"""Putting a worker together: broker, topics, encoder version, store, worker and API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from models.bootstrap import ensure_default_encoder
+from models.encoder import TorchEncoder
+from models.registry import EncoderRegistry
+from store.vector_store import VersionedVectorStore
+from stream.api import ApiContext, create_app
+from stream.broker import EmbeddedBroker, ensure_topics
+from stream.metrics import Metrics
+from stream.progress import progress_bar
+from stream.refresher import EmbeddingRefresher
+from stream.settings import Settings
+from stream.worker import StreamWorker
+
+__all__ = ["RunningService", "prepare_encoder", "run_service"]
+
+log = logging.getLogger("embstream")
+
+
+def say(message: str) -> None:
+    print(f"embstream: {message}", file=sys.stderr, flush=True)
+
+
+def prepare_encoder(settings: Settings) -> TorchEncoder:
+    """Load the configured (or latest) version, creating version 1 in an empty registry."""
+    registry = EncoderRegistry(settings.registry)
+    if registry.latest() is None:
+        say(f"the registry at {settings.registry} is empty: training version 1 of the default "
+            f"encoder on synthetic data (seed {settings.seed})")
+        with progress_bar(total=None, desc="training v1", unit="step") as bar:
+            def report(step: int, steps: int, loss: float) -> None:
+                bar.total = steps
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                bar.update(1)
+
+            manifest = ensure_default_encoder(registry, seed=settings.seed, progress=report)
+        assert manifest is not None
+        say(f"created version 1 ({manifest.training})")
+    version = settings.encoder_version or registry.latest()
+    assert version is not None
+    encoder = registry.load(version)
+    say(f"encoder version {version} loaded (dim {encoder.dim}, sha256 verified)")
+    return encoder
+
+
+@dataclass
+class RunningService:
+    settings: Settings
+    store: VersionedVectorStore
+    worker: StreamWorker
+    metrics: Metrics
+    encoder: TorchEncoder
+    started_at: float = field(default_factory=time.monotonic)
+
+
+async def run_service(
+    settings: Settings,
+    stop: asyncio.Event,
+    on_ready: Callable[[RunningService], Callable[[], Any] | None] | None = None,
+) -> None:
+    """Run broker (if embedded), worker and API until ``stop`` is set, then shut down in order.
+
+    ``on_ready`` is called once the worker has started; a callable it returns runs first at
+    shutdown (before the worker, the API and the broker stop).
+    """
+    async with AsyncExitStack() as stack:
+        incarnation = f"external:{settings.broker}"
+        if not settings.broker:
+            broker = EmbeddedBroker().start()
+            stack.callback(broker.stop)
+            settings = settings.with_overrides(broker=broker.bootstrap)
+            incarnation = f"embedded:{uuid.uuid4()}"
+            say(f"no broker configured (--broker or EMBSTREAM_BROKER): started the embedded broker "
+                f"at {broker.bootstrap}; it keeps events in memory only")
+        await asyncio.to_thread(
+            ensure_topics,
+            settings.broker_servers,
+            {settings.topic: settings.partitions, settings.dlq_topic: 1, settings.updates_topic: settings.partitions},
+        )
+        encoder = await asyncio.to_thread(prepare_encoder, settings)
+        store = VersionedVectorStore(settings.data_dir, keep_versions=settings.versions_kept)
+        stack.callback(store.close)
+        if store.ensure_broker_incarnation(incarnation):
+            say("the broker changed since the last run: source offsets reset, entity state kept")
+        if store.serving_version != encoder.version:
+            say(f"serving version set to {encoder.version} (was {store.serving_version})")
+            store.set_serving_version(encoder.version)
+        metrics = Metrics()
+        refresher = EmbeddingRefresher(
+            store,
+            encoder,
+            updates_topic=settings.updates_topic,
+            dlq_topic=settings.dlq_topic,
+            user_window=settings.user_window,
+            max_future_skew_ms=settings.max_future_skew_ms,
+        )
+        worker = StreamWorker(settings, store, refresher, metrics)
+        service = RunningService(settings, store, worker, metrics, encoder)
+        context = ApiContext(
+            store=store,
+            metrics=metrics,
+            active_version=encoder.version,
+            registry_versions=EncoderRegistry(settings.registry).versions,
+            health=lambda: {
+                "assigned_partitions": worker.assigned,
+                "events_consumed": metrics.events_consumed,
+                "uptime_s": round(time.monotonic() - service.started_at, 1),
+            },
+        )
+        runner = web.AppRunner(create_app(context), access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, settings.api_host, settings.api_port)
+        await site.start()
+        say(f"lookup API on http://{settings.api_host}:{settings.api_port}")
+        await worker.start()
+        stack.push_async_callback(worker.stop)
+        say(f"worker consuming {settings.topic!r} from {settings.broker} as group {settings.group_id!r}")
+        if on_ready is not None:
+            cleanup = on_ready(service)
+            if cleanup is not None:
+                stack.callback(cleanup)
+        await worker.run(stop)
+    say("stopped")

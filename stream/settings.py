@@ -1,0 +1,84 @@
+"""Deployment settings: one object, read from ``EMBSTREAM_*`` environment variables and
+overridden by command-line options. Nothing here is read at import time."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+__all__ = ["Settings", "SettingsError"]
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a deployment configures. Env var: ``EMBSTREAM_`` + the upper-case name."""
+
+    broker: str | None = None
+    data_dir: Path = Path("embstream-data")
+    registry: Path = Path("embstream-registry")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    topic: str = "interactions"
+    updates_topic: str = "embeddings.updates"
+    partitions: int = 4
+    group_id: str = "embstream"
+    encoder_version: int | None = None
+    versions_kept: int = 5
+    user_window: int = 50
+    batch_max_records: int = 5_000
+    batch_max_wait_ms: int = 50
+    max_future_skew_ms: int = 86_400_000
+    session_timeout_ms: int = 6_000
+    heartbeat_interval_ms: int = 1_000
+    seed: int = 0
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic}.dlq"
+
+    @property
+    def broker_servers(self) -> list[str]:
+        if not self.broker:
+            raise SettingsError("no broker configured")
+        servers = [part.strip() for part in self.broker.split(",") if part.strip()]
+        for server in servers:
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit():
+                raise SettingsError(f"broker address {server!r} is not host:port")
+        return servers
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for spec in fields(cls):
+            raw = environ.get(f"EMBSTREAM_{spec.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[spec.name] = _convert(spec.name, raw, cls.__dataclass_fields__[spec.name].default)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def with_overrides(self, **overrides: object) -> Settings:
+        """A copy with every override that is not ``None`` applied."""
+        chosen = {name: value for name, value in overrides.items() if value is not None}
+        for name, value in chosen.items():
+            if isinstance(getattr(self, name), Path) and not isinstance(value, Path):
+                chosen[name] = Path(str(value))
+        return replace(self, **chosen)
+
+
+def _convert(name: str, raw: str, default: object) -> object:
+    try:
+        if isinstance(default, Path):
+            return Path(raw)
+        if isinstance(default, int) or name == "encoder_version":
+            return int(raw)
+    except ValueError:
+        raise SettingsError(f"EMBSTREAM_{name.upper()}={raw!r} is not an integer") from None
+    return raw

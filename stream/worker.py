@@ -1,0 +1,165 @@
+"""The stream worker: consumes ``interactions`` in batches and hands them to the refresher.
+
+Records reach our code as whole batches from ``getmany`` (no per-event task, no per-event
+await). Processing runs in one background thread so the lookup API on the event loop keeps
+answering while a batch is encoded. Source offsets are kept in RocksDB with the state they
+produced; on every partition assignment the consumer seeks to the stored offset, so a
+restart neither loses nor re-applies an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from store.vector_store import VersionedVectorStore
+from stream.metrics import Metrics
+from stream.outbox import OutgoingMessage, decode_outbox
+from stream.refresher import BatchOutcome, ConsumedRecord, EmbeddingRefresher
+from stream.settings import Settings
+
+__all__ = ["StreamWorker"]
+
+log = logging.getLogger("embstream.worker")
+
+
+class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: StreamWorker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        consumer = self.worker.consumer
+        assert consumer is not None
+        for partition in assigned:
+            stored = self.worker.store.get_offset(partition.topic, partition.partition)
+            if stored is not None:
+                consumer.seek(partition, stored)
+        self.worker.assigned = sorted(p.partition for p in assigned)
+        log.info("assigned partitions %s", self.worker.assigned)
+
+
+class StreamWorker:
+    """One worker process's consumer loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: VersionedVectorStore,
+        refresher: EmbeddingRefresher,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.refresher = refresher
+        self.metrics = metrics
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.assigned: list[int] = []
+        self.last_batch_at: float | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embstream-refresh")
+        self._last_commit = 0.0
+
+    async def start(self) -> None:
+        servers = self.settings.broker_servers
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=servers, client_id="embstream-worker", linger_ms=5, acks=1
+        )
+        await self.producer.start()
+        await self._flush_pending_outbox()
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=servers,
+            group_id=self.settings.group_id,
+            client_id="embstream-worker",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # The embedded broker completes a group's first join after half the session
+            # timeout; 6 s keeps start-up near 3 s and still tolerates a long batch.
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
+            max_poll_interval_ms=300_000,
+            fetch_max_wait_ms=self.settings.batch_max_wait_ms,
+            max_partition_fetch_bytes=4 << 20,
+        )
+        self.consumer.subscribe([self.settings.topic], listener=_SeekToStoredOffsets(self))
+        await self.consumer.start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set."""
+        assert self.consumer is not None
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            fetched = await self.consumer.getmany(
+                timeout_ms=self.settings.batch_max_wait_ms, max_records=self.settings.batch_max_records
+            )
+            self.metrics.tick()
+            if not fetched:
+                continue
+            records = [
+                ConsumedRecord(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+                for messages in fetched.values()
+                for m in messages
+            ]
+            outcome = await loop.run_in_executor(self._executor, self.refresher.process, records)
+            self._count(outcome)
+            if outcome.outbox:
+                await self._publish(outcome.outbox)
+                self.store.clear_outbox()
+            await self._commit_to_kafka(fetched)
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+        self._executor.shutdown(wait=True)
+
+    def _count(self, outcome: BatchOutcome) -> None:
+        metrics = self.metrics
+        metrics.events_consumed += outcome.consumed
+        metrics.events_applied += outcome.applied
+        metrics.events_duplicate += outcome.duplicates
+        metrics.batches += 1
+        metrics.rejected.update(outcome.rejected)
+        metrics.written.update(outcome.written)
+        metrics.observe_lags(outcome.lags_seconds)
+        self.last_batch_at = time.time()
+
+    async def _publish(self, messages: list[OutgoingMessage]) -> None:
+        assert self.producer is not None
+        pending = [
+            await self.producer.send(m.topic, m.value, key=m.key, headers=list(m.headers) or None)
+            for m in messages
+        ]
+        await asyncio.gather(*pending)
+
+    async def _flush_pending_outbox(self) -> None:
+        """Re-send what the previous run committed but may not have sent (at least once)."""
+        pending = self.store.pending_outbox()
+        if pending:
+            messages = decode_outbox(pending)
+            log.info("re-sending %d outgoing messages from the previous run", len(messages))
+            await self._publish(messages)
+            self.store.clear_outbox()
+
+    async def _commit_to_kafka(self, fetched: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
+        """Mirror progress to the consumer group (for lag monitoring), at most once a second.
+
+        RocksDB's stored offsets stay authoritative for this worker.
+        """
+        now = time.monotonic()
+        if now - self._last_commit < 1.0:
+            return
+        assert self.consumer is not None
+        self._last_commit = now
+        offsets = {tp: messages[-1].offset + 1 for tp, messages in fetched.items() if messages}
+        try:
+            await self.consumer.commit(offsets)
+        except Exception as exc:  # a rebalance in progress; the next commit catches up
+            log.warning("offset commit to the group failed: %s", exc)

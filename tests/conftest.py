@@ -1,0 +1,171 @@
+"""Shared fixtures: the real embedded broker (once per session) and factories for workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from models.bootstrap import ensure_default_encoder
+from models.registry import EncoderRegistry
+from stream.broker import EmbeddedBroker, free_port
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """A real Kafka-protocol broker (Tansu) on a free loopback port."""
+    with EmbeddedBroker() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry holding version 1 of the default encoder (trained once per session)."""
+    root = tmp_path_factory.mktemp("registry")
+    ensure_default_encoder(EncoderRegistry(root), seed=0)
+    return root
+
+
+def http_json(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if response.headers.get_content_type() == "application/json" else raw.decode()
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 30.0, interval_s: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(interval_s)
+
+
+def read_topic(bootstrap: str, topic: str, idle_s: float = 1.5) -> list[Any]:
+    """Every record of ``topic`` so far (kafka-python, manual assignment, no group)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=[bootstrap], enable_auto_commit=False, group_id=None)
+    try:
+        partitions = wait_until(lambda: consumer.partitions_for_topic(topic), timeout_s=10)
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        records: list[Any] = []
+        last_new = time.monotonic()
+        while time.monotonic() - last_new < idle_s:
+            batch = consumer.poll(timeout_ms=200)
+            for messages in batch.values():
+                records.extend(messages)
+                last_new = time.monotonic()
+        return records
+    finally:
+        consumer.close()
+
+
+def produce(bootstrap: str, topic: str, values: list[Any]) -> None:
+    """Send events (dicts become JSON, bytes go as they are) keyed by user_id."""
+    from stream.producer import send_records
+
+    records = []
+    for value in values:
+        if isinstance(value, dict):
+            records.append((str(value.get("user_id", "")).encode(), json.dumps(value).encode()))
+        else:
+            records.append((None, value))
+    send_records([bootstrap], topic, records)
+
+
+@dataclass
+class WorkerProcess:
+    """An ``embstream run`` child process against the session broker."""
+
+    data_dir: Path
+    registry: Path
+    broker: str
+    topic: str
+    extra_args: list[str] = field(default_factory=list)
+    api_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self) -> WorkerProcess:
+        self.api_port = free_port()
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-worker-{self.api_port}.log"
+        command = [sys.executable, "-m", "stream.cli", "run", "--broker", self.broker,
+                   "--data-dir", str(self.data_dir), "--registry", str(self.registry),
+                   "--api-port", str(self.api_port), "--topic", self.topic, *self.extra_args]
+        env = {**os.environ, "EMBSTREAM_GROUP_ID": f"group-{self.topic}",
+               "EMBSTREAM_UPDATES_TOPIC": f"{self.topic}.updates"}
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        wait_until(self._ready, timeout_s=60)
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"worker exited early:\n{self.log()}")
+        try:
+            status, body = http_json("GET", f"{self.api}/healthz")
+        except OSError:
+            return False
+        return status == 200 and bool(body["assigned_partitions"])
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path else ""
+
+    def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=30)
+        self.process = None
+        return code
+
+    def metric(self, name: str) -> float:
+        _, text = http_json("GET", f"{self.api}/metrics")
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and (line[len(name)] in " {"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+@pytest.fixture
+def worker_factory(broker: EmbeddedBroker, trained_registry: Path, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def make(topic: str, data_dir: Path | None = None, extra_args: list[str] | None = None,
+             registry: Path | None = None) -> WorkerProcess:
+        worker = WorkerProcess(data_dir or tmp_path / f"data-{topic}", registry or trained_registry,
+                               broker.bootstrap, topic, extra_args or [])
+        started.append(worker)
+        return worker.start()
+
+    yield make
+    for worker in started:
+        if worker.process is not None:
+            worker.stop()
