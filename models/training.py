@@ -110,6 +110,14 @@ def train_two_tower(
     optimizer = torch.optim.Adam(model.parameters(), lr=training.learning_rate)
     user_tensors = user_batch(examples.users[:split], config)
     item_tensors = item_batch(examples.items[:split], config)
+    # logQ correction: in-batch negatives are drawn by popularity, so without it the model
+    # learns to push popular items down (Yi et al., RecSys 2019).
+    frequency: dict[str, int] = {}
+    for item in examples.items[:split]:
+        frequency[item.item_id] = frequency.get(item.item_id, 0) + 1
+    log_q = torch.tensor(
+        [math.log(frequency[item.item_id] / split) for item in examples.items[:split]]
+    )
     steps_per_epoch = math.ceil(split / training.batch_size)
     steps = steps_per_epoch * training.epochs
     step, loss_value = 0, math.nan
@@ -120,7 +128,7 @@ def train_two_tower(
             rows = order[start : start + training.batch_size]
             users = model.encode_users(_take(user_tensors, rows))
             items = model.encode_items(_take(item_tensors, rows))
-            logits = users @ items.T / training.temperature
+            logits = users @ items.T / training.temperature - log_q[rows].unsqueeze(0)
             loss = functional.cross_entropy(logits, torch.arange(len(rows)))
             optimizer.zero_grad()
             loss.backward()

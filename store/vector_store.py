@@ -146,6 +146,11 @@ class VersionedVectorStore:
         return StoreWriter(self)
 
     def close(self) -> None:
+        """Release the database; column-family views hold it open until dropped."""
+        for view in self._cf.values():
+            view.close()
+        self._cf.clear()
+        self._handles.clear()
         self._db.close()
 
     def approximate_size_bytes(self) -> int:

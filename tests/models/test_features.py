@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from models.features import ITEM_FEATURES, TYPE_CODES, ItemState, UserState
+
+HOUR_MS = 3_600_000
+
+
+def test_user_window_keeps_the_most_recent_in_time_order() -> None:
+    state = UserState(window=3)
+    for n, ts in enumerate([10, 30, 20, 40, 5]):
+        state.add(f"i{n}", TYPE_CODES["view"], None, ts)
+    assert state.timestamps_ms == [20, 30, 40]
+    assert state.item_ids == ["i2", "i1", "i3"]
+    assert state.count == 5 and state.last_ts_ms == 40
+
+
+def test_user_state_bytes_round_trip() -> None:
+    state = UserState(window=5)
+    state.add("é-item", TYPE_CODES["rating"], 4.0, 100)
+    state.add("other", TYPE_CODES["view"], None, 200)
+    back = UserState.from_bytes(state.to_bytes(), window=5)
+    assert back.item_ids == state.item_ids and back.count == 2 and back.last_ts_ms == 200
+    assert back.values[0] == 4.0 and math.isnan(back.values[1])
+    assert UserState.from_bytes(state.to_bytes(), window=1).item_ids == ["other"]
+
+
+def test_item_decayed_counts_do_not_depend_on_arrival_order() -> None:
+    stamps = [0, 5 * HOUR_MS, 2 * HOUR_MS, 30 * HOUR_MS, HOUR_MS]
+    forward, shuffled = ItemState(), ItemState()
+    for ts in sorted(stamps):
+        forward.add(TYPE_CODES["click"], ts + 1_700_000_000_000)
+    for ts in stamps:
+        shuffled.add(TYPE_CODES["click"], ts + 1_700_000_000_000)
+    assert forward.decayed == pytest.approx(shuffled.decayed)
+    assert forward.totals == shuffled.totals == [0, 5, 0, 0, 0]
+
+
+def test_item_windows_decay_at_their_time_constants() -> None:
+    state = ItemState()
+    base = 1_700_000_000_000
+    state.add(TYPE_CODES["purchase"], base)
+    state.add(TYPE_CODES["view"], base + HOUR_MS)
+    purchase = TYPE_CODES["purchase"] * 3
+    assert state.decayed[purchase] == pytest.approx(math.exp(-1))  # 1 h window, 1 h later
+    assert state.decayed[purchase + 1] == pytest.approx(math.exp(-1 / 24))
+    features = state.to_input("x").features
+    assert len(features) == ITEM_FEATURES
+    back = ItemState.from_bytes(state.to_bytes())
+    assert back == state

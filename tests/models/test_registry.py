@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.encoder import EncoderConfig, TwoTowerModel
+from models.errors import IntegrityError, RegistryError, VersionMissingError
+from models.features import ItemState
+from models.registry import EncoderRegistry
+
+CONFIG = EncoderConfig(dim=16, id_dim=8, buckets=256, hidden=16, history=5)
+
+
+class Payload:
+    def __reduce__(self):  # noqa: ANN204 - a pickle that runs code if ever unpickled
+        return (print, ("unpickled!",))
+
+
+def test_save_load_round_trip_gives_identical_vectors(tmp_path: Path) -> None:
+    registry = EncoderRegistry(tmp_path)
+    assert registry.versions() == [] and registry.latest() is None
+    model = TwoTowerModel(CONFIG)
+    first = registry.save(model, training={"note": "x"})
+    second = registry.save(model, parent=1)
+    assert (first.version, second.version, second.parent) == (1, 2, 1)
+    assert registry.versions() == [1, 2] and registry.manifest(1).training == {"note": "x"}
+    encoder = registry.load(2)
+    item = ItemState().to_input("thing")
+    with torch.inference_mode():
+        from models.encoder import item_batch
+        expected = model.eval().encode_items(item_batch([item], CONFIG)).numpy()
+    np.testing.assert_array_equal(encoder.encode_items([item]), expected)
+    assert encoder.version == 2 and encoder.dim == 16
+
+
+def test_tampered_weights_are_refused(tmp_path: Path) -> None:
+    registry = EncoderRegistry(tmp_path)
+    registry.save(TwoTowerModel(CONFIG))
+    weights = tmp_path / "v1" / "weights.pt"
+    weights.write_bytes(weights.read_bytes() + b"\x00")
+    with pytest.raises(IntegrityError, match="does not match"):
+        registry.load(1)
+
+
+def test_weights_only_loading_refuses_a_pickled_object(tmp_path: Path) -> None:
+    registry = EncoderRegistry(tmp_path)
+    manifest = registry.save(TwoTowerModel(CONFIG))
+    weights = tmp_path / "v1" / "weights.pt"
+    torch.save({"evil": Payload()}, weights)  # even with a matching hash, it must not unpickle
+    import hashlib
+    import json
+
+    data = json.loads((tmp_path / "v1" / "manifest.json").read_text())
+    data["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (tmp_path / "v1" / "manifest.json").write_text(json.dumps(data))
+    assert manifest.version == 1
+    with pytest.raises(pickle.UnpicklingError):
+        registry.load(1)
+
+
+def test_missing_and_malformed_versions_are_clear_errors(tmp_path: Path) -> None:
+    registry = EncoderRegistry(tmp_path)
+    with pytest.raises(VersionMissingError, match="not in the registry"):
+        registry.load(3)
+    with pytest.raises(RegistryError):
+        registry.path_of(0)
+    (tmp_path / "v4").mkdir()
+    (tmp_path / "v4" / "manifest.json").write_text("{not json")
+    with pytest.raises(RegistryError, match="not valid JSON"):
+        registry.manifest(4)

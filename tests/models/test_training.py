@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.encoder import EncoderConfig
+from models.errors import TrainingError
+from models.synthetic import SyntheticWorld
+from models.training import TrainingConfig, build_examples, train_two_tower
+
+SMALL = EncoderConfig(dim=16, id_dim=8, buckets=1024, hidden=32, history=10)
+
+
+def _events(count: int = 4_000, seed: int = 0) -> list[dict]:
+    world = SyntheticWorld(users=200, items=300, clusters=5, seed=seed)
+    return world.events(count, start_ms=1_700_000_000_000, span_ms=86_400_000)
+
+
+def test_examples_use_state_from_before_each_event() -> None:
+    events = [
+        {"user_id": "u", "item_id": "a", "type": "view", "ts": 1_700_000_000_000},
+        {"user_id": "u", "item_id": "b", "type": "click", "ts": 1_700_000_001_000},
+    ]
+    examples = build_examples(events, history=5)
+    assert len(examples.users) == 1
+    assert examples.users[0].item_ids == ("a",) and examples.items[0].item_id == "b"
+    assert examples.items[0].features[-4] == 0  # b had no click before this one
+
+
+def test_training_is_deterministic_for_a_seed_and_learns_the_planted_structure() -> None:
+    config = TrainingConfig(epochs=2, batch_size=256, seed=3)
+    first = train_two_tower(_events(), SMALL, config)
+    second = train_two_tower(_events(), SMALL, config)
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a, b)
+    # 300 items: random top-10 recall is about 3 %; the planted clusters make it far higher
+    assert first.metrics["validation_recall@10"] > 0.2
+
+
+def test_too_little_data_is_a_clear_error() -> None:
+    with pytest.raises(TrainingError, match="need a longer interaction log"):
+        train_two_tower(_events(count=20), SMALL, TrainingConfig(batch_size=512))

@@ -1,0 +1,105 @@
+"""The store on real RocksDB files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from store import StoreOpenError, VersionedVectorStore, VersionNotFoundError, lookup_many, lookup_one
+
+
+def _vectors(count: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((count, dim)).astype("float32")
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    opened = VersionedVectorStore(tmp_path / "db", keep_versions=3)
+    yield opened
+    opened.close()
+
+
+def test_vectors_state_and_offsets_commit_together_and_survive_reopen(tmp_path: Path) -> None:
+    store = VersionedVectorStore(tmp_path / "db")
+    writer = store.writer()
+    writer.put_state("user", "alice", b"state-bytes")
+    writer.put_vectors("user", ["alice", "bob"], 1, _vectors(2), 1000)
+    writer.set_offset("interactions", 2, 41)
+    assert store.get_record("user", "alice") is None  # nothing visible before commit
+    writer.commit()
+    store.close()
+    reopened = VersionedVectorStore(tmp_path / "db")
+    assert reopened.get_states("user", ["alice", "zed"]) == [b"state-bytes", None]
+    assert reopened.get_offset("interactions", 2) == 41
+    assert reopened.get_offset("interactions", 3) is None
+    np.testing.assert_array_equal(reopened.get_record("user", "bob")[0].vector, _vectors(2)[1])
+    assert reopened.version_counts()["user"] == {1: 2}
+    reopened.close()
+
+
+def test_counts_follow_additions_replacements_and_evictions(store: VersionedVectorStore) -> None:
+    for version in (1, 2, 3, 3, 4):
+        writer = store.writer()
+        writer.put_vectors("item", ["a", "b"], version, _vectors(2, seed=version), version * 10)
+        writer.commit()
+    assert store.version_counts()["item"] == {2: 2, 3: 2, 4: 2}
+    assert [e.version for e in store.get_record("item", "a")] == [4, 3, 2]
+
+
+def test_two_versions_in_one_batch_both_land(store: VersionedVectorStore) -> None:
+    writer = store.writer()
+    writer.put_vectors("user", ["x"], 1, _vectors(1, seed=1), 5)
+    writer.put_vectors("user", ["x"], 2, _vectors(1, dim=8, seed=2), 5)
+    writer.commit()
+    assert [(e.version, e.dim) for e in store.get_record("user", "x")] == [(2, 8), (1, 16)]
+    assert store.version_counts()["user"] == {1: 1, 2: 1}
+
+
+def test_lookup_resolves_exactly_the_asked_version(store: VersionedVectorStore) -> None:
+    writer = store.writer()
+    writer.put_vectors("user", ["u"], 1, _vectors(1, seed=1), 5)
+    writer.put_vectors("user", ["u"], 2, _vectors(1, seed=2), 6)
+    writer.commit()
+    assert lookup_one(store, "user", "u", 1).updated_at_ms == 5
+    assert lookup_one(store, "user", "ghost", 1) is None
+    with pytest.raises(VersionNotFoundError):
+        lookup_one(store, "user", "u", 3)
+    many = lookup_many(store, "user", ["u", "ghost"], 2)
+    assert many[0].version == 2 and many[1] is None
+
+
+def test_serving_version_outbox_and_incarnation(store: VersionedVectorStore) -> None:
+    assert store.serving_version is None
+    store.set_serving_version(3)
+    assert store.serving_version == 3
+    writer = store.writer()
+    writer.set_offset("t", 0, 10)
+    writer.set_outbox(b"pending")
+    writer.commit()
+    assert store.pending_outbox() == b"pending"
+    store.clear_outbox()
+    assert store.pending_outbox() is None
+    assert store.ensure_broker_incarnation("one") is False
+    assert store.get_offset("t", 0) is None  # first incarnation: nothing to keep
+    writer = store.writer()
+    writer.set_offset("t", 0, 10)
+    writer.commit()
+    assert store.ensure_broker_incarnation("one") is False and store.get_offset("t", 0) == 10
+    assert store.ensure_broker_incarnation("two") is True and store.get_offset("t", 0) is None
+
+
+def test_a_locked_store_gives_a_clear_error(store: VersionedVectorStore) -> None:
+    with pytest.raises(StoreOpenError, match="cannot open the store"):
+        VersionedVectorStore(store.path)
+
+
+def test_iter_states_lists_one_kind(store: VersionedVectorStore) -> None:
+    writer = store.writer()
+    writer.put_state("user", "b", b"2")
+    writer.put_state("user", "a", b"1")
+    writer.put_state("item", "a", b"3")
+    writer.commit()
+    assert list(store.iter_states("user")) == [("a", b"1"), ("b", b"2")]
+    assert list(store.iter_states("item")) == [("a", b"3")]

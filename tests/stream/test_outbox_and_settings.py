@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stream.outbox import OutgoingMessage, decode_outbox, encode_outbox
+from stream.settings import Settings, SettingsError
+
+
+def test_outbox_round_trip_keeps_keys_values_and_headers() -> None:
+    messages = [
+        OutgoingMessage("t", None, b"", ()),
+        OutgoingMessage("dlq", b"k\x00", b"\xff" * 1000, (("error", b"bad"), ("n", b""))),
+    ]
+    assert decode_outbox(encode_outbox(messages)) == messages
+    assert decode_outbox(b"") == []
+
+
+def test_settings_read_the_environment_and_overrides_win() -> None:
+    settings = Settings.from_env({"EMBSTREAM_BROKER": "a:1,b:2", "EMBSTREAM_API_PORT": "9000",
+                                  "EMBSTREAM_DATA_DIR": "/data", "EMBSTREAM_TOPIC": ""})
+    assert settings.broker_servers == ["a:1", "b:2"]
+    assert settings.api_port == 9000 and settings.data_dir == Path("/data")
+    assert settings.topic == "interactions" and settings.dlq_topic == "interactions.dlq"
+    assert settings.with_overrides(api_port=None, topic="t").topic == "t"
+    assert settings.with_overrides(data_dir="x").data_dir == Path("x")
+
+
+def test_bad_settings_are_clear_errors() -> None:
+    with pytest.raises(SettingsError, match="EMBSTREAM_API_PORT"):
+        Settings.from_env({"EMBSTREAM_API_PORT": "eighty"})
+    with pytest.raises(SettingsError, match="not host:port"):
+        _ = Settings(broker="localhost").broker_servers
+    with pytest.raises(SettingsError, match="no broker"):
+        _ = Settings().broker_servers

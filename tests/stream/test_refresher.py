@@ -1,0 +1,109 @@
+"""The refresher on a real RocksDB store, with a recording encoder double above it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from models.features import ItemInput, UserInput, UserState
+from store.vector_store import VersionedVectorStore
+from stream.outbox import decode_outbox
+from stream.refresher import ConsumedRecord, EmbeddingRefresher
+
+NOW = 1_800_000_000_000
+
+
+class RecordingEncoder:
+    """Encodes to a deterministic function of the input; remembers every call."""
+
+    version = 7
+    dim = 4
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def encode_users(self, inputs: Sequence[UserInput]) -> np.ndarray:
+        self.calls.append(("user", [u.user_id for u in inputs]))
+        return np.array([[len(u.item_ids), 1, 0, 0] for u in inputs], dtype=np.float32)
+
+    def encode_items(self, inputs: Sequence[ItemInput]) -> np.ndarray:
+        self.calls.append(("item", [i.item_id for i in inputs]))
+        return np.array([[sum(i.features), 0, 1, 0] for i in inputs], dtype=np.float32)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    opened = VersionedVectorStore(tmp_path / "db", keep_versions=2)
+    yield opened
+    opened.close()
+
+
+def _record(offset: int, value: bytes | dict, partition: int = 0) -> ConsumedRecord:
+    raw = value if isinstance(value, bytes) else orjson.dumps(value)
+    return ConsumedRecord("interactions", partition, offset, b"k", raw, NOW - 1000)
+
+
+def _click(user: str, item: str, ts: int = NOW - 500) -> dict:
+    return {"user_id": user, "item_id": item, "type": "click", "ts": ts}
+
+
+def _refresher(store: VersionedVectorStore, encoder: RecordingEncoder) -> EmbeddingRefresher:
+    return EmbeddingRefresher(store, encoder, updates_topic="updates", dlq_topic="dlq",
+                              user_window=3, clock_ms=lambda: NOW)
+
+
+def test_a_batch_is_coalesced_into_one_encoder_call_per_kind(store: VersionedVectorStore) -> None:
+    encoder = RecordingEncoder()
+    records = [_record(n, _click("u1" if n % 2 else "u2", f"i{n % 3}")) for n in range(10)]
+    outcome = _refresher(store, encoder).process(records)
+    assert [kind for kind, _ in encoder.calls] == ["user", "item"]
+    assert sorted(encoder.calls[0][1]) == ["u1", "u2"]
+    assert sorted(encoder.calls[1][1]) == ["i0", "i1", "i2"]
+    assert outcome.applied == 10 and outcome.written == {("user", 7): 2, ("item", 7): 3}
+    user = UserState.from_bytes(store.get_states("user", ["u1"])[0], window=3)
+    assert user.count == 5 and len(user.item_ids) == 3  # the window holds, the count is exact
+    assert store.get_record("user", "u1")[0].vector[0] == 3.0
+    assert store.get_offset("interactions", 0) == 10
+
+
+def test_redelivered_records_are_skipped_not_applied_twice(store: VersionedVectorStore) -> None:
+    encoder = RecordingEncoder()
+    refresher = _refresher(store, encoder)
+    refresher.process([_record(0, _click("u", "a")), _record(1, _click("u", "b"))])
+    outcome = refresher.process([_record(1, _click("u", "b")), _record(2, _click("u", "c"))])
+    assert outcome.duplicates == 1 and outcome.applied == 1
+    assert UserState.from_bytes(store.get_states("user", ["u"])[0]).count == 3
+
+
+def test_bad_records_go_to_the_outbox_for_the_dlq_and_advance_the_offset(store: VersionedVectorStore) -> None:
+    encoder = RecordingEncoder()
+    outcome = _refresher(store, encoder).process(
+        [_record(0, b"garbage"), _record(1, _click("u", "a")), _record(2, {"user_id": "u"})]
+    )
+    assert outcome.applied == 1 and sum(outcome.rejected.values()) == 2
+    committed = decode_outbox(store.pending_outbox())
+    dead = [m for m in committed if m.topic == "dlq"]
+    assert [m.value for m in dead] == [b"garbage", b'{"user_id":"u"}']
+    assert dict(dead[0].headers)["source.offset"] == b"0"
+    updates = [orjson.loads(m.value) for m in committed if m.topic == "updates"]
+    assert sorted((u["kind"], u["id"], u["version"]) for u in updates) == [("item", "a", 7), ("user", "u", 7)]
+    assert store.get_offset("interactions", 0) == 3
+
+
+def test_a_batch_of_only_bad_records_writes_no_vectors(store: VersionedVectorStore) -> None:
+    encoder = RecordingEncoder()
+    outcome = _refresher(store, encoder).process([_record(0, b"{}"), _record(1, b"")])
+    assert encoder.calls == [] and outcome.written == {}
+    assert store.get_offset("interactions", 0) == 2
+
+
+def test_freshness_is_measured_from_the_latest_event_of_each_entity(store: VersionedVectorStore) -> None:
+    encoder = RecordingEncoder()
+    outcome = _refresher(store, encoder).process(
+        [_record(0, _click("u", "a", ts=NOW - 4000)), _record(1, _click("u", "b", ts=NOW - 1000))]
+    )
+    assert sorted(outcome.lags_seconds) == [1.0, 1.0, 4.0]
