@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from models.encoder import EncoderConfig
@@ -14,6 +13,7 @@ __all__ = ["DEMO_EVENTS", "ensure_default_encoder"]
 
 DEMO_EVENTS = 30_000
 _DAY_MS = 86_400_000
+_DEMO_END_MS = 1_767_225_600_000  # a fixed timeline (2026-01-01) keeps the weights reproducible
 
 
 def ensure_default_encoder(
@@ -29,8 +29,8 @@ def ensure_default_encoder(
     if registry.latest() is not None:
         return None
     world = SyntheticWorld(seed=seed)
-    end = int(time.time() * 1000)
-    events = world.events(DEMO_EVENTS, start_ms=end - 7 * _DAY_MS, span_ms=7 * _DAY_MS, seed=seed)
+    start = _DEMO_END_MS - 7 * _DAY_MS
+    events = world.events(DEMO_EVENTS, start_ms=start, span_ms=7 * _DAY_MS, seed=seed)
     result = train_two_tower(events, EncoderConfig(), TrainingConfig(epochs=2, seed=seed), progress)
     training = {"data": f"synthetic, {DEMO_EVENTS} events, seed {seed}", **result.metrics}
     return registry.save(result.model, training=training)

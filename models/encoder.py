@@ -21,7 +21,7 @@ from torch.nn import functional
 from models.features import EVENT_TYPES, ITEM_FEATURES, TYPE_CODES, ItemInput, UserInput
 from models.hashing import id_buckets
 
-__all__ = ["Encoder", "EncoderConfig", "TorchEncoder", "TwoTowerModel", "UserBatch", "ItemBatch"]
+__all__ = ["Encoder", "EncoderConfig", "ItemBatch", "TorchEncoder", "TwoTowerModel", "UserBatch"]
 
 _RATING = TYPE_CODES["rating"]
 
@@ -87,9 +87,7 @@ class TwoTowerModel(nn.Module):
         own = self.user_ids(batch.user_buckets).sum(dim=1)
         history = self.item_ids(batch.item_buckets).sum(dim=2)
         weights = functional.softplus(self.type_weight)[batch.type_codes] * batch.weights
-        pooled = (weights.unsqueeze(-1) * history).sum(dim=1) / (
-            weights.sum(dim=1, keepdim=True) + 1e-6
-        )
+        pooled = (weights.unsqueeze(-1) * history).sum(dim=1) / (weights.sum(dim=1, keepdim=True) + 1e-6)
         return functional.normalize(self.user_mlp(torch.cat([own, pooled], dim=1)), dim=1)
 
     def encode_items(self, batch: ItemBatch) -> torch.Tensor:
@@ -114,7 +112,7 @@ def user_batch(inputs: Sequence[UserInput], config: EncoderConfig) -> UserBatch:
         if not items:
             continue
         reference = stamps[-1]
-        for col, (item_id, code, value, ts) in enumerate(zip(items, codes, values, stamps)):
+        for col, (item_id, code, value, ts) in enumerate(zip(items, codes, values, stamps, strict=True)):
             item_buckets[row, col] = id_buckets("item", item_id, config.buckets)
             type_codes[row, col] = code
             factor = 1.0

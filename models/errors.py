@@ -1,10 +1,10 @@
 """Exceptions of the models package::
 
-    ModelError
-    ├── RegistryError          the registry directory or a manifest is unusable
-    │   ├── VersionMissingError    no such version in the registry
-    │   └── IntegrityError         weights do not match the manifest's sha256
-    └── TrainingError          training cannot run on the given data
+ModelError
+├── RegistryError          the registry directory or a manifest is unusable
+│   ├── VersionMissingError    no such version in the registry
+│   └── IntegrityError         weights do not match the manifest's sha256
+└── TrainingError          training cannot run on the given data
 """
 
 from __future__ import annotations

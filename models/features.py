@@ -96,7 +96,7 @@ class UserState:
     def to_bytes(self) -> bytes:
         parts = [_USER_HEADER.pack(1, self.count, self.last_ts_ms)]
         for item_id, code, value, ts in zip(
-            self.item_ids, self.type_codes, self.values, self.timestamps_ms
+            self.item_ids, self.type_codes, self.values, self.timestamps_ms, strict=True
         ):
             raw = item_id.encode("utf-8")
             parts.append(_USER_ENTRY.pack(ts, code, value, len(raw)))
@@ -135,9 +135,7 @@ class ItemState:
     """
 
     ref_ts_ms: int = 0
-    decayed: list[float] = field(
-        default_factory=lambda: [0.0] * (len(EVENT_TYPES) * len(WINDOWS_SECONDS))
-    )
+    decayed: list[float] = field(default_factory=lambda: [0.0] * (len(EVENT_TYPES) * len(WINDOWS_SECONDS)))
     totals: list[int] = field(default_factory=lambda: [0] * len(EVENT_TYPES))
     first_seen_ms: int = 0
     last_seen_ms: int = 0

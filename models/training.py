@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch.nn import functional
 
@@ -115,9 +114,7 @@ def train_two_tower(
     frequency: dict[str, int] = {}
     for item in examples.items[:split]:
         frequency[item.item_id] = frequency.get(item.item_id, 0) + 1
-    log_q = torch.tensor(
-        [math.log(frequency[item.item_id] / split) for item in examples.items[:split]]
-    )
+    log_q = torch.tensor([math.log(frequency[item.item_id] / split) for item in examples.items[:split]])
     steps_per_epoch = math.ceil(split / training.batch_size)
     steps = steps_per_epoch * training.epochs
     step, loss_value = 0, math.nan

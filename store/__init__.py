@@ -34,4 +34,5 @@ __all__ = [
     "lookup_one",
     "parse_entity_key",
     "resolve_entry",
+    "upsert_entry",
 ]

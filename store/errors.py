@@ -1,8 +1,8 @@
 """Exceptions of the store package::
 
-    StoreError
-    ├── StoreOpenError       the database cannot be opened (locked, corrupt, unreadable)
-    └── VersionNotFoundError a requested version is not held for an entity
+StoreError
+├── StoreOpenError       the database cannot be opened (locked, corrupt, unreadable)
+└── VersionNotFoundError a requested version is not held for an entity
 """
 
 from __future__ import annotations

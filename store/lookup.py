@@ -38,9 +38,7 @@ def resolve_entry(entries: list[VersionedVector], version: int) -> VersionedVect
     raise VersionNotFoundError(f"no vector of version {version} (held: {held})")
 
 
-def lookup_one(
-    store: VersionedVectorStore, kind: str, entity_id: str, version: int
-) -> ResolvedVector | None:
+def lookup_one(store: VersionedVectorStore, kind: str, entity_id: str, version: int) -> ResolvedVector | None:
     """One entity at ``version``; ``None`` if the id is unknown.
 
     Raises :class:`VersionNotFoundError` if the id is known but lacks that version.
@@ -57,7 +55,7 @@ def lookup_many(
 ) -> list[ResolvedVector | None]:
     """Many entities at one ``version`` (one multi-get); ``None`` for ids without it."""
     resolved: list[ResolvedVector | None] = []
-    for entity_id, entries in zip(ids, store.get_records(kind, ids)):
+    for entity_id, entries in zip(ids, store.get_records(kind, ids), strict=True):
         entry = next((e for e in entries or [] if e.version == version), None)
         resolved.append(
             None

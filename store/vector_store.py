@@ -26,7 +26,7 @@ from store.errors import StoreError, StoreOpenError
 from store.keys import KINDS, entity_key
 from store.record import VersionedVector, decode_record, encode_record, upsert_entry
 
-__all__ = ["VersionedVectorStore", "StoreWriter"]
+__all__ = ["StoreWriter", "VersionedVectorStore"]
 
 _U64 = struct.Struct("<Q")
 _COLUMN_FAMILIES = ("vectors", "state", "offsets")
@@ -181,7 +181,7 @@ class StoreWriter:
             raise StoreError("ids in one put_vectors call must be distinct")
         handle = self._store._handles["vectors"]
         keep = self._store.keep_versions
-        for entity_id, old, row in zip(ids, self._store.get_records(kind, ids), vectors):
+        for entity_id, old, row in zip(ids, self._store.get_records(kind, ids), vectors, strict=True):
             key = entity_key(kind, entity_id)
             old = self._pending.get(key, old)
             entry = VersionedVector(version, updated_at_ms, row)

@@ -20,7 +20,7 @@ from store.vector_store import VersionedVectorStore
 from stream.events import MAX_ID_LENGTH
 from stream.metrics import Metrics
 
-__all__ = ["ApiContext", "MAX_BATCH_IDS", "create_app"]
+__all__ = ["MAX_BATCH_IDS", "ApiContext", "create_app"]
 
 MAX_BATCH_IDS = 10_000
 MAX_BODY_BYTES = 4 << 20
@@ -30,7 +30,7 @@ MAX_BODY_BYTES = 4 << 20
 class ApiContext:
     store: VersionedVectorStore
     metrics: Metrics
-    active_version: int
+    active_version: int | None
     registry_versions: Callable[[], list[int]]
     health: Callable[[], dict[str, Any]]
 
@@ -94,7 +94,9 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except _ApiError as error:
         return _json({"error": error.code, "message": error.message}, status=error.status)
     except web.HTTPRequestEntityTooLarge:
-        return _json({"error": "body_too_large", "message": f"bodies are limited to {MAX_BODY_BYTES} bytes"}, 413)
+        return _json(
+            {"error": "body_too_large", "message": f"bodies are limited to {MAX_BODY_BYTES} bytes"}, 413
+        )
 
 
 def create_app(context: ApiContext) -> web.Application:

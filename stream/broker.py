@@ -3,6 +3,7 @@ topic administration shared by every command."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
@@ -110,9 +111,7 @@ def ensure_topics(
                 replication_factor=1,
                 topic_configs={"retention.ms": str(7 * 86_400_000)},
             )
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics([topic])
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()

@@ -13,8 +13,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from store.errors import StoreError
 from models.errors import ModelError
+from store.errors import StoreError
 from stream.broker import BrokerError
 from stream.settings import Settings, SettingsError
 
@@ -29,16 +29,20 @@ def _positive_int(text: str) -> int:
 
 
 def _add_service_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker", help="host:port[,host:port] (default: EMBSTREAM_BROKER, "
-                        "else start the embedded broker)")
+    parser.add_argument(
+        "--broker", help="host:port[,host:port] (default: EMBSTREAM_BROKER, else start the embedded broker)"
+    )
     parser.add_argument("--data-dir", type=Path, help="RocksDB directory (default: embstream-data)")
     parser.add_argument("--registry", type=Path, help="model registry (default: embstream-registry)")
     parser.add_argument("--api-host", help="address the lookup API binds (default: 127.0.0.1)")
     parser.add_argument("--api-port", type=int, help="lookup API port (default: 8080)")
     parser.add_argument("--topic", help="interactions topic (default: interactions)")
     parser.add_argument("--partitions", type=_positive_int, help="partitions of new topics (default: 4)")
-    parser.add_argument("--encoder-version", type=_positive_int, help="version to refresh with "
-                        "(default: the registry's latest)")
+    parser.add_argument(
+        "--encoder-version",
+        type=_positive_int,
+        help="version to refresh with (default: the registry's latest)",
+    )
     parser.add_argument("--versions-kept", type=_positive_int, help="versions kept per id (default: 5)")
     parser.add_argument("--seed", type=int, help="seed for the default encoder and demo data")
 
@@ -58,10 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     produce = commands.add_parser("produce", help="send events to the interactions topic")
     source = produce.add_mutually_exclusive_group(required=True)
     source.add_argument("file", nargs="?", help="JSON-lines file, or - for stdin")
-    source.add_argument("--synthetic", type=int, metavar="N", help="send N synthetic events (0: until stopped)")
+    source.add_argument(
+        "--synthetic", type=int, metavar="N", help="send N synthetic events (0: until stopped)"
+    )
     produce.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
-    produce.add_argument("--bad-every", type=int, default=0, metavar="N",
-                         help="with --synthetic, make every N-th event malformed")
+    produce.add_argument(
+        "--bad-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --synthetic, make every N-th event malformed",
+    )
     produce.add_argument("--broker", help="host:port[,host:port] (default: EMBSTREAM_BROKER)")
     produce.add_argument("--topic", help="topic (default: interactions)")
     produce.add_argument("--seed", type=int, help="seed of the synthetic world")
@@ -70,19 +81,31 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("kind", choices=["user", "item"])
     lookup.add_argument("id")
     lookup.add_argument("--version", type=_positive_int)
-    lookup.add_argument("--api", default=None, help="API base URL (default: EMBSTREAM_API_URL or "
-                        "http://127.0.0.1:8080)")
+    lookup.add_argument(
+        "--api", default=None, help="API base URL (default: EMBSTREAM_API_URL or http://127.0.0.1:8080)"
+    )
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    names = ("broker", "data_dir", "registry", "api_host", "api_port", "topic", "partitions",
-             "encoder_version", "versions_kept", "seed")
+    names = (
+        "broker",
+        "data_dir",
+        "registry",
+        "api_host",
+        "api_port",
+        "topic",
+        "partitions",
+        "encoder_version",
+        "versions_kept",
+        "seed",
+    )
     return Settings.from_env().with_overrides(**{n: getattr(args, n, None) for n in names})
 
 
 def _serve(coroutine_factory) -> int:  # type: ignore[no-untyped-def]
     """Run until SIGINT/SIGTERM; a second Ctrl-C exits at once."""
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -120,8 +143,10 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env().with_overrides(broker=args.broker, topic=args.topic, seed=args.seed)
     if not settings.broker:
-        raise SettingsError("no broker: pass --broker or set EMBSTREAM_BROKER "
-                            "(`embstream run` prints the embedded broker's address)")
+        raise SettingsError(
+            "no broker: pass --broker or set EMBSTREAM_BROKER "
+            "(`embstream run` prints the embedded broker's address)"
+        )
     if args.synthetic is not None:
         if args.synthetic < 0:
             raise SettingsError("--synthetic takes a count >= 0")
@@ -135,8 +160,13 @@ def _cmd_produce(args: argparse.Namespace) -> int:
         records = jsonl_records(path.open("rb"))
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        sent = send_records(settings.broker_servers, settings.topic, records, rate=args.rate,
-                            progress=sys.stderr if sys.stderr.isatty() else None)
+        sent = send_records(
+            settings.broker_servers,
+            settings.topic,
+            records,
+            rate=args.rate,
+            progress=sys.stderr if sys.stderr.isatty() else None,
+        )
     except KeyboardInterrupt:
         print("embstream: producer stopped", file=sys.stderr)
         return 0

@@ -48,7 +48,7 @@ async def _report(service: RunningService, stop: asyncio.Event) -> None:
         await asyncio.sleep(1.0)
         line = status_line(service, watched)
         if tty:
-            print("\r" + line[: 200].ljust(120), end="", flush=True)
+            print("\r" + line[:200].ljust(120), end="", flush=True)
         elif time.monotonic() - last_print >= 5:
             print(line, flush=True)
             last_print = time.monotonic()
@@ -58,9 +58,24 @@ async def _report(service: RunningService, stop: asyncio.Event) -> None:
 
 async def run_demo(settings: Settings, stop: asyncio.Event, rate: float) -> None:
     def on_ready(service: RunningService) -> Callable[[], None]:
-        command = [sys.executable, "-m", "stream.cli", "produce", "--synthetic", "0",
-                   "--rate", str(rate), "--bad-every", "500", "--broker", str(service.settings.broker),
-                   "--topic", service.settings.topic, "--seed", str(service.settings.seed)]
+        command = [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "produce",
+            "--synthetic",
+            "0",
+            "--rate",
+            str(rate),
+            "--bad-every",
+            "500",
+            "--broker",
+            str(service.settings.broker),
+            "--topic",
+            service.settings.topic,
+            "--seed",
+            str(service.settings.seed),
+        ]
         producer = subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL)
         say(f"synthetic producer started ({rate:.0f} events/s, every 500th malformed for the DLQ)")
         say(f"try: curl http://{service.settings.api_host}:{service.settings.api_port}/v1/embeddings/user/u0")

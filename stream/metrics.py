@@ -59,7 +59,7 @@ class Metrics:
         if not self.consumed_history or now - self.consumed_history[-1][0] >= 0.5:
             self.consumed_history.append((now, self.events_consumed))
 
-    def render(self, entities: dict[str, dict[int, int]], serving: int | None, active: int) -> str:
+    def render(self, entities: dict[str, dict[int, int]], serving: int | None, active: int | None) -> str:
         """The Prometheus exposition text."""
         lines = [
             "# HELP embstream_events_consumed_total Records read from the interactions topic.",
@@ -96,7 +96,7 @@ class Metrics:
             f"embstream_serving_version {serving or 0}",
             "# HELP embstream_active_encoder_version The version the worker refreshes with.",
             "# TYPE embstream_active_encoder_version gauge",
-            f"embstream_active_encoder_version {active}",
+            f"embstream_active_encoder_version {active or 0}",
             "# HELP embstream_batches_total Micro-batches processed.",
             "# TYPE embstream_batches_total counter",
             f"embstream_batches_total {self.batches}",
@@ -105,7 +105,7 @@ class Metrics:
         ]
         with self._lock:
             cumulative = 0
-            for bound, count in zip(LAG_BUCKETS_SECONDS, self.lag_buckets):
+            for bound, count in zip(LAG_BUCKETS_SECONDS, self.lag_buckets, strict=False):
                 cumulative += count
                 lines.append(f'embstream_refresh_lag_seconds_bucket{{le="{bound}"}} {cumulative}')
             lines.append(f'embstream_refresh_lag_seconds_bucket{{le="+Inf"}} {self.lag_count}')

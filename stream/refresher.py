@@ -112,11 +112,11 @@ class EmbeddingRefresher:
             user_id: UserState(window=self.user_window)
             if raw is None
             else UserState.from_bytes(raw, window=self.user_window)
-            for user_id, raw in zip(user_ids, self.store.get_states("user", user_ids))
+            for user_id, raw in zip(user_ids, self.store.get_states("user", user_ids), strict=True)
         }
         items = {
             item_id: ItemState() if raw is None else ItemState.from_bytes(raw)
-            for item_id, raw in zip(item_ids, self.store.get_states("item", item_ids))
+            for item_id, raw in zip(item_ids, self.store.get_states("item", item_ids), strict=True)
         }
         user_latest: dict[str, int] = {}
         item_latest: dict[str, int] = {}
@@ -150,8 +150,13 @@ class EmbeddingRefresher:
                         self.updates_topic,
                         f"{kind}:{entity_id}".encode(),
                         orjson.dumps(
-                            {"kind": kind, "id": entity_id, "version": version,
-                             "ts": written_at, "event_ts": event_ts}
+                            {
+                                "kind": kind,
+                                "id": entity_id,
+                                "version": version,
+                                "ts": written_at,
+                                "event_ts": event_ts,
+                            }
                         ),
                     )
                 )

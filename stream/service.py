@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -39,9 +39,12 @@ def prepare_encoder(settings: Settings) -> TorchEncoder:
     """Load the configured (or latest) version, creating version 1 in an empty registry."""
     registry = EncoderRegistry(settings.registry)
     if registry.latest() is None:
-        say(f"the registry at {settings.registry} is empty: training version 1 of the default "
-            f"encoder on synthetic data (seed {settings.seed})")
+        say(
+            f"the registry at {settings.registry} is empty: training version 1 of the default "
+            f"encoder on synthetic data (seed {settings.seed})"
+        )
         with progress_bar(total=None, desc="training v1", unit="step") as bar:
+
             def report(step: int, steps: int, loss: float) -> None:
                 bar.total = steps
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
@@ -64,7 +67,6 @@ class RunningService:
     worker: StreamWorker
     metrics: Metrics
     encoder: TorchEncoder
-    started_at: float = field(default_factory=time.monotonic)
 
 
 async def run_service(
@@ -84,22 +86,50 @@ async def run_service(
             stack.callback(broker.stop)
             settings = settings.with_overrides(broker=broker.bootstrap)
             incarnation = f"embedded:{uuid.uuid4()}"
-            say(f"no broker configured (--broker or EMBSTREAM_BROKER): started the embedded broker "
-                f"at {broker.bootstrap}; it keeps events in memory only")
+            say(
+                f"no broker configured (--broker or EMBSTREAM_BROKER): started the embedded broker "
+                f"at {broker.bootstrap}; it keeps events in memory only"
+            )
         await asyncio.to_thread(
             ensure_topics,
             settings.broker_servers,
-            {settings.topic: settings.partitions, settings.dlq_topic: 1, settings.updates_topic: settings.partitions},
+            {
+                settings.topic: settings.partitions,
+                settings.dlq_topic: 1,
+                settings.updates_topic: settings.partitions,
+            },
         )
-        encoder = await asyncio.to_thread(prepare_encoder, settings)
         store = VersionedVectorStore(settings.data_dir, keep_versions=settings.versions_kept)
         stack.callback(store.close)
         if store.ensure_broker_incarnation(incarnation):
             say("the broker changed since the last run: source offsets reset, entity state kept")
+        metrics = Metrics()
+        worker = StreamWorker(settings, store, metrics)
+        started_at = time.monotonic()
+        context = ApiContext(
+            store=store,
+            metrics=metrics,
+            active_version=None,
+            registry_versions=EncoderRegistry(settings.registry).versions,
+            health=lambda: {
+                "assigned_partitions": worker.assigned,
+                "events_consumed": metrics.events_consumed,
+                "uptime_s": round(time.monotonic() - started_at, 1),
+            },
+        )
+        runner = web.AppRunner(create_app(context), access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, settings.api_host, settings.api_port)
+        await site.start()  # before any long step, so a port in use fails at once
+        say(f"lookup API on http://{settings.api_host}:{settings.api_port}")
+        # The group join (seconds on some brokers) runs while the encoder loads or trains.
+        stack.push_async_callback(worker.stop)
+        _, encoder = await asyncio.gather(worker.start(), asyncio.to_thread(prepare_encoder, settings))
+        context.active_version = encoder.version
         if store.serving_version != encoder.version:
             say(f"serving version set to {encoder.version} (was {store.serving_version})")
             store.set_serving_version(encoder.version)
-        metrics = Metrics()
         refresher = EmbeddingRefresher(
             store,
             encoder,
@@ -108,31 +138,11 @@ async def run_service(
             user_window=settings.user_window,
             max_future_skew_ms=settings.max_future_skew_ms,
         )
-        worker = StreamWorker(settings, store, refresher, metrics)
         service = RunningService(settings, store, worker, metrics, encoder)
-        context = ApiContext(
-            store=store,
-            metrics=metrics,
-            active_version=encoder.version,
-            registry_versions=EncoderRegistry(settings.registry).versions,
-            health=lambda: {
-                "assigned_partitions": worker.assigned,
-                "events_consumed": metrics.events_consumed,
-                "uptime_s": round(time.monotonic() - service.started_at, 1),
-            },
-        )
-        runner = web.AppRunner(create_app(context), access_log=None)
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, settings.api_host, settings.api_port)
-        await site.start()
-        say(f"lookup API on http://{settings.api_host}:{settings.api_port}")
-        await worker.start()
-        stack.push_async_callback(worker.stop)
         say(f"worker consuming {settings.topic!r} from {settings.broker} as group {settings.group_id!r}")
         if on_ready is not None:
             cleanup = on_ready(service)
             if cleanup is not None:
                 stack.callback(cleanup)
-        await worker.run(stop)
+        await worker.run(stop, refresher)
     say("stopped")

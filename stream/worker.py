@@ -52,12 +52,10 @@ class StreamWorker:
         self,
         settings: Settings,
         store: VersionedVectorStore,
-        refresher: EmbeddingRefresher,
         metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.refresher = refresher
         self.metrics = metrics
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -67,6 +65,7 @@ class StreamWorker:
         self._last_commit = 0.0
 
     async def start(self) -> None:
+        """Connect the producer, re-send any pending outbox, and join the consumer group."""
         servers = self.settings.broker_servers
         self.producer = AIOKafkaProducer(
             bootstrap_servers=servers, client_id="embstream-worker", linger_ms=5, acks=1
@@ -90,8 +89,8 @@ class StreamWorker:
         self.consumer.subscribe([self.settings.topic], listener=_SeekToStoredOffsets(self))
         await self.consumer.start()
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set."""
+    async def run(self, stop: asyncio.Event, refresher: EmbeddingRefresher) -> None:
+        """Consume until ``stop`` is set, applying every batch through ``refresher``."""
         assert self.consumer is not None
         loop = asyncio.get_running_loop()
         while not stop.is_set():
@@ -106,7 +105,7 @@ class StreamWorker:
                 for messages in fetched.values()
                 for m in messages
             ]
-            outcome = await loop.run_in_executor(self._executor, self.refresher.process, records)
+            outcome = await loop.run_in_executor(self._executor, refresher.process, records)
             self._count(outcome)
             if outcome.outbox:
                 await self._publish(outcome.outbox)
@@ -114,6 +113,7 @@ class StreamWorker:
             await self._commit_to_kafka(fetched)
 
     async def stop(self) -> None:
+        """Leave the group and flush; safe to call whether or not ``start`` completed."""
         if self.consumer is not None:
             await self.consumer.stop()
         if self.producer is not None:

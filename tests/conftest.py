@@ -39,12 +39,15 @@ def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def http_json(method: str, url: str, body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             raw = response.read()
-            return response.status, json.loads(raw) if response.headers.get_content_type() == "application/json" else raw.decode()
+            return response.status, json.loads(
+                raw
+            ) if response.headers.get_content_type() == "application/json" else raw.decode()
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"null")
 
@@ -115,11 +118,28 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         self.api_port = free_port()
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-worker-{self.api_port}.log"
-        command = [sys.executable, "-m", "stream.cli", "run", "--broker", self.broker,
-                   "--data-dir", str(self.data_dir), "--registry", str(self.registry),
-                   "--api-port", str(self.api_port), "--topic", self.topic, *self.extra_args]
-        env = {**os.environ, "EMBSTREAM_GROUP_ID": f"group-{self.topic}",
-               "EMBSTREAM_UPDATES_TOPIC": f"{self.topic}.updates"}
+        command = [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "run",
+            "--broker",
+            self.broker,
+            "--data-dir",
+            str(self.data_dir),
+            "--registry",
+            str(self.registry),
+            "--api-port",
+            str(self.api_port),
+            "--topic",
+            self.topic,
+            *self.extra_args,
+        ]
+        env = {
+            **os.environ,
+            "EMBSTREAM_GROUP_ID": f"group-{self.topic}",
+            "EMBSTREAM_UPDATES_TOPIC": f"{self.topic}.updates",
+        }
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         wait_until(self._ready, timeout_s=60)
@@ -155,13 +175,24 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def worker_factory(broker: EmbeddedBroker, trained_registry: Path, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def worker_factory(
+    broker: EmbeddedBroker, trained_registry: Path, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def make(topic: str, data_dir: Path | None = None, extra_args: list[str] | None = None,
-             registry: Path | None = None) -> WorkerProcess:
-        worker = WorkerProcess(data_dir or tmp_path / f"data-{topic}", registry or trained_registry,
-                               broker.bootstrap, topic, extra_args or [])
+    def make(
+        topic: str,
+        data_dir: Path | None = None,
+        extra_args: list[str] | None = None,
+        registry: Path | None = None,
+    ) -> WorkerProcess:
+        worker = WorkerProcess(
+            data_dir or tmp_path / f"data-{topic}",
+            registry or trained_registry,
+            broker.bootstrap,
+            topic,
+            extra_args or [],
+        )
         started.append(worker)
         return worker.start()
 

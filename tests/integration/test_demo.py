@@ -35,10 +35,13 @@ def test_demo_shows_embeddings_within_15_s_and_stops_cleanly(tmp_path: Path) -> 
     started = time.monotonic()
     demo = subprocess.Popen(
         [sys.executable, "-m", "stream.cli", "demo", "--api-port", str(port), "--rate", "500"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         env={k: v for k, v in os.environ.items() if not k.startswith("EMBSTREAM_")},
     )
     try:
+
         def first_vectors() -> bool:
             try:
                 status, body = http_json("GET", f"http://127.0.0.1:{port}/v1/versions")

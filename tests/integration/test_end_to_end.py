@@ -22,9 +22,12 @@ def _now() -> int:
 
 
 @pytest.fixture(scope="module")
-def worker(broker: EmbeddedBroker, trained_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    running = WorkerProcess(tmp_path_factory.mktemp("e2e") / "data", trained_registry,
-                            broker.bootstrap, TOPIC).start()
+def worker(
+    broker: EmbeddedBroker, trained_registry: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    running = WorkerProcess(
+        tmp_path_factory.mktemp("e2e") / "data", trained_registry, broker.bootstrap, TOPIC
+    ).start()
     yield running
     assert running.stop() == 0, running.log()
 
@@ -45,9 +48,18 @@ def _wait_vector(worker: WorkerProcess, kind: str, entity_id: str, newer_than: i
     return wait_until(ready, timeout_s=20)
 
 
-def test_events_become_unit_vectors_of_the_active_version(worker: WorkerProcess, broker: EmbeddedBroker) -> None:
-    produce(broker.bootstrap, TOPIC, [_event("alice", "book-1"), _event("alice", "book-2", "purchase"),
-                                      _event("bob", "book-1", "rating", value=4)])
+def test_events_become_unit_vectors_of_the_active_version(
+    worker: WorkerProcess, broker: EmbeddedBroker
+) -> None:
+    produce(
+        broker.bootstrap,
+        TOPIC,
+        [
+            _event("alice", "book-1"),
+            _event("alice", "book-2", "purchase"),
+            _event("bob", "book-1", "rating", value=4),
+        ],
+    )
     for kind, entity_id in [("user", "alice"), ("user", "bob"), ("item", "book-1"), ("item", "book-2")]:
         body = _wait_vector(worker, kind, entity_id)
         assert body["kind"] == kind and body["id"] == entity_id
@@ -84,24 +96,31 @@ def test_batch_lookup_returns_null_for_missing_ids(worker: WorkerProcess, broker
     produce(broker.bootstrap, TOPIC, [_event("erin", "game-1"), _event("frank", "game-2")])
     _wait_vector(worker, "user", "frank")
     _wait_vector(worker, "user", "erin")
-    status, body = http_json("POST", f"{worker.api}/v1/embeddings/user/batch",
-                             {"ids": ["erin", "ghost", "frank"]})
+    status, body = http_json(
+        "POST", f"{worker.api}/v1/embeddings/user/batch", {"ids": ["erin", "ghost", "frank"]}
+    )
     assert status == 200 and body["version"] == 1
     erin, ghost, frank = body["results"]
     assert erin["id"] == "erin" and frank["id"] == "frank" and ghost is None
     status, body = http_json("POST", f"{worker.api}/v1/embeddings/user/batch", {"ids": "erin"})
     assert status == 400
-    status, body = http_json("POST", f"{worker.api}/v1/embeddings/user/batch", {"ids": ["erin"], "version": 9})
+    status, body = http_json(
+        "POST", f"{worker.api}/v1/embeddings/user/batch", {"ids": ["erin"], "version": 9}
+    )
     assert status == 200 and body["results"] == [None]
 
 
 def test_malformed_events_go_to_the_dlq_and_valid_ones_around_them_apply(
     worker: WorkerProcess, broker: EmbeddedBroker
 ) -> None:
-    bad = [b"not json", b"[1, 2]", b'{"user_id": 5, "item_id": "x", "type": "view"}',
-           b'{"user_id": "u", "item_id": "x", "type": "teleport"}',
-           b'{"user_id": "u", "item_id": "x", "type": "view", "ts": 99999999999999999}',
-           b'{"user_id": "u", "item_id": "x", "type": "view", "value": "high"}']
+    bad = [
+        b"not json",
+        b"[1, 2]",
+        b'{"user_id": 5, "item_id": "x", "type": "view"}',
+        b'{"user_id": "u", "item_id": "x", "type": "teleport"}',
+        b'{"user_id": "u", "item_id": "x", "type": "view", "ts": 99999999999999999}',
+        b'{"user_id": "u", "item_id": "x", "type": "view", "value": "high"}',
+    ]
     good = [_event(f"dlq-user-{n}", f"dlq-item-{n}") for n in range(20)]
     mixed: list[object] = []
     for index, event in enumerate(good):
@@ -111,7 +130,9 @@ def test_malformed_events_go_to_the_dlq_and_valid_ones_around_them_apply(
     produce(broker.bootstrap, TOPIC, mixed)
     for event in good:
         _wait_vector(worker, "user", str(event["user_id"]))
-    dead = wait_until(lambda: (r := read_topic(broker.bootstrap, f"{TOPIC}.dlq")) and len(r) >= len(bad) and r)
+    dead = wait_until(
+        lambda: (r := read_topic(broker.bootstrap, f"{TOPIC}.dlq")) and len(r) >= len(bad) and r
+    )
     by_value = {record.value: dict(record.headers) for record in dead}
     for value in bad:
         headers = by_value[value]
@@ -130,7 +151,9 @@ def test_updates_topic_carries_one_message_per_written_embedding(
     for n in range(5):
         _wait_vector(worker, "item", f"updates-item-{n}")
     written = worker.metric("embstream_embeddings_written_total")
-    updates = wait_until(lambda: (r := read_topic(broker.bootstrap, f"{TOPIC}.updates")) and len(r) >= written and r)
+    updates = wait_until(
+        lambda: (r := read_topic(broker.bootstrap, f"{TOPIC}.updates")) and len(r) >= written and r
+    )
     assert len(updates) == written
     import json
 

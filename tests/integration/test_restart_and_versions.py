@@ -24,8 +24,10 @@ pytestmark = pytest.mark.integration
 
 def _events(topic_users: int, count: int, start: int) -> list[dict]:
     now = int(time.time() * 1000)
-    return [{"user_id": f"r{(start + n) % topic_users}", "item_id": f"it{n % 17}", "type": "view",
-             "ts": now} for n in range(count)]
+    return [
+        {"user_id": f"r{(start + n) % topic_users}", "item_id": f"it{n % 17}", "type": "view", "ts": now}
+        for n in range(count)
+    ]
 
 
 def _send_sentinels(bootstrap: str, topic: str, round_: int, partitions: int = 4) -> list[str]:
@@ -44,8 +46,9 @@ def _send_sentinels(bootstrap: str, topic: str, round_: int, partitions: int = 4
 
 def _wait_users(worker: WorkerProcess, names: list[str]) -> None:
     for name in names:
-        wait_until(lambda n=name: http_json("GET", f"{worker.api}/v1/embeddings/user/{n}")[0] == 200,
-                   timeout_s=30)
+        wait_until(
+            lambda n=name: http_json("GET", f"{worker.api}/v1/embeddings/user/{n}")[0] == 200, timeout_s=30
+        )
 
 
 def test_kill_minus_9_mid_stream_loses_nothing_and_counts_nothing_twice(
@@ -71,7 +74,10 @@ def test_kill_minus_9_mid_stream_loses_nothing_and_counts_nothing_twice(
     store = VersionedVectorStore(data)
     try:
         ids = sorted(expected)
-        counts = {uid: UserState.from_bytes(raw).count for uid, raw in zip(ids, store.get_states("user", ids))}
+        counts = {
+            uid: UserState.from_bytes(raw).count
+            for uid, raw in zip(ids, store.get_states("user", ids), strict=True)
+        }
         assert counts == dict(expected)
         assert all(record is not None for record in store.get_records("user", ids))
     finally:
@@ -90,12 +96,24 @@ def test_records_keep_the_k_most_recent_versions(
     topic = "k-cap-interactions"
     data = tmp_path / "data"
     for version in (1, 2, 3):
-        worker = WorkerProcess(data, registry_dir, broker.bootstrap, topic,
-                               ["--encoder-version", str(version), "--versions-kept", "2"]).start()
-        produce(broker.bootstrap, topic, [{"user_id": "kim", "item_id": f"v{version}", "type": "click",
-                                           "ts": int(time.time() * 1000)}])
-        wait_until(lambda w=worker, v=version: http_json("GET", f"{w.api}/v1/embeddings/user/kim?version={v}")[0] == 200,
-                   timeout_s=30)
+        worker = WorkerProcess(
+            data,
+            registry_dir,
+            broker.bootstrap,
+            topic,
+            ["--encoder-version", str(version), "--versions-kept", "2"],
+        ).start()
+        produce(
+            broker.bootstrap,
+            topic,
+            [{"user_id": "kim", "item_id": f"v{version}", "type": "click", "ts": int(time.time() * 1000)}],
+        )
+        wait_until(
+            lambda w=worker, v=version: (
+                http_json("GET", f"{w.api}/v1/embeddings/user/kim?version={v}")[0] == 200
+            ),
+            timeout_s=30,
+        )
         if version == 3:
             status, body = http_json("GET", f"{worker.api}/v1/embeddings/user/kim?version=1")
             assert status == 404 and body["error"] == "version_not_found"

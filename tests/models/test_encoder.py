@@ -45,7 +45,9 @@ def test_same_state_gives_the_same_vector_alone_or_in_a_batch(encoder: TorchEnco
     alone = encoder.encode_users([_user("a", ["x", "y", "z"])])
     batched = encoder.encode_users([_user("b", ["q"]), _user("a", ["x", "y", "z"])])
     np.testing.assert_allclose(alone[0], batched[1], atol=1e-6)
-    np.testing.assert_array_equal(encoder.encode_items([_item("x", 2)]), encoder.encode_items([_item("x", 2)]))
+    np.testing.assert_array_equal(
+        encoder.encode_items([_item("x", 2)]), encoder.encode_items([_item("x", 2)])
+    )
 
 
 def test_state_changes_move_the_vector(encoder: TorchEncoder) -> None:

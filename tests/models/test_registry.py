@@ -16,7 +16,7 @@ CONFIG = EncoderConfig(dim=16, id_dim=8, buckets=256, hidden=16, history=5)
 
 
 class Payload:
-    def __reduce__(self):  # noqa: ANN204 - a pickle that runs code if ever unpickled
+    def __reduce__(self):
         return (print, ("unpickled!",))
 
 
@@ -32,6 +32,7 @@ def test_save_load_round_trip_gives_identical_vectors(tmp_path: Path) -> None:
     item = ItemState().to_input("thing")
     with torch.inference_mode():
         from models.encoder import item_batch
+
         expected = model.eval().encode_items(item_batch([item], CONFIG)).numpy()
     np.testing.assert_array_equal(encoder.encode_items([item]), expected)
     assert encoder.version == 2 and encoder.dim == 16

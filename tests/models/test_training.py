@@ -31,7 +31,7 @@ def test_training_is_deterministic_for_a_seed_and_learns_the_planted_structure()
     config = TrainingConfig(epochs=2, batch_size=256, seed=3)
     first = train_two_tower(_events(), SMALL, config)
     second = train_two_tower(_events(), SMALL, config)
-    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     # 300 items: random top-10 recall is about 3 %; the planted clusters make it far higher
     assert first.metrics["validation_recall@10"] > 0.2
@@ -40,3 +40,13 @@ def test_training_is_deterministic_for_a_seed_and_learns_the_planted_structure()
 def test_too_little_data_is_a_clear_error() -> None:
     with pytest.raises(TrainingError, match="need a longer interaction log"):
         train_two_tower(_events(count=20), SMALL, TrainingConfig(batch_size=512))
+
+
+def test_the_default_encoder_is_reproducible_for_a_seed(trained_registry, tmp_path) -> None:
+    from models.bootstrap import ensure_default_encoder
+    from models.registry import EncoderRegistry
+
+    again = ensure_default_encoder(EncoderRegistry(tmp_path), seed=0)
+    assert again is not None
+    assert again.weights_sha256 == EncoderRegistry(trained_registry).manifest(1).weights_sha256
+    assert ensure_default_encoder(EncoderRegistry(tmp_path), seed=0) is None  # not trained twice

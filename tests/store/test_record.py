@@ -14,10 +14,12 @@ def _entry(version: int, seed: int = 0, dim: int = 8, dtype: str = "float32") ->
 def test_round_trip_keeps_versions_times_and_exact_floats() -> None:
     entries = [_entry(3, dim=64), _entry(2, seed=1, dim=32), _entry(1, seed=2, dim=16, dtype="float16")]
     decoded = decode_record(encode_record(entries))
-    assert [(e.version, e.updated_at_ms, e.dim) for e in decoded] == [(3, entries[0].updated_at_ms, 64),
-                                                                       (2, entries[1].updated_at_ms, 32),
-                                                                       (1, entries[2].updated_at_ms, 16)]
-    for original, back in zip(entries, decoded):
+    assert [(e.version, e.updated_at_ms, e.dim) for e in decoded] == [
+        (3, entries[0].updated_at_ms, 64),
+        (2, entries[1].updated_at_ms, 32),
+        (1, entries[2].updated_at_ms, 16),
+    ]
+    for original, back in zip(entries, decoded, strict=True):
         assert back.vector.dtype == original.vector.dtype
         np.testing.assert_array_equal(back.vector, original.vector)
 
@@ -49,8 +51,16 @@ def test_cap_pushes_out_the_oldest_versions() -> None:
     assert [e.version for e in entries] == [7, 6, 5, 4, 3] and added and evicted == [1]
 
 
-@pytest.mark.parametrize("data", [b"", b"XX\x01\x00", b"EV\x02\x00", encode_record([_entry(1)])[:-3],
-                                  encode_record([_entry(1)]) + b"\x00"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"XX\x01\x00",
+        b"EV\x02\x00",
+        encode_record([_entry(1)])[:-3],
+        encode_record([_entry(1)]) + b"\x00",
+    ],
+)
 def test_corrupt_records_raise_a_format_error(data: bytes) -> None:
     with pytest.raises(RecordFormatError):
         decode_record(data)

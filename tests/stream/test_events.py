@@ -13,7 +13,9 @@ def _parse(raw: bytes | None, broker_ts: int = NOW - 5) -> Interaction | Rejecti
 
 
 def test_a_valid_event_parses_and_extra_fields_are_ignored() -> None:
-    event = _parse(b'{"user_id": "u1", "item_id": "i1", "type": "rating", "value": 4, "ts": 1700000000000, "x": [1]}')
+    event = _parse(
+        b'{"user_id": "u1", "item_id": "i1", "type": "rating", "value": 4, "ts": 1700000000000, "x": [1]}'
+    )
     assert event == Interaction("u1", "i1", 4, 4.0, 1_700_000_000_000)
 
 

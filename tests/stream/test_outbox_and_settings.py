@@ -18,8 +18,14 @@ def test_outbox_round_trip_keeps_keys_values_and_headers() -> None:
 
 
 def test_settings_read_the_environment_and_overrides_win() -> None:
-    settings = Settings.from_env({"EMBSTREAM_BROKER": "a:1,b:2", "EMBSTREAM_API_PORT": "9000",
-                                  "EMBSTREAM_DATA_DIR": "/data", "EMBSTREAM_TOPIC": ""})
+    settings = Settings.from_env(
+        {
+            "EMBSTREAM_BROKER": "a:1,b:2",
+            "EMBSTREAM_API_PORT": "9000",
+            "EMBSTREAM_DATA_DIR": "/data",
+            "EMBSTREAM_TOPIC": "",
+        }
+    )
     assert settings.broker_servers == ["a:1", "b:2"]
     assert settings.api_port == 9000 and settings.data_dir == Path("/data")
     assert settings.topic == "interactions" and settings.dlq_topic == "interactions.dlq"

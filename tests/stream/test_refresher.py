@@ -52,8 +52,9 @@ def _click(user: str, item: str, ts: int = NOW - 500) -> dict:
 
 
 def _refresher(store: VersionedVectorStore, encoder: RecordingEncoder) -> EmbeddingRefresher:
-    return EmbeddingRefresher(store, encoder, updates_topic="updates", dlq_topic="dlq",
-                              user_window=3, clock_ms=lambda: NOW)
+    return EmbeddingRefresher(
+        store, encoder, updates_topic="updates", dlq_topic="dlq", user_window=3, clock_ms=lambda: NOW
+    )
 
 
 def test_a_batch_is_coalesced_into_one_encoder_call_per_kind(store: VersionedVectorStore) -> None:

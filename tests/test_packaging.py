@@ -1,0 +1,111 @@
+"""The public surface and the deployment files: exports pinned, compose file valid."""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stream.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+EXPORTS = {
+    "stream": {
+        "ApiContext",
+        "BatchOutcome",
+        "BrokerError",
+        "ConsumedRecord",
+        "EmbeddedBroker",
+        "EmbeddingRefresher",
+        "Interaction",
+        "Metrics",
+        "OutgoingMessage",
+        "Rejection",
+        "Settings",
+        "SettingsError",
+        "StreamWorker",
+        "create_app",
+        "decode_outbox",
+        "encode_outbox",
+        "ensure_topics",
+        "parse_event",
+    },
+    "models": {
+        "EVENT_TYPES",
+        "Encoder",
+        "EncoderConfig",
+        "EncoderRegistry",
+        "IntegrityError",
+        "ItemInput",
+        "ItemState",
+        "Manifest",
+        "ModelError",
+        "RegistryError",
+        "SyntheticWorld",
+        "TorchEncoder",
+        "TrainingConfig",
+        "TrainingError",
+        "TrainingResult",
+        "TwoTowerModel",
+        "UserInput",
+        "UserState",
+        "VersionMissingError",
+        "ensure_default_encoder",
+        "train_two_tower",
+    },
+    "store": {
+        "KINDS",
+        "RECORD_FORMAT",
+        "Kind",
+        "RecordFormatError",
+        "ResolvedVector",
+        "StoreError",
+        "StoreOpenError",
+        "StoreWriter",
+        "VersionNotFoundError",
+        "VersionedVector",
+        "VersionedVectorStore",
+        "decode_record",
+        "encode_record",
+        "entity_key",
+        "lookup_many",
+        "lookup_one",
+        "parse_entity_key",
+        "resolve_entry",
+        "upsert_entry",
+    },
+}
+
+
+@pytest.mark.parametrize("package", sorted(EXPORTS))
+def test_each_package_exports_exactly_its_pinned_public_api(package: str) -> None:
+    module = importlib.import_module(package)
+    assert len(module.__all__) == len(set(module.__all__))
+    assert set(module.__all__) == EXPORTS[package]
+    for name in module.__all__:
+        assert hasattr(module, name), f"{package}.{name} is exported but missing"
+
+
+def test_compose_file_has_kafka_and_a_worker_whose_command_the_cli_accepts() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    parser = build_parser()
+    for name in ("worker", "producer"):
+        args = parser.parse_args(services[name]["command"])
+        assert args.broker == "kafka:9092"
+    assert services["worker"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert "8080:8080" in services["worker"]["ports"]
+
+
+def test_readme_quickstart_and_ci_use_the_same_scripts() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "scripts/demo" in readme and "scripts/test" in readme
+    assert any(shlex.split(line)[:1] == ["scripts/test"] for line in ci.splitlines() if line.strip())
