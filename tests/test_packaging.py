@@ -108,4 +108,6 @@ def test_readme_quickstart_and_ci_use_the_same_scripts() -> None:
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "scripts/demo" in readme and "scripts/test" in readme
-    assert any(shlex.split(line)[:1] == ["scripts/test"] for line in ci.splitlines() if line.strip())
+    assert any(
+        shlex.split(line, comments=True)[:1] == ["scripts/test"] for line in ci.splitlines() if line.strip()
+    )
