@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 __all__ = ["KINDS", "Kind", "entity_key", "parse_entity_key"]
 
 Kind = Literal["user", "item"]
 KINDS: tuple[Kind, ...] = ("user", "item")
 _PREFIX: dict[str, bytes] = {"user": b"u:", "item": b"i:"}
-_KIND_OF_PREFIX = {prefix: kind for kind, prefix in _PREFIX.items()}
+_KIND_OF_PREFIX: dict[bytes, str] = {prefix: kind for kind, prefix in _PREFIX.items()}
 
 
 def entity_key(kind: str, entity_id: str) -> bytes:
@@ -25,4 +25,4 @@ def parse_entity_key(key: bytes) -> tuple[Kind, str]:
     kind = _KIND_OF_PREFIX.get(key[:2])
     if kind is None:
         raise ValueError(f"not an entity key: {key[:16]!r}")
-    return kind, key[2:].decode("utf-8")
+    return cast(Kind, kind), key[2:].decode("utf-8")

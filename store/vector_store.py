@@ -18,6 +18,7 @@ import struct
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rocksdict import Options, Rdict, WriteBatch
@@ -65,10 +66,12 @@ class VersionedVectorStore:
             self._db = Rdict(str(self.path), options=_raw_options(), column_families=column_families)
         except Exception as exc:  # rocksdict raises a bare Exception on lock or corruption
             raise StoreOpenError(f"cannot open the store at {self.path}: {exc}") from exc
-        self._cf = {name: self._db.get_column_family(name) for name in _COLUMN_FAMILIES}
+        # Raw mode: keys and values are bytes (rocksdict's annotations assume pickled values).
+        self._cf: dict[str, Any] = {name: self._db.get_column_family(name) for name in _COLUMN_FAMILIES}
         self._handles = {name: self._db.get_column_family_handle(name) for name in _COLUMN_FAMILIES}
         self._counts: Counter[tuple[str, int]] = Counter()
-        for key, value in self._db.items(from_key=_COUNT_PREFIX):
+        db: Any = self._db
+        for key, value in db.items(from_key=_COUNT_PREFIX):
             if not key.startswith(_COUNT_PREFIX):
                 break
             kind, version = key[len(_COUNT_PREFIX) :].decode().split(":")
@@ -78,7 +81,7 @@ class VersionedVectorStore:
 
     def get_records(self, kind: str, ids: Sequence[str]) -> list[list[VersionedVector] | None]:
         """The decoded records of ``ids`` (multi-get), ``None`` where an id has none."""
-        raw = self._cf["vectors"].get([entity_key(kind, entity_id) for entity_id in ids])
+        raw: list[bytes | None] = self._cf["vectors"].get([entity_key(kind, e) for e in ids])
         return [None if value is None else decode_record(value) for value in raw]
 
     def get_record(self, kind: str, entity_id: str) -> list[VersionedVector] | None:

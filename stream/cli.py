@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -178,7 +179,7 @@ def _cmd_lookup(args: argparse.Namespace) -> int:
     import os
 
     base = (args.api or os.environ.get("EMBSTREAM_API_URL") or "http://127.0.0.1:8080").rstrip("/")
-    url = f"{base}/v1/embeddings/{args.kind}/{urllib.request.quote(args.id, safe='')}"
+    url = f"{base}/v1/embeddings/{args.kind}/{urllib.parse.quote(args.id, safe='')}"
     if args.version is not None:
         url += f"?version={args.version}"
     try:

@@ -15,7 +15,7 @@ import orjson
 
 from models.encoder import Encoder
 from models.features import ItemState, UserState
-from store.vector_store import VersionedVectorStore
+from store.vector_store import StoreWriter, VersionedVectorStore
 from stream.events import Interaction, Rejection, parse_event
 from stream.outbox import OutgoingMessage, encode_outbox
 
@@ -130,35 +130,47 @@ class EmbeddingRefresher:
             {iid: (state, item_latest[iid]) for iid, state in items.items()},
         )
 
-    def _encode_and_put(self, writer, users, items, written_at: int, outcome: BatchOutcome) -> None:  # type: ignore[no-untyped-def]
+    def _encode_and_put(
+        self,
+        writer: StoreWriter,
+        users: dict[str, tuple[UserState, int]],
+        items: dict[str, tuple[ItemState, int]],
+        written_at: int,
+        outcome: BatchOutcome,
+    ) -> None:
         version = self.encoder.version
-        for kind, states in (("user", users), ("item", items)):
-            ids = list(states)
-            inputs = [states[entity_id][0].to_input(entity_id) for entity_id in ids]
-            vectors = (
-                self.encoder.encode_users(inputs) if kind == "user" else self.encoder.encode_items(inputs)
-            )
-            for entity_id in ids:
-                writer.put_state(kind, entity_id, states[entity_id][0].to_bytes())
+        user_ids, item_ids = list(users), list(items)
+        user_entries: list[tuple[UserState | ItemState, int]] = [users[uid] for uid in user_ids]
+        item_entries: list[tuple[UserState | ItemState, int]] = [items[iid] for iid in item_ids]
+        batches = (
+            (
+                "user",
+                user_ids,
+                user_entries,
+                self.encoder.encode_users([users[uid][0].to_input(uid) for uid in user_ids]),
+            ),
+            (
+                "item",
+                item_ids,
+                item_entries,
+                self.encoder.encode_items([items[iid][0].to_input(iid) for iid in item_ids]),
+            ),
+        )
+        for kind, ids, entries, vectors in batches:
             writer.put_vectors(kind, ids, version, vectors, written_at)
             outcome.written[(kind, version)] = len(ids)
-            for entity_id in ids:
-                event_ts = states[entity_id][1]
+            for entity_id, (state, event_ts) in zip(ids, entries, strict=True):
+                writer.put_state(kind, entity_id, state.to_bytes())
                 outcome.lags_seconds.append(max(0.0, (written_at - event_ts) / 1000.0))
+                update = {
+                    "kind": kind,
+                    "id": entity_id,
+                    "version": version,
+                    "ts": written_at,
+                    "event_ts": event_ts,
+                }
                 outcome.outbox.append(
-                    OutgoingMessage(
-                        self.updates_topic,
-                        f"{kind}:{entity_id}".encode(),
-                        orjson.dumps(
-                            {
-                                "kind": kind,
-                                "id": entity_id,
-                                "version": version,
-                                "ts": written_at,
-                                "event_ts": event_ts,
-                            }
-                        ),
-                    )
+                    OutgoingMessage(self.updates_topic, f"{kind}:{entity_id}".encode(), orjson.dumps(update))
                 )
 
     def _dead_letter(self, record: ConsumedRecord, reason: str) -> OutgoingMessage:

@@ -70,7 +70,7 @@ class Settings:
         for name, value in chosen.items():
             if isinstance(getattr(self, name), Path) and not isinstance(value, Path):
                 chosen[name] = Path(str(value))
-        return replace(self, **chosen)
+        return replace(self, **chosen)  # type: ignore[arg-type]
 
 
 def _convert(name: str, raw: str, default: object) -> object:
