@@ -43,6 +43,15 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
                 consumer.seek(partition, stored)
         self.worker.assigned = sorted(p.partition for p in assigned)
         log.info("assigned partitions %s", self.worker.assigned)
+        total = consumer.partitions_for_topic(self.worker.settings.topic) or set()
+        if assigned and len(assigned) < len(total):
+            log.warning(
+                "this worker owns %d of %d partitions: another worker shares group %r. State does "
+                "not follow partitions between workers in this release; run one worker per group.",
+                len(assigned),
+                len(total),
+                self.worker.settings.group_id,
+            )
 
 
 class StreamWorker:
