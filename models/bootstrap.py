@@ -7,7 +7,7 @@ from collections.abc import Callable
 from models.encoder import EncoderConfig
 from models.registry import EncoderRegistry, Manifest
 from models.synthetic import SyntheticWorld
-from models.training import TrainingConfig, train_two_tower
+from models.training import TrainingConfig, TrainingProgress, train_two_tower
 
 __all__ = ["DEMO_EVENTS", "ensure_default_encoder"]
 
@@ -19,7 +19,7 @@ _DEMO_END_MS = 1_767_225_600_000  # a fixed timeline (2026-01-01) keeps the weig
 def ensure_default_encoder(
     registry: EncoderRegistry,
     seed: int = 0,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: Callable[[TrainingProgress], None] | None = None,
 ) -> Manifest | None:
     """Train and store version 1 if the registry holds no version; return its manifest.
 

@@ -9,7 +9,14 @@ ModelError
 
 from __future__ import annotations
 
-__all__ = ["IntegrityError", "ModelError", "RegistryError", "TrainingError", "VersionMissingError"]
+__all__ = [
+    "IncompatibleVersionsError",
+    "IntegrityError",
+    "ModelError",
+    "RegistryError",
+    "TrainingError",
+    "VersionMissingError",
+]
 
 
 class ModelError(Exception):
@@ -30,3 +37,7 @@ class IntegrityError(RegistryError):
 
 class TrainingError(ModelError):
     """Training cannot run on the given data."""
+
+
+class IncompatibleVersionsError(RegistryError):
+    """No chain of backward aligners leads from one version to another."""

@@ -5,10 +5,12 @@ Layout::
     <registry>/
       v1/
         manifest.json   {"version", "dim", "architecture", "created_at", "weights_sha256",
-                         "parent", "format", "training"}
+                         "parent", "format", "training", "aligner"}
         weights.pt      a torch state dict, loaded with ``weights_only=True``
+        backward.pt     the backward aligner into the parent's space (if any), likewise
+        report.json     the compatibility report (if any), report.png its picture
 
-Weights are loaded only after their sha256 matches the manifest.
+Weights and aligners are loaded only after their sha256 matches the manifest.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,8 +28,9 @@ from typing import Any
 
 import torch
 
+from models.aligners import BackwardAligner
 from models.encoder import EncoderConfig, TorchEncoder, TwoTowerModel
-from models.errors import IntegrityError, RegistryError, VersionMissingError
+from models.errors import IncompatibleVersionsError, IntegrityError, RegistryError, VersionMissingError
 
 __all__ = ["EncoderRegistry", "Manifest"]
 
@@ -42,6 +46,7 @@ class Manifest:
     created_at: str
     parent: int | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    aligner: dict[str, Any] | None = None
 
     @property
     def dim(self) -> int:
@@ -57,6 +62,7 @@ class Manifest:
             "weights_sha256": self.weights_sha256,
             "parent": self.parent,
             "training": self.training,
+            "aligner": self.aligner,
         }
 
     @classmethod
@@ -69,6 +75,7 @@ class Manifest:
                 created_at=str(data["created_at"]),
                 parent=None if data.get("parent") is None else int(data["parent"]),
                 training=dict(data.get("training", {})),
+                aligner=data.get("aligner"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RegistryError(f"malformed manifest: {exc}") from exc
@@ -119,26 +126,99 @@ class EncoderRegistry:
             raise RegistryError(f"{path} is not valid JSON: {exc}") from exc
 
     def verify(self, version: int) -> Manifest:
-        """Re-hash the weights of ``version``; raise :class:`IntegrityError` on mismatch."""
+        """Re-hash the weights (and aligner) of ``version``; raise :class:`IntegrityError`."""
         manifest = self.manifest(version)
-        weights = self.path_of(version) / "weights.pt"
-        if not weights.is_file():
-            raise IntegrityError(f"version {version} has no weights file at {weights}")
-        actual = _sha256(weights)
-        if actual != manifest.weights_sha256:
-            raise IntegrityError(
-                f"version {version}: weights sha256 {actual[:12]}… does not match the "
-                f"manifest's {manifest.weights_sha256[:12]}…"
-            )
+        self._check_hash(version, "weights.pt", manifest.weights_sha256)
+        if manifest.aligner is not None:
+            self._check_hash(version, "backward.pt", str(manifest.aligner.get("sha256")))
         return manifest
+
+    def _check_hash(self, version: int, name: str, expected: str) -> Path:
+        path = self.path_of(version) / name
+        if not path.is_file():
+            raise IntegrityError(f"version {version} has no {name} at {path}")
+        actual = _sha256(path)
+        if actual != expected:
+            raise IntegrityError(
+                f"version {version}: {name} sha256 {actual[:12]}… does not match the "
+                f"manifest's {expected[:12]}…"
+            )
+        return path
 
     def load(self, version: int) -> TorchEncoder:
         """Verify and load one version for inference."""
-        manifest = self.verify(version)
+        manifest = self.manifest(version)
+        path = self._check_hash(version, "weights.pt", manifest.weights_sha256)
         model = TwoTowerModel(manifest.architecture)
-        state = torch.load(self.path_of(version) / "weights.pt", weights_only=True)
-        model.load_state_dict(state)
+        model.load_state_dict(torch.load(path, weights_only=True))
         return TorchEncoder(model, version)
+
+    def load_aligner(self, version: int) -> BackwardAligner | None:
+        """The verified backward aligner of ``version`` into its parent, or ``None``."""
+        manifest = self.manifest(version)
+        if manifest.aligner is None:
+            return None
+        path = self._check_hash(version, "backward.pt", str(manifest.aligner["sha256"]))
+        aligner = BackwardAligner(int(manifest.aligner["source_dim"]), int(manifest.aligner["target_dim"]))
+        aligner.load_state_dict(torch.load(path, weights_only=True))
+        return aligner.eval()
+
+    def lineage(self, version: int) -> list[int]:
+        """``version``, its parent, grandparent, … back to the root."""
+        chain = [version]
+        seen = {version}
+        parent = self.manifest(version).parent
+        while parent is not None:
+            if parent in seen:
+                raise RegistryError(f"parent links of version {version} form a cycle")
+            chain.append(parent)
+            seen.add(parent)
+            parent = self.manifest(parent).parent
+        return chain
+
+    def aligner_chain(self, source: int, target: int) -> list[BackwardAligner]:
+        """Aligners that carry a vector of ``source`` back to ``target`` (applied in order).
+
+        Raises :class:`IncompatibleVersionsError` when ``target`` is not an ancestor of
+        ``source``, or a version on the way has no aligner.
+        """
+        lineage = self.lineage(source)
+        if target not in lineage:
+            raise IncompatibleVersionsError(
+                f"version {target} is not an ancestor of version {source} (lineage {lineage})"
+            )
+        chain = []
+        for version in lineage[: lineage.index(target)]:
+            aligner = self.load_aligner(version)
+            if aligner is None:
+                raise IncompatibleVersionsError(
+                    f"version {version} has no backward aligner, so version {source} cannot be "
+                    f"carried back to {target}"
+                )
+            chain.append(aligner)
+        return chain
+
+    def report(self, version: int) -> dict[str, Any] | None:
+        path = self.path_of(version) / "report.json"
+        if not path.is_file():
+            return None
+        return dict(json.loads(path.read_text()))
+
+    def children(self, version: int) -> list[int]:
+        return [v for v in self.versions() if self.manifest(v).parent == version]
+
+    def delete(self, version: int, force: bool = False) -> None:
+        """Remove ``version``; refused when another version descends from it, unless forced."""
+        self.manifest(version)
+        children = self.children(version)
+        if children and not force:
+            raise RegistryError(
+                f"versions {children} descend from version {version}: deleting it would cut "
+                "their aligner chains (use force to delete anyway)"
+            )
+        trash = self.root / f".deleting-v{version}"
+        os.replace(self.path_of(version), trash)
+        shutil.rmtree(trash)
 
     def save(
         self,
@@ -146,13 +226,39 @@ class EncoderRegistry:
         *,
         parent: int | None = None,
         training: dict[str, Any] | None = None,
+        aligner: BackwardAligner | None = None,
+        aligner_method: str | None = None,
+        files: dict[str, bytes] | None = None,
     ) -> Manifest:
-        """Store ``model`` as the next version; the directory appears atomically."""
+        """Store ``model`` (and its aligner, report files) as the next version, atomically."""
+        if aligner is not None and parent is None:
+            raise RegistryError("an aligner needs a parent version")
+        if parent is not None:
+            parent_dim = self.manifest(parent).dim
+            if aligner is not None and (aligner.source_dim, aligner.target_dim) != (
+                model.config.dim,
+                parent_dim,
+            ):
+                raise RegistryError(
+                    f"aligner maps {aligner.source_dim}->{aligner.target_dim}, expected "
+                    f"{model.config.dim}->{parent_dim}"
+                )
         self.root.mkdir(parents=True, exist_ok=True)
         version = (self.latest() or 0) + 1
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         weights = staging / "weights.pt"
         torch.save(model.state_dict(), weights)
+        aligner_entry = None
+        if aligner is not None:
+            torch.save(aligner.state_dict(), staging / "backward.pt")
+            aligner_entry = {
+                "method": aligner_method,
+                "sha256": _sha256(staging / "backward.pt"),
+                "source_dim": aligner.source_dim,
+                "target_dim": aligner.target_dim,
+            }
+        for name, content in (files or {}).items():
+            (staging / name).write_bytes(content)
         manifest = Manifest(
             version=version,
             architecture=model.config,
@@ -160,6 +266,7 @@ class EncoderRegistry:
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             parent=parent,
             training=training or {},
+            aligner=aligner_entry,
         )
         (staging / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
         os.replace(staging, self.path_of(version))

@@ -7,6 +7,7 @@ should therefore put a user near the items of the user's clusters.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -72,6 +73,29 @@ class SyntheticWorld:
             if types[index] == len(EVENT_TYPES) - 1:
                 event["value"] = int(ratings[index])
             events.append(event)
+        return events
+
+    def drifted(self, fraction: float, seed: int) -> SyntheticWorld:
+        """The same world after a ``fraction`` of users moved one preferred cluster."""
+        rng = np.random.default_rng(seed)
+        moved = copy.deepcopy(self)
+        movers = rng.random(self.users) < fraction
+        moved.user_clusters[movers, rng.integers(0, 2, size=int(movers.sum()))] = rng.integers(
+            0, self.clusters, size=int(movers.sum())
+        )
+        return moved
+
+    def drifting_log(
+        self, periods: int, events_per_period: int, drift: float, start_ms: int, period_ms: int
+    ) -> list[dict[str, object]]:
+        """``periods`` consecutive periods of events; users' tastes drift between periods."""
+        world: SyntheticWorld = self
+        events: list[dict[str, object]] = []
+        for period in range(periods):
+            events += world.events(
+                events_per_period, start_ms + period * period_ms, period_ms, seed=self.seed * 7919 + period
+            )
+            world = world.drifted(drift, seed=self.seed * 104_729 + period)
         return events
 
     def stream(self, seed: int, chunk: int = 1_000) -> Iterator[dict[str, object]]:

@@ -2,26 +2,46 @@
 
 Examples are built by replaying the log in time order through the same entity state the
 stream keeps (:mod:`models.features`): for each interaction, the user's state just before it
-is the query and the item's state just before it is the positive. Loss: in-batch sampled
-softmax. Validation: the last ``validation_fraction`` of the log (train on the past,
-evaluate on the next period), Recall@K of the next item among every item seen.
+is the query and the item's state just before it is the positive. The log is split in time:
+the first ``1 - validation_fraction`` of events train, the rest (the next period) validate.
+Loss: in-batch sampled softmax with logQ correction.
+
+With :class:`AlignmentTargets` the model is trained jointly with a backward aligner into its
+parent's space (the BC-Aligner recipe): task loss plus ``weight`` times the squared distance
+between the aligner's output and the parent's embeddings of the same inputs and, multi-step,
+the same distance after every older frozen aligner to each older version's embeddings (the
+terms are averaged). The alignment is applied to the batch's users and items and to a batch
+of every known entity's state at the cut, so rare ids are aligned too.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn import functional
 
-from models.encoder import EncoderConfig, TwoTowerModel, item_batch, user_batch
+from models.aligners import BackwardAligner
+from models.encoder import EncoderConfig, TorchEncoder, TwoTowerModel, item_batch, user_batch
 from models.errors import TrainingError
+from models.evaluation import recall_at_k
 from models.features import TYPE_CODES, ItemInput, ItemState, UserInput, UserState
 
-__all__ = ["TrainingConfig", "TrainingResult", "build_examples", "train_two_tower"]
+__all__ = [
+    "AlignmentTargets",
+    "Examples",
+    "TrainingConfig",
+    "TrainingProgress",
+    "TrainingResult",
+    "build_examples",
+    "train_two_tower",
+    "validation_recall",
+]
 
 
 @dataclass(frozen=True)
@@ -35,91 +55,215 @@ class TrainingConfig:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class TrainingProgress:
+    step: int
+    steps: int
+    loss: float
+    validation_recall: float | None = None
+
+
 @dataclass
 class TrainingResult:
     model: TwoTowerModel
     metrics: dict[str, Any]
+    aligner: BackwardAligner | None = None
 
 
 @dataclass
 class Examples:
+    """Training and validation examples plus entity states at the cut between them."""
+
     users: list[UserInput]
     items: list[ItemInput]
-    final_items: dict[str, ItemInput]
+    split: int
+    users_at_cut: dict[str, UserInput]
+    items_at_cut: dict[str, ItemInput]
+    train_counts_user: Counter[str] = field(default_factory=Counter)
+    train_counts_item: Counter[str] = field(default_factory=Counter)
+    validation_users: set[str] = field(default_factory=set)
+
+    def catalogue(self) -> list[ItemInput]:
+        """Every item of the log, with its state at the cut (empty if first seen later)."""
+        seen = dict(self.items_at_cut)
+        for item in self.items[self.split :]:
+            seen.setdefault(item.item_id, ItemState().to_input(item.item_id))
+        return list(seen.values())
 
 
-def build_examples(events: Sequence[dict[str, Any]], history: int) -> Examples:
+@dataclass
+class AlignmentTargets:
+    """What the joint aligner must reproduce, per ancestor (parent first), per train example."""
+
+    user_targets: list[torch.Tensor]
+    item_targets: list[torch.Tensor]
+    chain: list[BackwardAligner]  # chain[k]: ancestor k's space -> ancestor k+1's (frozen)
+    weight: float = 8.0
+    multi_step: bool = True
+    # Every entity once (its state at the cut), so rare ids are aligned too, not only the
+    # ids that training examples happen to sample.
+    entity_users: list[UserInput] = field(default_factory=list)
+    entity_items: list[ItemInput] = field(default_factory=list)
+    entity_user_targets: list[torch.Tensor] = field(default_factory=list)
+    entity_item_targets: list[torch.Tensor] = field(default_factory=list)
+
+
+def build_examples(
+    events: Sequence[dict[str, Any]], history: int, validation_fraction: float = 0.1
+) -> Examples:
     """Replay ``events`` (sorted by ``ts``) through user and item state."""
+    cut = int(len(events) * (1.0 - validation_fraction))
     user_states: dict[str, UserState] = {}
     item_states: dict[str, ItemState] = {}
-    users: list[UserInput] = []
-    items: list[ItemInput] = []
-    for event in events:
+    examples = Examples([], [], 0, {}, {})
+    for index, event in enumerate(events):
+        if index == cut:
+            examples.split = len(examples.users)
+            examples.users_at_cut = {u: s.to_input(u) for u, s in user_states.items()}
+            examples.items_at_cut = {i: s.to_input(i) for i, s in item_states.items()}
         user_id, item_id = str(event["user_id"]), str(event["item_id"])
         code, ts = TYPE_CODES[str(event["type"])], int(event["ts"])
         user = user_states.setdefault(user_id, UserState(window=history))
         item = item_states.setdefault(item_id, ItemState())
         if user.item_ids:
-            users.append(user.to_input(user_id))
-            items.append(item.to_input(item_id))
+            examples.users.append(user.to_input(user_id))
+            examples.items.append(item.to_input(item_id))
+        if index < cut:
+            examples.train_counts_user[user_id] += 1
+            examples.train_counts_item[item_id] += 1
+        else:
+            examples.validation_users.add(user_id)
         value = event.get("value")
         user.add(item_id, code, None if value is None else float(value), ts)
         item.add(code, ts)
-    final = {item_id: state.to_input(item_id) for item_id, state in item_states.items()}
-    return Examples(users, items, final)
+    if cut >= len(events):
+        examples.split = len(examples.users)
+        examples.users_at_cut = {u: s.to_input(u) for u, s in user_states.items()}
+        examples.items_at_cut = {i: s.to_input(i) for i, s in item_states.items()}
+    return examples
 
 
-def _recall_at_k(
-    model: TwoTowerModel, examples: Examples, start: int, config: EncoderConfig, k: int
-) -> float:
-    queries = examples.users[start:]
+def validation_recall(model: TwoTowerModel, examples: Examples, k: int) -> float:
+    """Recall@k of the next item on the validation period, among every item of the log."""
+    encoder = TorchEncoder(model, version=0)
+    catalogue = examples.catalogue()
+    queries = examples.users[examples.split :]
     if not queries:
         return math.nan
-    catalogue = list(examples.final_items.values())
-    index = {item.item_id: row for row, item in enumerate(catalogue)}
-    with torch.inference_mode():
-        item_vectors = model.encode_items(item_batch(catalogue, config))
-        hits = 0
-        for offset in range(0, len(queries), 2048):
-            chunk = queries[offset : offset + 2048]
-            user_vectors = model.encode_users(user_batch(chunk, config))
-            top = (user_vectors @ item_vectors.T).topk(min(k, len(catalogue)), dim=1).indices
-            targets = torch.tensor(
-                [index[item.item_id] for item in examples.items[start + offset : start + offset + len(chunk)]]
+    position = {item.item_id: row for row, item in enumerate(catalogue)}
+    targets = np.array([position[item.item_id] for item in examples.items[examples.split :]])
+    return recall_at_k(encoder.encode_users(queries), encoder.encode_items(catalogue), targets, k)
+
+
+def _take(batch: Any, rows: torch.Tensor) -> Any:
+    """The same kind of tensor batch, restricted to ``rows``."""
+    return type(batch)(*(tensor[rows] for tensor in vars(batch).values()))
+
+
+def _alignment_loss(
+    vectors: torch.Tensor,
+    aligner: BackwardAligner,
+    per_ancestor: list[torch.Tensor],
+    chain: list[BackwardAligner],
+    multi_step: bool,
+) -> torch.Tensor:
+    """Mean over ancestors of the squared distance between carried-back ``vectors`` and their
+    targets (summed over dimensions, so the weight does not depend on the dimension)."""
+    carried = aligner(vectors)
+    terms = []
+    for step, target in enumerate(per_ancestor):
+        terms.append(((carried - target) ** 2).sum(dim=1).mean())
+        if not multi_step or step >= len(chain):
+            break
+        carried = chain[step](carried)
+    return torch.stack(terms).mean()
+
+
+class _Aligning:
+    """The alignment part of the loss for one training run."""
+
+    def __init__(
+        self, targets: AlignmentTargets, aligner: BackwardAligner, config: EncoderConfig, seed: int
+    ) -> None:
+        self.targets, self.aligner = targets, aligner
+        self.entity_users = user_batch(targets.entity_users, config) if targets.entity_users else None
+        self.entity_items = item_batch(targets.entity_items, config) if targets.entity_items else None
+        self.generator = torch.Generator().manual_seed(seed + 1)
+
+    def loss(
+        self, model: TwoTowerModel, users: torch.Tensor, items: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
+        t = self.targets
+        terms = [
+            _alignment_loss(users, self.aligner, [x[rows] for x in t.user_targets], t.chain, t.multi_step),
+            _alignment_loss(items, self.aligner, [x[rows] for x in t.item_targets], t.chain, t.multi_step),
+        ]
+        for batch, encode, targets in (
+            (self.entity_users, model.encode_users, t.entity_user_targets),
+            (self.entity_items, model.encode_items, t.entity_item_targets),
+        ):
+            if batch is None:
+                continue
+            count = len(targets[0])
+            sample = torch.randint(0, count, (min(len(rows), count),), generator=self.generator)
+            vectors = encode(_take(batch, sample))  # type: ignore[operator]
+            terms.append(
+                _alignment_loss(vectors, self.aligner, [x[sample] for x in targets], t.chain, t.multi_step)
             )
-            hits += int((top == targets.unsqueeze(1)).any(dim=1).sum())
-    return hits / len(queries)
+        return torch.stack(terms).mean()
 
 
 def train_two_tower(
-    events: Sequence[dict[str, Any]],
+    events: Sequence[dict[str, Any]] | Examples,
     config: EncoderConfig,
     training: TrainingConfig,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: Callable[[TrainingProgress], None] | None = None,
+    alignment: AlignmentTargets | None = None,
+    warm_start: TwoTowerModel | None = None,
 ) -> TrainingResult:
-    """Train a fresh model; ``progress(step, steps, loss)`` is called after every step."""
-    examples = build_examples(sorted(events, key=lambda e: int(e["ts"])), config.history)
-    total = len(examples.users)
-    split = int(total * (1.0 - training.validation_fraction))
-    if split < training.batch_size // 4 or split < 2:
-        raise TrainingError(f"only {total} training examples; need a longer interaction log")
+    """Train a model (and, with ``alignment``, its backward aligner) on a log.
+
+    With ``warm_start`` (a parent of the same architecture) the model starts from the
+    parent's weights and the aligner from the identity, so training begins compatible and
+    the alignment loss keeps it there while the task loss improves it.
+    """
+    examples = (
+        events
+        if isinstance(events, Examples)
+        else build_examples(
+            sorted(events, key=lambda e: int(e["ts"])), config.history, training.validation_fraction
+        )
+    )
+    split = examples.split
+    if split < max(2, training.batch_size // 4):
+        raise TrainingError(f"only {split} training examples; need a longer interaction log")
     torch.manual_seed(training.seed)
     generator = torch.Generator().manual_seed(training.seed)
     model = TwoTowerModel(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=training.learning_rate)
+    if warm_start is not None and warm_start.config == config:
+        model.load_state_dict(warm_start.state_dict())
+    parameters = list(model.parameters())
+    aligner, aligning = None, None
+    if alignment is not None:
+        aligner = BackwardAligner(config.dim, alignment.user_targets[0].shape[1])
+        if warm_start is not None and warm_start.config == config:
+            with torch.no_grad():
+                aligner.linear.weight.copy_(torch.eye(config.dim))
+        parameters += list(aligner.parameters())
+        for frozen in alignment.chain:
+            frozen.requires_grad_(False)
+        aligning = _Aligning(alignment, aligner, config, training.seed)
+    optimizer = torch.optim.Adam(parameters, lr=training.learning_rate)
     user_tensors = user_batch(examples.users[:split], config)
     item_tensors = item_batch(examples.items[:split], config)
     # logQ correction: in-batch negatives are drawn by popularity, so without it the model
     # learns to push popular items down (Yi et al., RecSys 2019).
-    frequency: dict[str, int] = {}
-    for item in examples.items[:split]:
-        frequency[item.item_id] = frequency.get(item.item_id, 0) + 1
+    frequency = Counter(item.item_id for item in examples.items[:split])
     log_q = torch.tensor([math.log(frequency[item.item_id] / split) for item in examples.items[:split]])
-    steps_per_epoch = math.ceil(split / training.batch_size)
-    steps = steps_per_epoch * training.epochs
-    step, loss_value = 0, math.nan
-    model.train()
+    steps = math.ceil(split / training.batch_size) * training.epochs
+    step, loss_value, recall = 0, math.nan, math.nan
     for _ in range(training.epochs):
+        model.train()
         order = torch.randperm(split, generator=generator)
         for start in range(0, split, training.batch_size):
             rows = order[start : start + training.batch_size]
@@ -127,26 +271,29 @@ def train_two_tower(
             items = model.encode_items(_take(item_tensors, rows))
             logits = users @ items.T / training.temperature - log_q[rows].unsqueeze(0)
             loss = functional.cross_entropy(logits, torch.arange(len(rows)))
+            if aligning is not None:
+                loss = loss + aligning.targets.weight * aligning.loss(model, users, items, rows)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             step += 1
             loss_value = loss.item()
-            if progress is not None:
-                progress(step, steps, loss_value)
-    model.eval()
-    recall = _recall_at_k(model, examples, split, config, training.recall_k)
+            if progress is not None and step % steps_per_report(steps) == 0 and step < steps:
+                progress(TrainingProgress(step, steps, loss_value))
+        model.eval()
+        recall = validation_recall(model, examples, training.recall_k)
+        if progress is not None:
+            progress(TrainingProgress(step, steps, loss_value, recall))
     metrics = {
-        "examples": total,
+        "examples": len(examples.users),
         "train_examples": split,
         "final_loss": round(loss_value, 4),
         f"validation_recall@{training.recall_k}": round(recall, 4),
         "epochs": training.epochs,
         "seed": training.seed,
     }
-    return TrainingResult(model, metrics)
+    return TrainingResult(model.eval(), metrics, aligner.eval() if aligner is not None else None)
 
 
-def _take(batch: Any, rows: torch.Tensor) -> Any:
-    """The same kind of tensor batch, restricted to ``rows``."""
-    return type(batch)(*(tensor[rows] for tensor in vars(batch).values()))
+def steps_per_report(steps: int) -> int:
+    return max(1, steps // 100)

@@ -1,4 +1,4 @@
-"""The ``embstream`` command line: run, demo, produce, lookup."""
+"""The ``embstream`` command line: run, demo, produce, lookup, train, models."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from models.errors import ModelError
 from store.errors import StoreError
 from stream.broker import BrokerError
+from stream.cli_models import add_model_commands, run_models, run_train
 from stream.settings import Settings, SettingsError
 
 __all__ = ["main"]
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--broker", help="host:port[,host:port] (default: EMBSTREAM_BROKER)")
     produce.add_argument("--topic", help="topic (default: interactions)")
     produce.add_argument("--seed", type=int, help="seed of the synthetic world")
+
+    add_model_commands(commands)
 
     lookup = commands.add_parser("lookup", help="fetch one embedding from a running API")
     lookup.add_argument("kind", choices=["user", "item"])
@@ -201,7 +204,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"run": _cmd_run, "demo": _cmd_demo, "produce": _cmd_produce, "lookup": _cmd_lookup}
+    handlers = {
+        "run": _cmd_run,
+        "demo": _cmd_demo,
+        "produce": _cmd_produce,
+        "lookup": _cmd_lookup,
+        "train": run_train,
+        "models": run_models,
+    }
     try:
         return handlers[args.command](args)
     except (SettingsError, BrokerError, StoreError, ModelError) as error:

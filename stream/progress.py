@@ -7,12 +7,26 @@ from typing import Any
 
 from tqdm import tqdm
 
-__all__ = ["progress_bar"]
+from models.training import TrainingProgress
+
+__all__ = ["TrainingBar", "progress_bar"]
+
+
+class TrainingBar(tqdm):  # type: ignore[misc]
+    """A tqdm bar that understands :class:`TrainingProgress` reports."""
+
+    def report(self, event: TrainingProgress) -> None:
+        self.total = event.steps
+        postfix = {"loss": f"{event.loss:.3f}"}
+        if event.validation_recall is not None:
+            postfix["val_recall"] = f"{event.validation_recall:.3f}"
+        self.set_postfix(postfix, refresh=False)
+        self.update(event.step - self.n)
 
 
 def progress_bar(total: int | None, desc: str, unit: str = "it") -> Any:
-    """A tqdm bar on stderr, disabled when stderr is not a terminal."""
-    return tqdm(
+    """A bar on stderr, disabled when stderr is not a terminal."""
+    return TrainingBar(
         total=total,
         desc=desc,
         unit=unit,

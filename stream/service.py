@@ -44,13 +44,7 @@ def prepare_encoder(settings: Settings) -> TorchEncoder:
             f"encoder on synthetic data (seed {settings.seed})"
         )
         with progress_bar(total=None, desc="training v1", unit="step") as bar:
-
-            def report(step: int, steps: int, loss: float) -> None:
-                bar.total = steps
-                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-                bar.update(1)
-
-            manifest = ensure_default_encoder(registry, seed=settings.seed, progress=report)
+            manifest = ensure_default_encoder(registry, seed=settings.seed, progress=bar.report)
         assert manifest is not None
         say(f"created version 1 ({manifest.training})")
     version = settings.encoder_version or registry.latest()

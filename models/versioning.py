@@ -1,0 +1,214 @@
+"""Training a new encoder version end to end: model, backward aligner, compatibility report,
+all stored together in the registry."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.aligners import ALIGNER_METHODS, BackwardAligner, fit_least_squares, fit_procrustes
+from models.compatibility import (
+    VersionView,
+    compatibility_matrix,
+    consumer_changes,
+    cross_recall,
+    embed_version,
+)
+from models.encoder import EncoderConfig, TorchEncoder, TwoTowerModel
+from models.errors import IncompatibleVersionsError, TrainingError
+from models.registry import EncoderRegistry, Manifest
+from models.report_plot import render_report_png
+from models.training import (
+    AlignmentTargets,
+    Examples,
+    TrainingConfig,
+    TrainingProgress,
+    build_examples,
+    train_two_tower,
+)
+
+__all__ = ["DEFAULT_GATE_PCT", "VersionRequest", "train_version"]
+
+DEFAULT_GATE_PCT = -2.0
+
+
+@dataclass(frozen=True)
+class VersionRequest:
+    """What ``embstream train`` asks for."""
+
+    method: str = "bc-aligner"
+    parent: int | None = None  # None: the registry's latest version
+    dim: int | None = None  # None: the parent's dim (64 for a first version)
+    epochs: int = 3
+    seed: int = 0
+    alignment_weight: float = 8.0
+    multi_step: bool = True
+    warm_start: bool = True  # bc-aligner: start from the parent's weights when shapes match
+    gate_pct: float = DEFAULT_GATE_PCT
+    recall_k: int = 10
+    batch_size: int = 512
+    learning_rate: float = 3e-3
+    encoder: EncoderConfig | None = None  # architecture override (dim still from ``dim``)
+
+
+def _alignment_targets(
+    registry: EncoderRegistry, lineage: list[int], examples: Examples, request: VersionRequest
+) -> AlignmentTargets:
+    """Frozen ancestors' embeddings of every training example, and their aligner chain."""
+    targets = AlignmentTargets([], [], [], request.alignment_weight, request.multi_step)
+    targets.entity_users = list(examples.users_at_cut.values())
+    targets.entity_items = list(examples.items_at_cut.values())
+    train_users, train_items = examples.users[: examples.split], examples.items[: examples.split]
+    for position, version in enumerate(lineage):
+        encoder = registry.load(version)
+        targets.user_targets.append(torch.from_numpy(encoder.encode_users(train_users)))
+        targets.item_targets.append(torch.from_numpy(encoder.encode_items(train_items)))
+        targets.entity_user_targets.append(torch.from_numpy(encoder.encode_users(targets.entity_users)))
+        targets.entity_item_targets.append(torch.from_numpy(encoder.encode_items(targets.entity_items)))
+        if not request.multi_step or position == len(lineage) - 1:
+            break
+        aligner = registry.load_aligner(version)
+        if aligner is None:  # the chain stops here: older versions are out of reach anyway
+            break
+        targets.chain.append(aligner)
+    return targets
+
+
+def _fit_posthoc(method: str, new: VersionView, parent: VersionView) -> BackwardAligner:
+    source = np.concatenate([new.users, new.items])
+    target = np.concatenate([parent.users, parent.items])
+    return fit_least_squares(source, target) if method == "posthoc-linear" else fit_procrustes(source, target)
+
+
+def _pct(new: float, base: float) -> float:
+    return round((new - base) / base * 100.0, 3) if base else 0.0
+
+
+def build_report(
+    registry: EncoderRegistry,
+    version: int,
+    parent: int | None,
+    method: str,
+    model: TwoTowerModel,
+    aligner: BackwardAligner | None,
+    unaligned: TwoTowerModel,
+    examples: Examples,
+    request: VersionRequest,
+) -> dict[str, Any]:
+    k = request.recall_k
+    new_view = embed_version(TorchEncoder(model, version), examples)
+    unaligned_view = embed_version(TorchEncoder(unaligned, version), examples)
+    recall_new = cross_recall(new_view, new_view, examples, k)
+    recall_unaligned = cross_recall(unaligned_view, unaligned_view, examples, k)
+    report: dict[str, Any] = {
+        "version": version,
+        "parent": parent,
+        "method": method,
+        "recall_k": k,
+        "threshold_pct": request.gate_pct,
+        "recall": {"new": round(recall_new, 4), "unaligned": round(recall_unaligned, 4)},
+        "intended_change_pct": _pct(recall_new, recall_unaligned),
+    }
+    views = {version: new_view}
+    chains: dict[tuple[int, int], list[BackwardAligner] | None] = {(version, version): []}
+    for old in registry.versions():
+        views[old] = embed_version(registry.load(old), examples)
+        for older in registry.versions():
+            try:
+                chains[(old, older)] = registry.aligner_chain(old, older)
+            except IncompatibleVersionsError:
+                chains[(old, older)] = None
+    if parent is not None:
+        for ancestor in registry.lineage(parent):
+            tail = chains.get((parent, ancestor))
+            chains[(version, ancestor)] = None if aligner is None or tail is None else [aligner, *tail]
+        parent_view = views[parent]
+        report["recall"]["parent"] = round(cross_recall(parent_view, parent_view, examples, k), 4)
+        carried = None
+        if aligner is not None:
+            carried = new_view.carried([aligner])
+        elif new_view.users.shape[1] == parent_view.users.shape[1]:
+            carried = new_view  # no aligner: consumers would get the new space as it is
+        consumer = consumer_changes(parent_view, carried, examples, request.seed)
+        report["consumer_change_pct"] = consumer["change_pct"]
+        report["consumer_tasks"] = consumer["tasks"]
+        ecc, cross = {}, {}
+        for ancestor in registry.lineage(parent):
+            chain = chains[(version, ancestor)]
+            base = cross_recall(views[ancestor], views[ancestor], examples, k)
+            if chain is None:
+                ecc[str(ancestor)] = False
+                continue
+            value = cross_recall(new_view.carried(chain), views[ancestor], examples, k)
+            cross[str(ancestor)] = {"carried_new": round(value, 4), "native_old": round(base, 4)}
+            ecc[str(ancestor)] = value > base
+        report["cross_version_recall"] = cross
+        report["ecc"] = ecc
+        mean = report["consumer_change_pct"]["mean"]
+        report["swappable"] = aligner is not None and mean is not None and mean >= request.gate_pct
+    else:
+        report.update(consumer_change_pct={"mean": None}, ecc={}, swappable=True)
+    report["compatibility_matrix"] = compatibility_matrix(views, chains, examples, k)
+    return report
+
+
+def train_version(
+    registry: EncoderRegistry,
+    events: list[dict[str, Any]],
+    request: VersionRequest,
+    progress: Callable[[str, TrainingProgress], None] | None = None,
+) -> tuple[Manifest, dict[str, Any]]:
+    """Train, align, evaluate and store a new version; returns its manifest and report."""
+    if request.method not in ALIGNER_METHODS:
+        raise TrainingError(f"unknown method {request.method!r}; choose from {', '.join(ALIGNER_METHODS)}")
+    parent = request.parent if request.parent is not None else registry.latest()
+    lineage = registry.lineage(parent) if parent is not None else []
+    dim = request.dim or (registry.manifest(parent).dim if parent is not None else 64)
+    config = EncoderConfig(**{**(request.encoder or EncoderConfig()).to_dict(), "dim": dim})  # type: ignore[arg-type]
+    training = TrainingConfig(
+        epochs=request.epochs,
+        batch_size=request.batch_size,
+        learning_rate=request.learning_rate,
+        recall_k=request.recall_k,
+        seed=request.seed,
+    )
+    examples = build_examples(events, config.history, training.validation_fraction)
+
+    def stage(name: str) -> Callable[[TrainingProgress], None] | None:
+        return None if progress is None else (lambda event: progress(name, event))
+
+    method = request.method if parent is not None else "none"
+    unaligned = train_two_tower(examples, config, training, stage("model"))
+    model, aligner, metrics = unaligned.model, None, unaligned.metrics
+    if method == "bc-aligner":
+        targets = _alignment_targets(registry, lineage, examples, request)
+        parent_model = registry.load(lineage[0]).model if request.warm_start else None
+        joint = train_two_tower(
+            examples, config, training, stage("bc-aligner"), alignment=targets, warm_start=parent_model
+        )
+        model, aligner, metrics = joint.model, joint.aligner, joint.metrics
+    elif method in ("posthoc-linear", "procrustes"):
+        assert parent is not None
+        aligner = _fit_posthoc(
+            method,
+            embed_version(TorchEncoder(model, 0), examples),
+            embed_version(registry.load(parent), examples),
+        )
+    version = (registry.latest() or 0) + 1
+    report = build_report(
+        registry, version, parent, method, model, aligner, unaligned.model, examples, request
+    )
+    files = {
+        "report.json": (json.dumps(report, indent=2) + "\n").encode(),
+        "report.png": render_report_png(report),
+    }
+    info = {**metrics, "method": method, "events": len(events), "alignment_weight": request.alignment_weight}
+    manifest = registry.save(
+        model, parent=parent, training=info, aligner=aligner, aligner_method=method, files=files
+    )
+    return manifest, report

@@ -1,0 +1,165 @@
+"""``embstream train`` and ``embstream models``: new encoder versions and the registry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from models.aligners import ALIGNER_METHODS
+from models.errors import IntegrityError
+from models.interaction_log import read_interaction_log
+from models.registry import EncoderRegistry
+from models.training import TrainingProgress
+from models.versioning import DEFAULT_GATE_PCT, VersionRequest, train_version
+from stream.progress import progress_bar
+from stream.settings import Settings
+
+__all__ = ["add_model_commands", "run_models", "run_train"]
+
+
+def add_model_commands(commands: Any) -> None:
+    train = commands.add_parser("train", help="train a new encoder version with its backward aligner")
+    train.add_argument("--events", required=True, type=Path, help="JSON lines or CSV interaction log")
+    train.add_argument("--registry", type=Path, help="model registry (default: embstream-registry)")
+    train.add_argument("--parent", type=int, help="parent version (default: the latest)")
+    train.add_argument("--dim", type=int, help="embedding dimensions (default: the parent's, or 64)")
+    train.add_argument("--epochs", type=int, default=3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--method", choices=ALIGNER_METHODS, default="bc-aligner")
+    train.add_argument(
+        "--alignment-weight", type=float, default=8.0, help="bc-aligner's weight of the alignment term"
+    )
+    train.add_argument("--single-step", action="store_true", help="bc-aligner: parent term only")
+    train.add_argument(
+        "--no-warm-start", action="store_true", help="bc-aligner: start from random weights, not the parent's"
+    )
+    train.add_argument(
+        "--gate-pct",
+        type=float,
+        default=DEFAULT_GATE_PCT,
+        help="consumer change below this (percent) marks the version not swappable",
+    )
+
+    models = commands.add_parser("models", help="list, show, verify or delete registry versions")
+    models.add_argument("--registry", type=Path, help="model registry (default: embstream-registry)")
+    action = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    action.add_parser("list", help="every version, a line each")
+    for name, text in (
+        ("show", "manifest and report summary"),
+        ("verify", "re-check sha256 hashes"),
+        ("delete", "remove a version"),
+    ):
+        sub = action.add_parser(name, help=text)
+        sub.add_argument("version", type=int)
+        if name == "delete":
+            sub.add_argument("--force", action="store_true", help="even if other versions descend from it")
+
+
+def _registry(args: argparse.Namespace) -> EncoderRegistry:
+    return EncoderRegistry(args.registry or Settings.from_env().registry)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    log = read_interaction_log(args.events)
+    if log.skipped:
+        print(
+            f"embstream: skipped {sum(log.skipped.values()):,} unusable rows: {dict(log.skipped)}",
+            file=sys.stderr,
+        )
+    print(f"embstream: {len(log.events):,} events from {args.events}", file=sys.stderr)
+    request = VersionRequest(
+        method=args.method,
+        parent=args.parent,
+        dim=args.dim,
+        epochs=args.epochs,
+        seed=args.seed,
+        alignment_weight=args.alignment_weight,
+        multi_step=not args.single_step,
+        warm_start=not args.no_warm_start,
+        gate_pct=args.gate_pct,
+    )
+    bars: dict[str, Any] = {}
+
+    def report(stage: str, event: TrainingProgress) -> None:
+        if stage not in bars:
+            bars[stage] = progress_bar(total=event.steps, desc=f"training ({stage})", unit="step")
+        bars[stage].report(event)
+        if event.validation_recall is not None and not sys.stderr.isatty():
+            print(
+                f"embstream: {stage} step {event.step}/{event.steps} loss {event.loss:.3f} "
+                f"validation recall {event.validation_recall:.4f}",
+                file=sys.stderr,
+            )
+
+    try:
+        manifest, result = train_version(registry, log.events, request, progress=report)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    summary = {
+        "version": manifest.version,
+        "parent": manifest.parent,
+        "method": result["method"],
+        "recall": result["recall"],
+        "intended_change_pct": result["intended_change_pct"],
+        "consumer_change_pct": result["consumer_change_pct"],
+        "ecc": result["ecc"],
+        "swappable": result["swappable"],
+        "report": str(registry.path_of(manifest.version) / "report.json"),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    if args.action == "list":
+        versions = registry.versions()
+        if not versions:
+            print(f"embstream: no versions in {registry.root}", file=sys.stderr)
+            return 0
+        print(f"{'version':>7}  {'parent':>6}  {'dim':>4}  {'aligner':<15} {'swappable':<9}  created")
+        for version in versions:
+            manifest = registry.manifest(version)
+            report = registry.report(version)
+            method = (manifest.aligner or {}).get("method") or "-"
+            swappable = {True: "yes", False: "no"}.get(bool(report["swappable"])) if report else "-"
+            parent = "-" if manifest.parent is None else str(manifest.parent)
+            columns = f"{version:>7}  {parent:>6}  {manifest.dim:>4}  {method:<15} {swappable:<9}"
+            print(f"{columns}  {manifest.created_at}")
+        return 0
+    if args.action == "show":
+        manifest = registry.manifest(args.version)
+        report = registry.report(args.version)
+        shown: dict[str, Any] = {"manifest": manifest.to_json()}
+        if report is not None:
+            shown["report"] = {
+                key: report.get(key)
+                for key in (
+                    "method",
+                    "recall",
+                    "intended_change_pct",
+                    "consumer_change_pct",
+                    "ecc",
+                    "swappable",
+                    "compatibility_matrix",
+                )
+            }
+        print(json.dumps(shown, indent=2))
+        return 0
+    if args.action == "verify":
+        try:
+            manifest = registry.verify(args.version)
+        except IntegrityError as error:
+            print(f"embstream: version {args.version} FAILED: {error}", file=sys.stderr)
+            return 1
+        checked = "weights and aligner" if manifest.aligner else "weights"
+        print(f"embstream: version {args.version} OK ({checked} match the manifest)")
+        return 0
+    registry.delete(args.version, force=args.force)
+    print(f"embstream: deleted version {args.version}")
+    return 0
