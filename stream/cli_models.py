@@ -46,7 +46,8 @@ def add_model_commands(commands: Any) -> None:
     models = commands.add_parser("models", help="list, show, verify or delete registry versions")
     models.add_argument("--registry", type=Path, help="model registry (default: embstream-registry)")
     action = models.add_subparsers(dest="action", required=True, metavar="ACTION")
-    action.add_parser("list", help="every version, a line each")
+    listing = action.add_parser("list", help="every version, a line each")
+    listing.add_argument("--registry", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     for name, text in (
         ("show", "manifest and report summary"),
         ("verify", "re-check sha256 hashes"),
@@ -54,6 +55,7 @@ def add_model_commands(commands: Any) -> None:
     ):
         sub = action.add_parser(name, help=text)
         sub.add_argument("version", type=int)
+        sub.add_argument("--registry", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         if name == "delete":
             sub.add_argument("--force", action="store_true", help="even if other versions descend from it")
 
