@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+from models.aligners import ALIGNER_METHODS, BackwardAligner, fit_least_squares, fit_procrustes
 from models.bootstrap import ensure_default_encoder
 from models.encoder import Encoder, EncoderConfig, TorchEncoder, TwoTowerModel
-from models.errors import IntegrityError, ModelError, RegistryError, TrainingError, VersionMissingError
+from models.errors import (
+    IncompatibleVersionsError,
+    IntegrityError,
+    ModelError,
+    RegistryError,
+    TrainingError,
+    VersionMissingError,
+)
 from models.features import EVENT_TYPES, ItemInput, ItemState, UserInput, UserState
+from models.interaction_log import InteractionLog, read_interaction_log
 from models.registry import EncoderRegistry, Manifest
 from models.synthetic import SyntheticWorld
-from models.training import TrainingConfig, TrainingResult, train_two_tower
+from models.training import TrainingConfig, TrainingProgress, TrainingResult, train_two_tower
+from models.versioning import VersionRequest, train_version
 
 __all__ = [
+    "ALIGNER_METHODS",
     "EVENT_TYPES",
+    "BackwardAligner",
     "Encoder",
     "EncoderConfig",
     "EncoderRegistry",
+    "IncompatibleVersionsError",
     "IntegrityError",
+    "InteractionLog",
     "ItemInput",
     "ItemState",
     "Manifest",
@@ -25,11 +39,17 @@ __all__ = [
     "TorchEncoder",
     "TrainingConfig",
     "TrainingError",
+    "TrainingProgress",
     "TrainingResult",
     "TwoTowerModel",
     "UserInput",
     "UserState",
     "VersionMissingError",
+    "VersionRequest",
     "ensure_default_encoder",
+    "fit_least_squares",
+    "fit_procrustes",
+    "read_interaction_log",
     "train_two_tower",
+    "train_version",
 ]
