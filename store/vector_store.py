@@ -90,13 +90,27 @@ class VersionedVectorStore:
     def get_states(self, kind: str, ids: Sequence[str]) -> list[bytes | None]:
         return self._cf["state"].get([entity_key(kind, entity_id) for entity_id in ids])
 
-    def iter_states(self, kind: str) -> Iterable[tuple[str, bytes]]:
-        """Every (id, state bytes) of one kind, in key order."""
+    def iter_states(self, kind: str, after: str | None = None) -> Iterable[tuple[str, bytes]]:
+        """Every (id, state bytes) of one kind in key order, optionally after id ``after``."""
         prefix = entity_key(kind, "")
-        for key, value in self._cf["state"].items(from_key=prefix):
+        start = prefix if after is None else entity_key(kind, after) + b"\x00"
+        for key, value in self._cf["state"].items(from_key=start):
             if not key.startswith(prefix):
                 break
             yield key[len(prefix) :].decode("utf-8"), value
+
+    def count_states(self, kind: str) -> int:
+        prefix = entity_key(kind, "")
+        count = 0
+        for key in self._cf["state"].keys(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            count += 1
+        return count
+
+    def get_meta(self, name: str) -> bytes | None:
+        value: bytes | None = self._db.get(b"meta:" + name.encode())
+        return value
 
     def get_offset(self, topic: str, partition: int) -> int | None:
         """The next offset of ``topic/partition`` to apply, if any was applied."""
@@ -200,6 +214,9 @@ class StoreWriter:
     def set_offset(self, topic: str, partition: int, next_offset: int) -> None:
         key = f"{topic}/{partition}".encode()
         self._batch.put(key, _U64.pack(next_offset), self._store._handles["offsets"])
+
+    def put_meta(self, name: str, value: bytes) -> None:
+        self._batch.put(b"meta:" + name.encode(), value)
 
     def set_outbox(self, outbox: bytes) -> None:
         """Keep this batch's outgoing messages with it until they are confirmed sent."""

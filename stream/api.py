@@ -7,18 +7,22 @@ alike, so a caller never pairs a user vector of one version with item vectors of
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 from aiohttp import web
 
-from store.errors import VersionNotFoundError
+from models.aligners import BackwardAligner
+from models.errors import IncompatibleVersionsError, VersionMissingError
+from models.registry import EncoderRegistry
 from store.keys import KINDS
-from store.lookup import ResolvedVector, lookup_many, lookup_one
+from store.lookup import ResolvedVector
 from store.vector_store import VersionedVectorStore
 from stream.events import MAX_ID_LENGTH
 from stream.metrics import Metrics
+from stream.rollout import RolloutController
 
 __all__ = ["MAX_BATCH_IDS", "ApiContext", "create_app"]
 
@@ -30,9 +34,57 @@ MAX_BODY_BYTES = 4 << 20
 class ApiContext:
     store: VersionedVectorStore
     metrics: Metrics
-    active_version: int | None
-    registry_versions: Callable[[], list[int]]
+    registry: EncoderRegistry
     health: Callable[[], dict[str, Any]]
+    controller: RolloutController | None = None
+    _chains: dict[tuple[int, int], list[BackwardAligner]] = field(default_factory=dict)
+
+    @property
+    def active_version(self) -> int | None:
+        if self.controller is None or self.controller.serving_encoder is None:
+            return None
+        return self.controller.serving_encoder.version
+
+    def chain(self, source: int, target: int) -> list[BackwardAligner]:
+        """Aligners from ``source`` back to ``target`` (cached; raises if unreachable)."""
+        if (source, target) not in self._chains:
+            self._chains[(source, target)] = self.registry.aligner_chain(source, target)
+        return self._chains[(source, target)]
+
+    def resolve(self, kind: str, ids: list[str], version: int | None) -> list[ResolvedVector | None]:
+        """Vectors of ``ids`` at ``version`` (the serving version when None).
+
+        Native where a record holds that version; otherwise the serving vector carried back
+        through the aligner chain (``source: aligned``). Every vector of one call comes from
+        the same serving version, read once.
+        """
+        serving = self.store.serving_version
+        if serving is None:
+            raise _ApiError(503, "no_serving_version", "no serving version is set yet")
+        target = serving if version is None else version
+        records = self.store.get_records(kind, ids)
+        resolved: list[ResolvedVector | None] = []
+        chain: list[BackwardAligner] | None = None
+        for entity_id, entries in zip(ids, records, strict=True):
+            held = {entry.version: entry for entry in entries or []}
+            if target in held:
+                entry = held[target]
+                resolved.append(ResolvedVector(kind, entity_id, target, entry.vector, entry.updated_at_ms))
+            elif target < serving and serving in held:
+                if chain is None:
+                    try:
+                        chain = self.chain(serving, target)
+                    except (IncompatibleVersionsError, VersionMissingError) as error:
+                        raise _ApiError(409, "version_unreachable", str(error)) from None
+                vector = held[serving].vector.astype(np.float32)
+                for aligner in chain:
+                    vector = aligner.apply(vector[None, :])[0]
+                resolved.append(
+                    ResolvedVector(kind, entity_id, target, vector, held[serving].updated_at_ms, "aligned")
+                )
+            else:
+                resolved.append(None)
+        return resolved
 
 
 class _ApiError(Exception):
@@ -64,12 +116,9 @@ def _kind(request: web.Request) -> str:
     return kind
 
 
-def _version(raw: Any, context: ApiContext) -> int:
+def _version(raw: Any) -> int | None:
     if raw is None:
-        serving = context.store.serving_version
-        if serving is None:
-            raise _ApiError(503, "no_serving_version", "no serving version is set yet")
-        return serving
+        return None
     if isinstance(raw, bool):
         raise _ApiError(400, "bad_version", "version must be a positive integer")
     try:
@@ -107,13 +156,19 @@ def create_app(context: ApiContext) -> web.Application:
     async def get_one(request: web.Request) -> web.Response:
         kind = _kind(request)
         entity_id = _check_id(request.match_info["id"])
-        version = _version(request.query.get("version"), context)
-        try:
-            resolved = lookup_one(context.store, kind, entity_id, version)
-        except VersionNotFoundError as exc:
-            raise _ApiError(404, "version_not_found", f"{kind} {entity_id!r}: {exc}") from None
+        version = _version(request.query.get("version"))
+        resolved = context.resolve(kind, [entity_id], version)[0]
         if resolved is None:
-            raise _ApiError(404, "not_found", f"unknown {kind} {entity_id!r}")
+            record = context.store.get_record(kind, entity_id)
+            if record is None:
+                raise _ApiError(404, "not_found", f"unknown {kind} {entity_id!r}")
+            held = [entry.version for entry in record]
+            wanted = version if version is not None else context.store.serving_version
+            raise _ApiError(
+                404,
+                "version_not_found",
+                f"{kind} {entity_id!r} has no vector of version {wanted} (held: {held})",
+            )
         return _json(_vector_json(resolved))
 
     @routes.post("/v1/embeddings/{kind}/batch")
@@ -128,12 +183,12 @@ def create_app(context: ApiContext) -> web.Application:
         ids = [_check_id(entity_id) for entity_id in body["ids"]]
         if len(ids) > MAX_BATCH_IDS:
             raise _ApiError(400, "too_many_ids", f"at most {MAX_BATCH_IDS} ids per batch")
-        version = _version(body.get("version"), context)
-        resolved = lookup_many(context.store, kind, ids, version)
+        version = _version(body.get("version"))
+        resolved = context.resolve(kind, ids, version)
         return _json(
             {
                 "kind": kind,
-                "version": version,
+                "version": version if version is not None else context.store.serving_version,
                 "results": [None if r is None else _vector_json(r) for r in resolved],
             }
         )
@@ -145,7 +200,8 @@ def create_app(context: ApiContext) -> web.Application:
             {
                 "serving_version": context.store.serving_version,
                 "active_encoder_version": context.active_version,
-                "registry_versions": context.registry_versions(),
+                "registry_versions": context.registry.versions(),
+                "rollout": None if context.controller is None else context.controller.describe(),
                 "store": {kind: {str(v): n for v, n in per.items()} for kind, per in counts.items()},
             }
         )

@@ -21,12 +21,14 @@ def status_line(service: RunningService, watched: str) -> str:
     counts = store.version_counts()
     serving = store.serving_version
     p50, p99 = metrics.lag_percentile(0.5), metrics.lag_percentile(0.99)
+    staged_version = service.controller.state.staged
+    staged = "" if staged_version is None else f" staged v{staged_version}"
     fresh = "-" if p50 is None or p99 is None else f"p50 {p50 * 1000:.0f} ms p99 {p99 * 1000:.0f} ms"
     users = counts["user"].get(serving or 0, 0)
     items = counts["item"].get(serving or 0, 0)
     line = (
         f"{metrics.events_per_second():7.0f} ev/s | freshness {fresh} | users {users:,} items {items:,}"
-        f" | serving v{serving} encoder v{service.encoder.version} | dlq {sum(metrics.rejected.values())}"
+        f" | serving v{serving}{staged} | dlq {sum(metrics.rejected.values())}"
     )
     if serving is not None:
         try:

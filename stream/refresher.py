@@ -51,7 +51,7 @@ class EmbeddingRefresher:
     def __init__(
         self,
         store: VersionedVectorStore,
-        encoder: Encoder,
+        encoders: Encoder | Callable[[], Sequence[Encoder]],
         *,
         updates_topic: str,
         dlq_topic: str,
@@ -60,7 +60,11 @@ class EmbeddingRefresher:
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.store = store
-        self.encoder = encoder
+        # One fixed encoder, or a provider of the versions to write (serving first, then a
+        # staged version during a rollout: dual write).
+        self.encoders: Callable[[], Sequence[Encoder]] = (
+            encoders if callable(encoders) else (lambda: [encoders])  # type: ignore[list-item]
+        )
         self.updates_topic = updates_topic
         self.dlq_topic = dlq_topic
         self.user_window = user_window
@@ -138,40 +142,37 @@ class EmbeddingRefresher:
         written_at: int,
         outcome: BatchOutcome,
     ) -> None:
-        version = self.encoder.version
         user_ids, item_ids = list(users), list(items)
-        user_entries: list[tuple[UserState | ItemState, int]] = [users[uid] for uid in user_ids]
-        item_entries: list[tuple[UserState | ItemState, int]] = [items[iid] for iid in item_ids]
-        batches = (
-            (
-                "user",
-                user_ids,
-                user_entries,
-                self.encoder.encode_users([users[uid][0].to_input(uid) for uid in user_ids]),
-            ),
-            (
-                "item",
-                item_ids,
-                item_entries,
-                self.encoder.encode_items([items[iid][0].to_input(iid) for iid in item_ids]),
-            ),
-        )
-        for kind, ids, entries, vectors in batches:
-            writer.put_vectors(kind, ids, version, vectors, written_at)
-            outcome.written[(kind, version)] = len(ids)
-            for entity_id, (state, event_ts) in zip(ids, entries, strict=True):
-                writer.put_state(kind, entity_id, state.to_bytes())
-                outcome.lags_seconds.append(max(0.0, (written_at - event_ts) / 1000.0))
-                update = {
-                    "kind": kind,
-                    "id": entity_id,
-                    "version": version,
-                    "ts": written_at,
-                    "event_ts": event_ts,
-                }
-                outcome.outbox.append(
-                    OutgoingMessage(self.updates_topic, f"{kind}:{entity_id}".encode(), orjson.dumps(update))
-                )
+        user_inputs = [users[uid][0].to_input(uid) for uid in user_ids]
+        item_inputs = [items[iid][0].to_input(iid) for iid in item_ids]
+        for kind, ids, states in (("user", user_ids, users), ("item", item_ids, items)):
+            for entity_id in ids:
+                writer.put_state(kind, entity_id, states[entity_id][0].to_bytes())  # type: ignore[attr-defined]
+        encoders = list(self.encoders())
+        for encoder in encoders:
+            version = encoder.version
+            for kind, ids, vectors, states in (
+                ("user", user_ids, encoder.encode_users(user_inputs), users),
+                ("item", item_ids, encoder.encode_items(item_inputs), items),
+            ):
+                writer.put_vectors(kind, ids, version, vectors, written_at)
+                outcome.written[(kind, version)] = len(ids)
+                for entity_id in ids:
+                    event_ts = states[entity_id][1]  # type: ignore[index]
+                    if encoder is encoders[0]:  # freshness is measured on the serving version
+                        outcome.lags_seconds.append(max(0.0, (written_at - event_ts) / 1000.0))
+                    update = {
+                        "kind": kind,
+                        "id": entity_id,
+                        "version": version,
+                        "ts": written_at,
+                        "event_ts": event_ts,
+                    }
+                    outcome.outbox.append(
+                        OutgoingMessage(
+                            self.updates_topic, f"{kind}:{entity_id}".encode(), orjson.dumps(update)
+                        )
+                    )
 
     def _dead_letter(self, record: ConsumedRecord, reason: str) -> OutgoingMessage:
         return OutgoingMessage(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import sys
 import time
 import uuid
@@ -15,7 +17,6 @@ from typing import Any
 from aiohttp import web
 
 from models.bootstrap import ensure_default_encoder
-from models.encoder import TorchEncoder
 from models.registry import EncoderRegistry
 from store.vector_store import VersionedVectorStore
 from stream.api import ApiContext, create_app
@@ -23,10 +24,12 @@ from stream.broker import EmbeddedBroker, ensure_topics
 from stream.metrics import Metrics
 from stream.progress import progress_bar
 from stream.refresher import EmbeddingRefresher
+from stream.rollout import RolloutController
+from stream.rollout_plane import RolloutPlane
 from stream.settings import Settings
 from stream.worker import StreamWorker
 
-__all__ = ["RunningService", "prepare_encoder", "run_service"]
+__all__ = ["RunningService", "prepare_registry", "run_service"]
 
 log = logging.getLogger("embstream")
 
@@ -35,8 +38,13 @@ def say(message: str) -> None:
     print(f"embstream: {message}", file=sys.stderr, flush=True)
 
 
-def prepare_encoder(settings: Settings) -> TorchEncoder:
-    """Load the configured (or latest) version, creating version 1 in an empty registry."""
+def prepare_registry(settings: Settings, store: VersionedVectorStore) -> int:
+    """The version to start serving, creating version 1 in an empty registry.
+
+    An explicit ``--encoder-version`` wins; else the store's serving version (if the
+    registry still has it); else the registry's latest. The control topic, replayed later,
+    can still override the last two.
+    """
     registry = EncoderRegistry(settings.registry)
     if registry.latest() is None:
         say(
@@ -47,11 +55,15 @@ def prepare_encoder(settings: Settings) -> TorchEncoder:
             manifest = ensure_default_encoder(registry, seed=settings.seed, progress=bar.report)
         assert manifest is not None
         say(f"created version 1 ({manifest.training})")
-    version = settings.encoder_version or registry.latest()
-    assert version is not None
-    encoder = registry.load(version)
-    say(f"encoder version {version} loaded (dim {encoder.dim}, sha256 verified)")
-    return encoder
+    if settings.encoder_version is not None:
+        registry.manifest(settings.encoder_version)  # a clear error if it does not exist
+        return settings.encoder_version
+    stored = store.serving_version
+    if stored is not None and stored in registry.versions():
+        return stored
+    latest = registry.latest()
+    assert latest is not None
+    return latest
 
 
 @dataclass
@@ -60,7 +72,7 @@ class RunningService:
     store: VersionedVectorStore
     worker: StreamWorker
     metrics: Metrics
-    encoder: TorchEncoder
+    controller: RolloutController
 
 
 async def run_service(
@@ -103,8 +115,7 @@ async def run_service(
         context = ApiContext(
             store=store,
             metrics=metrics,
-            active_version=None,
-            registry_versions=EncoderRegistry(settings.registry).versions,
+            registry=EncoderRegistry(settings.registry),
             health=lambda: {
                 "assigned_partitions": worker.assigned,
                 "events_consumed": metrics.events_consumed,
@@ -119,24 +130,39 @@ async def run_service(
         say(f"lookup API on http://{settings.api_host}:{settings.api_port}")
         # The group join (seconds on some brokers) runs while the encoder loads or trains.
         stack.push_async_callback(worker.stop)
-        _, encoder = await asyncio.gather(worker.start(), asyncio.to_thread(prepare_encoder, settings))
-        context.active_version = encoder.version
-        if store.serving_version != encoder.version:
-            say(f"serving version set to {encoder.version} (was {store.serving_version})")
-            store.set_serving_version(encoder.version)
+        _, serving = await asyncio.gather(
+            worker.start(), asyncio.to_thread(prepare_registry, settings, store)
+        )
+        registry = EncoderRegistry(settings.registry)
+        worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        controller = RolloutController(registry, store, worker_id, settings.user_window)
+        assert worker.producer is not None
+        plane = RolloutPlane(
+            controller,
+            settings.broker_servers,
+            settings.control_topic,
+            worker.producer,
+            backfill_rate=settings.backfill_rate or None,
+        )
+        await plane.start(serving, override=settings.encoder_version is not None)
+        stack.push_async_callback(plane.stop)
+        context.controller = controller
+        encoder = controller.serving_encoder
+        assert encoder is not None
+        say(f"serving version {encoder.version} (dim {encoder.dim}, sha256 verified)")
         refresher = EmbeddingRefresher(
             store,
-            encoder,
+            controller.refresh_encoders,
             updates_topic=settings.updates_topic,
             dlq_topic=settings.dlq_topic,
             user_window=settings.user_window,
             max_future_skew_ms=settings.max_future_skew_ms,
         )
-        service = RunningService(settings, store, worker, metrics, encoder)
+        service = RunningService(settings, store, worker, metrics, controller)
         say(f"worker consuming {settings.topic!r} from {settings.broker} as group {settings.group_id!r}")
         if on_ready is not None:
             cleanup = on_ready(service)
             if cleanup is not None:
                 stack.callback(cleanup)
-        await worker.run(stop, refresher)
+        await worker.run(stop, refresher, plane)
     say("stopped")

@@ -26,6 +26,7 @@ class Settings:
     api_port: int = 8080
     topic: str = "interactions"
     updates_topic: str = "embeddings.updates"
+    control_topic: str = "embstream.control"
     partitions: int = 4
     group_id: str = "embstream"
     encoder_version: int | None = None
@@ -37,6 +38,7 @@ class Settings:
     session_timeout_ms: int = 6_000
     heartbeat_interval_ms: int = 1_000
     seed: int = 0
+    backfill_rate: int = 0  # entities per second; 0 = as fast as batches allow
 
     @property
     def dlq_topic(self) -> str:

@@ -20,6 +20,7 @@ from store.vector_store import VersionedVectorStore
 from stream.metrics import Metrics
 from stream.outbox import OutgoingMessage, decode_outbox
 from stream.refresher import BatchOutcome, ConsumedRecord, EmbeddingRefresher
+from stream.rollout_plane import RolloutPlane
 from stream.settings import Settings
 
 __all__ = ["StreamWorker"]
@@ -98,11 +99,19 @@ class StreamWorker:
         self.consumer.subscribe([self.settings.topic], listener=_SeekToStoredOffsets(self))
         await self.consumer.start()
 
-    async def run(self, stop: asyncio.Event, refresher: EmbeddingRefresher) -> None:
-        """Consume until ``stop`` is set, applying every batch through ``refresher``."""
+    async def run(
+        self, stop: asyncio.Event, refresher: EmbeddingRefresher, rollout: RolloutPlane | None = None
+    ) -> None:
+        """Consume until ``stop`` is set, applying every batch through ``refresher``.
+
+        With a ``rollout`` plane, control messages are applied between batches (never during
+        one) and the backfill of a staged version advances between batches too.
+        """
         assert self.consumer is not None
         loop = asyncio.get_running_loop()
         while not stop.is_set():
+            if rollout is not None:
+                await rollout.between_batches(loop, self._executor)
             fetched = await self.consumer.getmany(
                 timeout_ms=self.settings.batch_max_wait_ms, max_records=self.settings.batch_max_records
             )

@@ -139,6 +139,7 @@ class WorkerProcess:
             **os.environ,
             "EMBSTREAM_GROUP_ID": f"group-{self.topic}",
             "EMBSTREAM_UPDATES_TOPIC": f"{self.topic}.updates",
+            "EMBSTREAM_CONTROL_TOPIC": f"{self.topic}.control",
         }
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

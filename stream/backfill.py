@@ -1,0 +1,92 @@
+"""Backfill: re-encode every known entity with a staged version, from its stored state.
+
+Progress is a cursor per (version, kind), the last id done, written in the same RocksDB
+batch as the vectors, so a worker killed mid-backfill resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+
+from models.encoder import Encoder
+from models.features import ItemState, UserState
+from store.vector_store import VersionedVectorStore
+
+__all__ = ["BackfillProgress", "Backfiller"]
+
+_DONE = b"\x00done"
+_U64 = struct.Struct("<Q")
+KINDS = ("user", "item")
+
+
+@dataclass
+class BackfillProgress:
+    done: int
+    total: int
+    complete: bool
+
+
+class Backfiller:
+    """Backfills one staged version; call :meth:`step` repeatedly until :attr:`complete`."""
+
+    def __init__(self, store: VersionedVectorStore, encoder: Encoder, user_window: int = 50) -> None:
+        self.store = store
+        self.encoder = encoder
+        self.user_window = user_window
+        self.totals = {kind: store.count_states(kind) for kind in KINDS}
+
+    def _cursor_name(self, kind: str) -> str:
+        return f"backfill:{self.encoder.version}:{kind}"
+
+    def _done_name(self, kind: str) -> str:
+        return f"backfilled:{self.encoder.version}:{kind}"
+
+    def progress(self) -> dict[str, BackfillProgress]:
+        result = {}
+        for kind in KINDS:
+            raw = self.store.get_meta(self._done_name(kind))
+            done = _U64.unpack(raw)[0] if raw else 0
+            complete = self.store.get_meta(self._cursor_name(kind)) == _DONE
+            total = max(self.totals[kind], done)
+            result[kind] = BackfillProgress(total if complete else done, total, complete)
+        return result
+
+    @property
+    def complete(self) -> bool:
+        return all(p.complete for p in self.progress().values())
+
+    def step(self, limit: int) -> int:
+        """Encode up to ``limit`` more entities (users first, then items); returns how many."""
+        for kind in KINDS:
+            cursor = self.store.get_meta(self._cursor_name(kind))
+            if cursor == _DONE:
+                continue
+            after = None if cursor is None else cursor.decode("utf-8")
+            chunk = []
+            for entity_id, raw in self.store.iter_states(kind, after=after):
+                chunk.append((entity_id, raw))
+                if len(chunk) >= limit:
+                    break
+            writer = self.store.writer()
+            if chunk:
+                ids = [entity_id for entity_id, _ in chunk]
+                if kind == "user":
+                    vectors = self.encoder.encode_users(
+                        [UserState.from_bytes(raw, self.user_window).to_input(i) for i, raw in chunk]
+                    )
+                else:
+                    vectors = self.encoder.encode_items(
+                        [ItemState.from_bytes(raw).to_input(i) for i, raw in chunk]
+                    )
+                writer.put_vectors(kind, ids, self.encoder.version, vectors, int(time.time() * 1000))
+                raw_done = self.store.get_meta(self._done_name(kind))
+                done = (_U64.unpack(raw_done)[0] if raw_done else 0) + len(chunk)
+                writer.put_meta(self._done_name(kind), _U64.pack(done))
+            finished = len(chunk) < limit
+            writer.put_meta(self._cursor_name(kind), _DONE if finished else chunk[-1][0].encode("utf-8"))
+            writer.commit()
+            if chunk or finished:
+                return len(chunk)
+        return 0

@@ -1,0 +1,99 @@
+"""The control plane: swap commands as messages on a Kafka topic that every worker reads.
+
+Messages are JSON objects with an ``op`` and an ``id``. Applying the whole topic from the
+start, in order, always gives the same :class:`RolloutState`, and applying a message twice
+changes nothing, so a worker restarted in the middle of a rollout resumes it in the right
+state by replaying the topic.
+
+- ``{"op": "stage", "version": V, "rate": R | null}``: refresh with the serving version and
+  also write V; backfill every known entity with V (at most R entities/s).
+- ``{"op": "promote", "version": V}``: V becomes the serving version; workers refresh with V.
+- ``{"op": "rollback", "from": V, "to": W}``: the serving version goes back from V to W.
+- ``{"op": "cancel", "version": V}``: drop a staged version.
+- ``{"op": "ack", "worker": …, "of": message id}`` and
+  ``{"op": "progress", "worker": …, "version": V, "kind": …, "done": n, "total": m}``: what
+  workers report back.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+__all__ = ["ControlError", "RolloutState", "control_message", "decode_control"]
+
+
+class ControlError(ValueError):
+    """A control command cannot be carried out."""
+
+
+def control_message(op: str, **fields: Any) -> dict[str, Any]:
+    return {"op": op, "id": uuid.uuid4().hex, "ts": int(time.time() * 1000), **fields}
+
+
+def decode_control(raw: bytes | None) -> dict[str, Any] | None:
+    """A control message, or ``None`` for anything malformed (counted, never applied)."""
+    try:
+        message = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+        return None
+    return message
+
+
+@dataclass
+class RolloutState:
+    """Serving, staged and previous versions, folded from the control topic."""
+
+    serving: int | None = None
+    staged: int | None = None
+    previous: int | None = None
+    rate: float | None = None
+    acks: dict[str, set[str]] = field(default_factory=dict)  # message id -> workers
+    progress: dict[tuple[str, int, str], tuple[int, int]] = field(default_factory=dict)
+    last_command_id: str | None = None
+    last_command: dict[str, Any] | None = None
+
+    def apply(self, message: dict[str, Any]) -> bool:
+        """Apply one message; returns True when the serving or staged version changed."""
+        op = message.get("op")
+        version = message.get("version")
+        before = (self.serving, self.staged)
+        if op == "ack":
+            self.acks.setdefault(str(message.get("of")), set()).add(str(message.get("worker")))
+            return False
+        if op == "worker":  # a worker's hello: the serving version it started with
+            if isinstance(message.get("serving"), int) and (self.serving is None or message.get("override")):
+                self.serving = int(message["serving"])
+            return False
+        if op == "progress":
+            key = (str(message.get("worker")), int(message.get("version", 0)), str(message.get("kind")))
+            self.progress[key] = (int(message.get("done", 0)), int(message.get("total", 0)))
+            return False
+        if op == "stage" and isinstance(version, int) and version != self.serving:
+            if self.staged != version:
+                self.staged, self.rate = version, message.get("rate")
+        elif op == "promote" and isinstance(version, int) and self.serving != version:
+            if self.staged == version or message.get("force"):
+                self.previous, self.serving, self.staged = self.serving, version, None
+        elif op == "rollback" and message.get("from") == self.serving and isinstance(message.get("to"), int):
+            self.serving, self.previous, self.staged = int(message["to"]), None, None
+        elif op == "cancel" and self.staged == version:
+            self.staged = None
+        else:
+            return False
+        self.last_command_id, self.last_command = str(message.get("id")), message
+        return (self.serving, self.staged) != before
+
+    def backfill_complete(self, version: int, kinds: tuple[str, ...] = ("user", "item")) -> bool:
+        """Every worker that reported on ``version`` has finished every kind."""
+        reports = {(w, k): dp for (w, v, k), dp in self.progress.items() if v == version}
+        workers = {w for w, _ in reports}
+        return bool(workers) and all(
+            (w, k) in reports and reports[(w, k)][0] >= reports[(w, k)][1] for w in workers for k in kinds
+        )

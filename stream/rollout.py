@@ -1,0 +1,157 @@
+"""A worker's side of a rollout: which encoder versions it refreshes with, and the backfill.
+
+The :class:`RolloutController` applies control messages (see :mod:`stream.control`) in
+order. It loads and checks a staged version (sha256, compatibility gate), keeps refreshing
+with the serving version while also writing the staged one (dual write), backfills, and
+switches the store's serving version on promote and rollback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from models.encoder import Encoder, TorchEncoder
+from models.errors import ModelError
+from models.registry import EncoderRegistry, Manifest
+from store.vector_store import VersionedVectorStore
+from stream.backfill import Backfiller
+from stream.control import ControlError, RolloutState, control_message
+
+__all__ = ["RolloutController", "check_swappable"]
+
+log = logging.getLogger("embstream.rollout")
+
+
+def check_swappable(registry: EncoderRegistry, version: int, force: bool = False) -> Manifest:
+    """Verify ``version``'s hashes and its compatibility gate; raise :class:`ControlError`."""
+    try:
+        manifest = registry.verify(version)
+    except ModelError as error:
+        raise ControlError(f"version {version} cannot be staged: {error}") from error
+    if force:
+        return manifest
+    report = registry.report(version)
+    if report is None:
+        raise ControlError(f"version {version} has no compatibility report (use --force to stage anyway)")
+    if not report.get("swappable"):
+        mean = (report.get("consumer_change_pct") or {}).get("mean")
+        raise ControlError(
+            f"version {version} is not swappable: consumer change {mean} % is below the gate "
+            f"{report.get('threshold_pct')} % or it has no aligner (use --force to stage anyway)"
+        )
+    return manifest
+
+
+class RolloutController:
+    """Encoders and backfill of one worker, driven by control messages."""
+
+    def __init__(
+        self, registry: EncoderRegistry, store: VersionedVectorStore, worker_id: str, user_window: int = 50
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.worker_id = worker_id
+        self.user_window = user_window
+        self.state = RolloutState()
+        self._encoders: dict[int, TorchEncoder] = {}
+        self.serving_encoder: TorchEncoder | None = None
+        self.staged_encoder: TorchEncoder | None = None
+        self.backfiller: Backfiller | None = None
+        self.rejected_messages = 0
+
+    def encoder(self, version: int) -> TorchEncoder:
+        if version not in self._encoders:
+            self._encoders[version] = self.registry.load(version)
+        return self._encoders[version]
+
+    def start(self, serving: int, override: bool = False) -> list[dict[str, Any]]:
+        """Begin serving (after the control topic was replayed into ``state``).
+
+        The control topic's serving version wins over ``serving`` unless ``override`` (an
+        operator's explicit ``--encoder-version``).
+        """
+        version = serving if override else (self.state.serving or serving)
+        if override:
+            self.state.serving = version
+        self.serving_encoder = self.encoder(version)
+        if self.store.serving_version != version:
+            self.store.set_serving_version(version)
+        if self.state.serving is None:
+            self.state.serving = version
+        if self.state.staged is not None:
+            self._stage(self.state.staged, force=True)
+        return [control_message("worker", worker=self.worker_id, serving=version, override=override)]
+
+    def refresh_encoders(self) -> list[Encoder]:
+        """Serving first; the staged version second while one is staged (dual write)."""
+        assert self.serving_encoder is not None
+        encoders: list[Encoder] = [self.serving_encoder]
+        if self.staged_encoder is not None:
+            encoders.append(self.staged_encoder)
+        return encoders
+
+    def replay(self, message: dict[str, Any]) -> None:
+        """Fold a historical message into the state without acting on it."""
+        self.state.apply(message)
+
+    def apply(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        """Act on a new control message; returns the messages to publish (acks)."""
+        before = (self.state.serving, self.state.staged)
+        if not self.state.apply(message):
+            return []
+        serving, staged = self.state.serving, self.state.staged
+        outgoing = [
+            control_message("ack", worker=self.worker_id, of=message.get("id"), command=message.get("op"))
+        ]
+        try:
+            if staged is not None and staged != before[1]:
+                self._stage(staged, force=bool(message.get("force")))
+            if staged is None:
+                self.staged_encoder, self.backfiller = None, None
+            if serving is not None and serving != before[0]:
+                self.serving_encoder = self.encoder(serving)
+                self.store.set_serving_version(serving)
+                log.info("serving version is now %d", serving)
+        except (ControlError, ModelError) as error:
+            log.error("control message %s refused: %s", message.get("op"), error)
+            self.state.serving, self.state.staged = before
+            self.staged_encoder = None if before[1] is None else self.staged_encoder
+            self.rejected_messages += 1
+            outgoing[0]["error"] = str(error)
+        return outgoing
+
+    def _stage(self, version: int, force: bool) -> None:
+        check_swappable(self.registry, version, force=force)
+        self.staged_encoder = self.encoder(version)
+        self.backfiller = Backfiller(self.store, self.staged_encoder, self.user_window)
+        log.info("staged version %d: dual write and backfill", version)
+
+    def progress_messages(self) -> list[dict[str, Any]]:
+        if self.backfiller is None:
+            return []
+        return [
+            control_message(
+                "progress",
+                worker=self.worker_id,
+                version=self.backfiller.encoder.version,
+                kind=kind,
+                done=p.done,
+                total=p.total,
+            )
+            for kind, p in self.backfiller.progress().items()
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        backfill = None
+        if self.backfiller is not None:
+            backfill = {
+                kind: {"done": p.done, "total": p.total, "complete": p.complete}
+                for kind, p in self.backfiller.progress().items()
+            }
+        return {
+            "serving_version": self.state.serving,
+            "staged_version": self.state.staged,
+            "previous_version": self.state.previous,
+            "backfill": backfill,
+        }

@@ -1,0 +1,107 @@
+"""The worker's connection to the control topic: replay at start, then apply new commands,
+advance the backfill and report progress, all between stream batches."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from stream.control import decode_control
+from stream.rollout import RolloutController
+
+__all__ = ["RolloutPlane"]
+
+log = logging.getLogger("embstream.rollout")
+BACKFILL_CHUNK = 2_000
+
+
+class RolloutPlane:
+    def __init__(
+        self,
+        controller: RolloutController,
+        servers: list[str],
+        topic: str,
+        producer: AIOKafkaProducer,
+        backfill_rate: float | None = None,
+    ) -> None:
+        self.controller = controller
+        self.servers = servers
+        self.topic = topic
+        self.producer = producer
+        self.backfill_rate = backfill_rate
+        self.consumer: AIOKafkaConsumer | None = None
+        self._last_progress = 0.0
+        self._last_backfill = time.monotonic()
+        self._reported_complete = False
+
+    async def start(self, serving: int, override: bool = False) -> None:
+        """Replay the control topic (idempotent fold), then start serving."""
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            client_id="embstream-control",
+        )
+        await self.consumer.start()
+        partition = TopicPartition(self.topic, 0)
+        self.consumer.assign([partition])
+        await self.consumer.seek_to_beginning(partition)
+        replayed = 0
+        while True:  # the control topic is small; read until it stays quiet
+            fetched = await self.consumer.getmany(timeout_ms=400)
+            if not fetched:
+                break
+            for messages in fetched.values():
+                for record in messages:
+                    message = decode_control(record.value)
+                    if message is not None:
+                        self.controller.replay(message)
+                        replayed += 1
+        loop = asyncio.get_running_loop()
+        hello = await loop.run_in_executor(None, self.controller.start, serving, override)
+        await self._publish(hello)
+        log.info("control topic replayed (%d messages): %s", replayed, self.controller.describe())
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+    async def between_batches(self, loop: asyncio.AbstractEventLoop, executor: Executor) -> None:
+        assert self.consumer is not None
+        fetched = await self.consumer.getmany(timeout_ms=0)
+        for messages in fetched.values():
+            for record in messages:
+                message = decode_control(record.value)
+                if message is None:
+                    self.controller.rejected_messages += 1
+                    continue
+                outgoing = await loop.run_in_executor(executor, self.controller.apply, message)
+                await self._publish(outgoing)
+                if outgoing:
+                    self._reported_complete = False
+        backfiller = self.controller.backfiller
+        if backfiller is not None and not self._reported_complete:
+            now = time.monotonic()
+            limit = BACKFILL_CHUNK
+            if self.backfill_rate or self.controller.state.rate:
+                rate = float(self.controller.state.rate or self.backfill_rate or 0)
+                limit = min(BACKFILL_CHUNK, int(rate * (now - self._last_backfill)))
+            if limit > 0:
+                self._last_backfill = now
+                await loop.run_in_executor(executor, backfiller.step, limit)
+            complete = await loop.run_in_executor(executor, lambda: backfiller.complete)
+            if now - self._last_progress >= 1.0 or complete:
+                self._last_progress = now
+                await self._publish(self.controller.progress_messages())
+                self._reported_complete = complete
+
+    async def _publish(self, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            await self.producer.send_and_wait(self.topic, orjson.dumps(message))
