@@ -1,4 +1,4 @@
-"""The ``embstream`` command line: run, demo, produce, lookup, train, models."""
+"""The ``embstream`` command line: run, demo, produce, lookup, train, models, swap."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from models.errors import ModelError
 from store.errors import StoreError
 from stream.broker import BrokerError
 from stream.cli_models import add_model_commands, run_models, run_train
+from stream.cli_swap import add_swap_commands, run_swap
+from stream.control import ControlError
 from stream.settings import Settings, SettingsError
 
 __all__ = ["main"]
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--seed", type=int, help="seed of the synthetic world")
 
     add_model_commands(commands)
+    add_swap_commands(commands)
 
     lookup = commands.add_parser("lookup", help="fetch one embedding from a running API")
     lookup.add_argument("kind", choices=["user", "item"])
@@ -211,10 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lookup": _cmd_lookup,
         "train": run_train,
         "models": run_models,
+        "swap": run_swap,
     }
     try:
         return handlers[args.command](args)
-    except (SettingsError, BrokerError, StoreError, ModelError) as error:
+    except (SettingsError, BrokerError, StoreError, ModelError, ControlError) as error:
         print(f"embstream: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from stream.backfill import Backfiller
 from stream.control import decode_control
 from stream.rollout import RolloutController
 
@@ -39,6 +40,7 @@ class RolloutPlane:
         self._last_progress = 0.0
         self._last_backfill = time.monotonic()
         self._reported_complete = False
+        self._backfiller: Backfiller | None = None
 
     async def start(self, serving: int, override: bool = False) -> None:
         """Replay the control topic (idempotent fold), then start serving."""
@@ -87,8 +89,10 @@ class RolloutPlane:
                 if outgoing:
                     self._reported_complete = False
         backfiller = self.controller.backfiller
+        now = time.monotonic()
+        if backfiller is not self._backfiller:  # a new backfill: the rate budget starts now
+            self._backfiller, self._last_backfill = backfiller, now
         if backfiller is not None and not self._reported_complete:
-            now = time.monotonic()
             limit = BACKFILL_CHUNK
             if self.backfill_rate or self.controller.state.rate:
                 rate = float(self.controller.state.rate or self.backfill_rate or 0)
@@ -104,4 +108,5 @@ class RolloutPlane:
 
     async def _publish(self, messages: list[dict[str, Any]]) -> None:
         for message in messages:
-            await self.producer.send_and_wait(self.topic, orjson.dumps(message))
+            # Always partition 0: the fold depends on one total order of control messages.
+            await self.producer.send_and_wait(self.topic, orjson.dumps(message), partition=0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import sys
 import time
@@ -66,6 +65,18 @@ def prepare_registry(settings: Settings, store: VersionedVectorStore) -> int:
     return latest
 
 
+def worker_identity(store: VersionedVectorStore) -> str:
+    """A worker's name, kept in its store: a restarted worker reports as the same worker."""
+    stored = store.get_meta("worker_id")
+    if stored is not None:
+        return stored.decode()
+    name = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    writer = store.writer()
+    writer.put_meta("worker_id", name.encode())
+    writer.commit()
+    return name
+
+
 @dataclass
 class RunningService:
     settings: Settings
@@ -103,6 +114,7 @@ async def run_service(
                 settings.topic: settings.partitions,
                 settings.dlq_topic: 1,
                 settings.updates_topic: settings.partitions,
+                settings.control_topic: 1,
             },
         )
         store = VersionedVectorStore(settings.data_dir, keep_versions=settings.versions_kept)
@@ -134,7 +146,7 @@ async def run_service(
             worker.start(), asyncio.to_thread(prepare_registry, settings, store)
         )
         registry = EncoderRegistry(settings.registry)
-        worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        worker_id = worker_identity(store)
         controller = RolloutController(registry, store, worker_id, settings.user_window)
         assert worker.producer is not None
         plane = RolloutPlane(

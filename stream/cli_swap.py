@@ -1,0 +1,181 @@
+"""``embstream swap``: stage, status, promote, rollback, cancel, through the control topic."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from models.registry import EncoderRegistry
+from stream.broker import ensure_topics
+from stream.control import ControlError, RolloutState, control_message, decode_control
+from stream.rollout import check_swappable
+from stream.settings import Settings, SettingsError
+
+__all__ = ["add_swap_commands", "read_rollout", "run_swap"]
+
+
+def add_swap_commands(commands: Any) -> None:
+    swap = commands.add_parser("swap", help="move a running system to another encoder version")
+    actions = swap.add_subparsers(dest="action", required=True, metavar="ACTION")
+    stage = actions.add_parser("stage", help="dual-write and backfill version V")
+    stage.add_argument("version", type=int)
+    stage.add_argument("--rate", type=float, help="backfill entities per second (default: unlimited)")
+    stage.add_argument("--force", action="store_true", help="stage even if the compatibility gate fails")
+    actions.add_parser("status", help="serving and staged versions, backfill progress, acks")
+    promote = actions.add_parser("promote", help="make the staged version the serving version")
+    promote.add_argument("--force", action="store_true", help="even if the backfill has not finished")
+    actions.add_parser("rollback", help="serve the previous version again")
+    actions.add_parser("cancel", help="drop the staged version")
+    for action in actions.choices.values():
+        action.add_argument("--broker", help="host:port[,host:port] (default: EMBSTREAM_BROKER)")
+        action.add_argument("--registry", type=Path, help="model registry (default: embstream-registry)")
+        action.add_argument("--control-topic", help="control topic (default: embstream.control)")
+        action.add_argument("--wait", type=float, default=15.0, help="seconds to wait for workers' acks")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env().with_overrides(
+        broker=args.broker, registry=args.registry, control_topic=args.control_topic
+    )
+    if not settings.broker:
+        raise SettingsError("no broker: pass --broker or set EMBSTREAM_BROKER")
+    return settings
+
+
+def read_rollout(servers: list[str], topic: str, idle_s: float = 0.5) -> tuple[RolloutState, list[dict]]:
+    """Fold the whole control topic; returns the state and every message read."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=servers, enable_auto_commit=False, group_id=None, client_id="embstream-swap"
+    )
+    try:
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        consumer.seek_to_beginning(partition)
+        state, messages = RolloutState(), []
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < idle_s:
+            for records in consumer.poll(timeout_ms=100).values():
+                for record in records:
+                    message = decode_control(record.value)
+                    if message is not None:
+                        state.apply(message)
+                        messages.append(message)
+                    quiet_since = time.monotonic()
+        return state, messages
+    finally:
+        consumer.close()
+
+
+def _publish(settings: Settings, message: dict[str, Any]) -> None:
+    producer = KafkaProducer(bootstrap_servers=settings.broker_servers, client_id="embstream-swap")
+    try:
+        # Always partition 0: workers fold the control messages in one total order.
+        producer.send(settings.control_topic, orjson.dumps(message), partition=0).get(timeout=30)
+    finally:
+        producer.close()
+
+
+def _await_acks(settings: Settings, message: dict[str, Any], wait_s: float) -> int:
+    """Wait for workers' acks of ``message``; report them; exit status 1 if one refused it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        _, messages = read_rollout(settings.broker_servers, settings.control_topic, idle_s=0.3)
+        acks = [m for m in messages if m.get("op") == "ack" and m.get("of") == message["id"]]
+        if acks or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if not acks:
+        print(
+            f"embstream: no worker acknowledged within {wait_s:.0f} s; it will apply when one "
+            "reads the control topic",
+            file=sys.stderr,
+        )
+        return 0
+    failed = [a for a in acks if a.get("error")]
+    for ack in acks:
+        verdict = f"REFUSED: {ack['error']}" if ack.get("error") else "applied"
+        print(f"embstream: worker {ack.get('worker')}: {verdict}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _bar(done: int, total: int, width: int = 30) -> str:
+    share = 1.0 if total == 0 else min(1.0, done / total)
+    filled = int(share * width)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {share:6.1%} ({done:,}/{total:,})"
+
+
+def _status(state: RolloutState, messages: list[dict]) -> dict[str, Any]:
+    staged = state.staged
+    progress: dict[str, dict[str, Any]] = {}
+    for (worker, version, kind), (done, total) in sorted(state.progress.items()):
+        if version == staged:
+            progress.setdefault(worker, {})[kind] = {"done": done, "total": total}
+    workers = sorted({str(m.get("worker")) for m in messages if m.get("op") == "worker"})
+    acked = sorted(state.acks.get(state.last_command_id or "", set()))
+    return {
+        "serving_version": state.serving,
+        "staged_version": staged,
+        "previous_version": state.previous,
+        "last_command": None if state.last_command is None else state.last_command.get("op"),
+        "acknowledged_by": acked,
+        "workers_seen": workers,
+        "backfill": progress,
+        "backfill_complete": None if staged is None else state.backfill_complete(staged),
+    }
+
+
+def run_swap(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    ensure_topics(settings.broker_servers, {settings.control_topic: 1})
+    state, messages = read_rollout(settings.broker_servers, settings.control_topic)
+    if args.action == "status":
+        status = _status(state, messages)
+        if sys.stdout.isatty():
+            print(
+                f"serving v{status['serving_version']}  staged "
+                f"{'-' if status['staged_version'] is None else 'v' + str(status['staged_version'])}  "
+                f"previous {status['previous_version'] or '-'}"
+            )
+            for worker, kinds in status["backfill"].items():
+                for kind, p in kinds.items():
+                    print(f"  {worker} {kind:<5} {_bar(p['done'], p['total'])}")
+            print(f"acknowledged by: {', '.join(status['acknowledged_by']) or '-'}")
+        else:
+            print(json.dumps(status, indent=2))
+        return 0
+    registry = EncoderRegistry(settings.registry)
+    if args.action == "stage":
+        if state.serving == args.version:
+            raise ControlError(f"version {args.version} is already the serving version")
+        if state.staged is not None and state.staged != args.version:
+            raise ControlError(f"version {state.staged} is staged; promote or cancel it first")
+        check_swappable(registry, args.version, force=args.force)
+        message = control_message("stage", version=args.version, rate=args.rate, force=args.force)
+    elif args.action == "promote":
+        if state.staged is None:
+            raise ControlError("no version is staged")
+        if not args.force and not state.backfill_complete(state.staged):
+            raise ControlError(
+                f"the backfill of version {state.staged} has not finished for users and items "
+                "(see `embstream swap status`; --force to promote anyway)"
+            )
+        message = control_message("promote", version=state.staged, force=args.force)
+    elif args.action == "rollback":
+        if state.previous is None or state.serving is None:
+            raise ControlError("there is no previous version to roll back to")
+        message = control_message("rollback", **{"from": state.serving, "to": state.previous})
+    else:
+        if state.staged is None:
+            raise ControlError("no version is staged")
+        message = control_message("cancel", version=state.staged)
+    _publish(settings, message)
+    shown = {key: value for key, value in message.items() if key not in ("id", "ts")}
+    print(f"embstream: {args.action} published {json.dumps(shown)}", file=sys.stderr)
+    return _await_acks(settings, message, args.wait)

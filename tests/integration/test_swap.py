@@ -1,0 +1,241 @@
+"""Hot swaps on the real broker and RocksDB, while events flow and readers read."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from models.registry import EncoderRegistry
+from models.synthetic import SyntheticWorld
+from models.versioning import VersionRequest, train_version
+from stream.broker import EmbeddedBroker
+from stream.cli_swap import read_rollout
+from stream.producer import send_records
+from tests.conftest import WorkerProcess, http_json, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def swap_registry(trained_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """v1 (the default encoder), v2 (bc-aligner child of v1), v3 (no aligner: fails the gate)."""
+    root = tmp_path_factory.mktemp("swap") / "registry"
+    shutil.copytree(trained_registry, root)
+    registry = EncoderRegistry(root)
+    world = SyntheticWorld(seed=0)
+    events = world.events(12_000, start_ms=1_767_000_000_000, span_ms=86_400_000, seed=5)
+    _, report = train_version(registry, events, VersionRequest(method="bc-aligner", epochs=1, seed=1))
+    assert report["swappable"], report["consumer_change_pct"]
+    train_version(registry, events, VersionRequest(method="none", epochs=1, seed=2))
+    return root
+
+
+def _swap(worker: WorkerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "swap",
+            *args,
+            "--broker",
+            worker.broker,
+            "--registry",
+            str(worker.registry),
+            "--control-topic",
+            f"{worker.topic}.control",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _events(users: range, items: int, seed: int) -> list[tuple[bytes, bytes]]:
+    now = int(time.time() * 1000)
+    return [
+        (
+            f"u{n}".encode(),
+            json.dumps(
+                {"user_id": f"u{n}", "item_id": f"i{(n * 7 + seed) % items}", "type": "click", "ts": now}
+            ).encode(),
+        )
+        for n in users
+    ]
+
+
+class Load:
+    """A producer and a reader running against a worker until stopped."""
+
+    def __init__(self, worker: WorkerProcess, users: int) -> None:
+        self.worker, self.users = worker, users
+        self.stop = threading.Event()
+        self.failures: list[str] = []
+        self.reads = 0
+        self.versions_seen: set[int] = set()
+        self.threads = [threading.Thread(target=self._produce), threading.Thread(target=self._read)]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+    def _produce(self) -> None:
+        round_ = 0
+        while not self.stop.is_set():
+            send_records(
+                [self.worker.broker], self.worker.topic, _events(range(0, self.users, 3), 500, round_)
+            )
+            round_ += 1
+            time.sleep(0.2)
+
+    def _read(self) -> None:
+        ids = [f"u{n}" for n in range(0, 60)]
+        items = [f"i{n}" for n in range(0, 60)]
+        while not self.stop.is_set():
+            status, body = http_json("GET", f"{self.worker.api}/v1/embeddings/user/u3")
+            if status != 200:
+                self.failures.append(f"single read {status} {body}")
+            for kind, batch in (("user", ids), ("item", items)):
+                status, body = http_json(
+                    "POST", f"{self.worker.api}/v1/embeddings/{kind}/batch", {"ids": batch}
+                )
+                if status != 200:
+                    self.failures.append(f"batch {status} {body}")
+                    continue
+                versions = {r["version"] for r in body["results"] if r is not None}
+                if len(versions) > 1 or (versions and versions != {body["version"]}):
+                    self.failures.append(f"mixed versions in one batch: {versions}")
+                if any(r is None for r in body["results"]):
+                    self.failures.append(f"missing {kind} at version {body['version']}")
+                self.versions_seen |= versions
+            self.reads += 1
+
+
+@pytest.fixture
+def worker(
+    broker: EmbeddedBroker, swap_registry: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[WorkerProcess]:
+    topic = f"swap-{request.node.name[:40]}"
+    running = WorkerProcess(
+        tmp_path / "data", swap_registry, broker.bootstrap, topic, ["--encoder-version", "1"]
+    ).start()
+    send_records([broker.bootstrap], topic, _events(range(0, 600), 500, 0))
+    wait_until(
+        lambda: (
+            http_json("GET", f"{running.api}/v1/embeddings/item/i59")[0] == 200
+            and http_json("GET", f"{running.api}/v1/embeddings/user/u599")[0] == 200
+        ),
+        timeout_s=30,
+    )
+    yield running
+    if running.process is not None:
+        running.stop()
+
+
+def _serving(worker: WorkerProcess) -> int:
+    return http_json("GET", f"{worker.api}/v1/versions")[1]["serving_version"]
+
+
+def _backfilled(worker: WorkerProcess, version: int) -> bool:
+    state, _ = read_rollout([worker.broker], f"{worker.topic}.control")
+    return state.backfill_complete(version)
+
+
+def test_stage_promote_rollback_under_load_never_fail_or_mix(worker: WorkerProcess) -> None:
+    with Load(worker, users=600) as load:
+        staged = _swap(worker, "stage", "2")
+        assert staged.returncode == 0, staged.stderr
+        assert "applied" in staged.stderr
+        wait_until(lambda: _backfilled(worker, 2), timeout_s=60)
+        status = json.loads(_swap(worker, "status").stdout)
+        assert status["staged_version"] == 2 and status["backfill_complete"] is True
+        promoted = _swap(worker, "promote")
+        assert promoted.returncode == 0, promoted.stderr
+        wait_until(lambda: _serving(worker) == 2, timeout_s=20)
+        time.sleep(1.0)
+        send_records([worker.broker], worker.topic, _events(range(5000, 5001), 500, 1))  # a new user
+        wait_until(lambda: http_json("GET", f"{worker.api}/v1/embeddings/user/u5000")[0] == 200, timeout_s=20)
+        status_code, old = http_json("GET", f"{worker.api}/v1/embeddings/user/u3?version=1")
+        assert status_code == 200 and old["version"] == 1 and len(old["vector"]) == 64
+        status_code, aligned = http_json("GET", f"{worker.api}/v1/embeddings/user/u5000?version=1")
+        assert status_code == 200 and aligned["source"] == "aligned" and len(aligned["vector"]) == 64
+        rolled = _swap(worker, "rollback")
+        assert rolled.returncode == 0, rolled.stderr
+        wait_until(lambda: _serving(worker) == 1, timeout_s=20)
+        time.sleep(1.0)
+    assert load.failures == [], load.failures[:5]
+    assert load.reads > 10 and load.versions_seen == {1, 2}
+    status_code, _ = http_json("GET", f"{worker.api}/v1/embeddings/user/u3?version=3")
+    assert status_code == 404  # v3 was never written: not held, and newer than serving
+
+
+def test_a_worker_killed_mid_backfill_resumes_and_promote_waits_for_it(worker: WorkerProcess) -> None:
+    staged = _swap(worker, "stage", "2", "--rate", "150")
+    assert staged.returncode == 0, staged.stderr
+    time.sleep(1.5)
+    refused = _swap(worker, "promote")
+    assert refused.returncode == 2 and "has not finished" in refused.stderr
+    assert worker.process is not None
+    worker.process.send_signal(signal.SIGKILL)
+    worker.process.wait()
+    worker.process = None
+    state, _ = read_rollout([worker.broker], f"{worker.topic}.control")
+    done_before = {kind: d for (_, v, kind), (d, _) in state.progress.items() if v == 2}
+    assert 0 < sum(done_before.values()) < 1100  # stopped part-way
+    worker.start()
+    wait_until(lambda: _backfilled(worker, 2), timeout_s=90)
+    assert _swap(worker, "promote").returncode == 0
+    wait_until(lambda: _serving(worker) == 2, timeout_s=20)
+    status_code, body = http_json(
+        "POST", f"{worker.api}/v1/embeddings/user/batch", {"ids": [f"u{n}" for n in range(600)]}
+    )
+    assert status_code == 200 and all(r is not None and r["version"] == 2 for r in body["results"])
+
+
+def test_gate_and_hash_failures_are_refused_and_change_nothing(worker: WorkerProcess, tmp_path: Path) -> None:
+    refused = _swap(worker, "stage", "3")
+    assert refused.returncode == 2 and "not swappable" in refused.stderr
+    tampered = tmp_path / "tampered"
+    shutil.copytree(worker.registry, tampered)
+    weights = tampered / "v2" / "weights.pt"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "swap",
+            "stage",
+            "2",
+            "--broker",
+            worker.broker,
+            "--registry",
+            str(tampered),
+            "--control-topic",
+            f"{worker.topic}.control",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "does not match" in result.stderr
+    state, messages = read_rollout([worker.broker], f"{worker.topic}.control")
+    assert state.staged is None and state.serving == 1
+    assert not any(m.get("op") == "stage" for m in messages)
+    assert _serving(worker) == 1
