@@ -213,7 +213,10 @@ def create_app(context: ApiContext) -> web.Application:
     @routes.get("/metrics")
     async def metrics(request: web.Request) -> web.Response:
         text = context.metrics.render(
-            context.store.version_counts(), context.store.serving_version, context.active_version
+            context.store.version_counts(),
+            context.store.serving_version,
+            context.active_version,
+            None if context.controller is None else context.controller.describe(),
         )
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 

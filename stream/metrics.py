@@ -7,6 +7,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["LAG_BUCKETS_SECONDS", "Metrics"]
 
@@ -59,7 +60,13 @@ class Metrics:
         if not self.consumed_history or now - self.consumed_history[-1][0] >= 0.5:
             self.consumed_history.append((now, self.events_consumed))
 
-    def render(self, entities: dict[str, dict[int, int]], serving: int | None, active: int | None) -> str:
+    def render(
+        self,
+        entities: dict[str, dict[int, int]],
+        serving: int | None,
+        active: int | None,
+        rollout: dict[str, Any] | None = None,
+    ) -> str:
         """The Prometheus exposition text."""
         lines = [
             "# HELP embstream_events_consumed_total Records read from the interactions topic.",
@@ -97,6 +104,16 @@ class Metrics:
             "# HELP embstream_active_encoder_version The version the worker refreshes with.",
             "# TYPE embstream_active_encoder_version gauge",
             f"embstream_active_encoder_version {active or 0}",
+            "# HELP embstream_staged_version The version being rolled out (0: none).",
+            "# TYPE embstream_staged_version gauge",
+            f"embstream_staged_version {(rollout or {}).get('staged_version') or 0}",
+            "# HELP embstream_backfill_entities Entities of the staged version backfilled, and to do.",
+            "# TYPE embstream_backfill_entities gauge",
+        ]
+        for kind, progress in ((rollout or {}).get("backfill") or {}).items():
+            lines.append(f'embstream_backfill_entities{{kind="{kind}",state="done"}} {progress["done"]}')
+            lines.append(f'embstream_backfill_entities{{kind="{kind}",state="total"}} {progress["total"]}')
+        lines += [
             "# HELP embstream_batches_total Micro-batches processed.",
             "# TYPE embstream_batches_total counter",
             f"embstream_batches_total {self.batches}",

@@ -1,0 +1,91 @@
+"""The control-topic fold and the backfill, without a broker (the backfill on real RocksDB)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from models.features import ItemInput, UserInput, UserState
+from store.vector_store import VersionedVectorStore
+from stream.backfill import Backfiller
+from stream.control import RolloutState, control_message, decode_control
+
+
+def _fold(messages: list[dict]) -> RolloutState:
+    state = RolloutState()
+    for message in messages:
+        state.apply(message)
+    return state
+
+
+def test_a_rollout_folds_to_the_same_state_however_often_it_is_replayed() -> None:
+    log = [
+        control_message("worker", worker="w1", serving=1),
+        control_message("stage", version=2, rate=None),
+        control_message("progress", worker="w1", version=2, kind="user", done=5, total=5),
+        control_message("progress", worker="w1", version=2, kind="item", done=3, total=3),
+        control_message("promote", version=2),
+    ]
+    once = _fold(log)
+    assert (once.serving, once.staged, once.previous) == (2, None, 1)
+    twice = _fold(log + log)  # every message applied a second time changes nothing
+    assert (twice.serving, twice.staged, twice.previous) == (2, None, 1)
+    rolled = _fold([*log, control_message("rollback", **{"from": 2, "to": 1})])
+    assert (rolled.serving, rolled.previous) == (1, None)
+    stale = _fold([*log, control_message("rollback", **{"from": 7, "to": 1})])
+    assert stale.serving == 2  # a rollback of another serving version is ignored
+
+
+def test_promote_needs_the_staged_version_and_backfill_counts_every_worker() -> None:
+    state = _fold([control_message("worker", worker="w1", serving=1), control_message("promote", version=3)])
+    assert state.serving == 1  # nothing staged: ignored
+    state.apply(control_message("stage", version=3))
+    state.apply(control_message("progress", worker="w1", version=3, kind="user", done=4, total=4))
+    state.apply(control_message("progress", worker="w1", version=3, kind="item", done=4, total=4))
+    state.apply(control_message("progress", worker="w2", version=3, kind="user", done=1, total=4))
+    assert not state.backfill_complete(3)
+    state.apply(control_message("progress", worker="w2", version=3, kind="user", done=4, total=4))
+    state.apply(control_message("progress", worker="w2", version=3, kind="item", done=2, total=2))
+    assert state.backfill_complete(3)
+    state.apply(control_message("cancel", version=3))
+    assert state.staged is None
+
+
+def test_malformed_control_messages_are_not_applied() -> None:
+    assert decode_control(b"nope") is None and decode_control(b"[]") is None
+    assert decode_control(b'{"op": 3}') is None
+    assert decode_control(b'{"op": "stage", "version": 2}') == {"op": "stage", "version": 2}
+
+
+class ConstantEncoder:
+    version = 9
+    dim = 2
+
+    def encode_users(self, inputs: Sequence[UserInput]) -> np.ndarray:
+        return np.ones((len(inputs), 2), dtype=np.float32)
+
+    def encode_items(self, inputs: Sequence[ItemInput]) -> np.ndarray:
+        return np.full((len(inputs), 2), 2.0, dtype=np.float32)
+
+
+def test_backfill_resumes_from_its_cursor_after_a_restart(tmp_path: Path) -> None:
+    store = VersionedVectorStore(tmp_path / "db")
+    writer = store.writer()
+    for n in range(25):
+        writer.put_state("user", f"u{n:02d}", UserState().to_bytes())
+    writer.commit()
+    first = Backfiller(store, ConstantEncoder())
+    assert first.step(10) == 10 and first.step(10) == 10
+    assert first.progress()["user"].done == 20 and not first.complete
+    store.close()
+    store = VersionedVectorStore(tmp_path / "db")  # a restart
+    again = Backfiller(store, ConstantEncoder())
+    assert again.progress()["user"].done == 20
+    assert again.step(10) == 5  # only the rest, and users are now complete
+    while not again.complete:
+        again.step(10)
+    assert again.progress()["user"].done == 25 and again.progress()["item"].complete
+    assert store.version_counts()["user"] == {9: 25}
+    store.close()
