@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from store.errors import StoreError, StoreOpenError, VersionNotFoundError
+from store.errors import (
+    NoServingVersionError,
+    StoreError,
+    StoreOpenError,
+    VersionNotFoundError,
+    VersionUnreachableError,
+)
 from store.keys import KINDS, Kind, entity_key, parse_entity_key
-from store.lookup import ResolvedVector, lookup_many, lookup_one, resolve_entry
+from store.lookup import CarryProvider, ResolvedVector, lookup_many, lookup_one, resolve_entry, resolve_many
 from store.record import (
     RECORD_FORMAT,
     RecordFormatError,
@@ -18,13 +24,16 @@ from store.vector_store import StoreWriter, VersionedVectorStore
 __all__ = [
     "KINDS",
     "RECORD_FORMAT",
+    "CarryProvider",
     "Kind",
+    "NoServingVersionError",
     "RecordFormatError",
     "ResolvedVector",
     "StoreError",
     "StoreOpenError",
     "StoreWriter",
     "VersionNotFoundError",
+    "VersionUnreachableError",
     "VersionedVector",
     "VersionedVectorStore",
     "decode_record",
@@ -34,5 +43,6 @@ __all__ = [
     "lookup_one",
     "parse_entity_key",
     "resolve_entry",
+    "resolve_many",
     "upsert_entry",
 ]

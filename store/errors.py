@@ -7,7 +7,13 @@ StoreError
 
 from __future__ import annotations
 
-__all__ = ["StoreError", "StoreOpenError", "VersionNotFoundError"]
+__all__ = [
+    "NoServingVersionError",
+    "StoreError",
+    "StoreOpenError",
+    "VersionNotFoundError",
+    "VersionUnreachableError",
+]
 
 
 class StoreError(Exception):
@@ -20,3 +26,11 @@ class StoreOpenError(StoreError):
 
 class VersionNotFoundError(StoreError):
     """The entity exists but holds no vector of the requested version."""
+
+
+class VersionUnreachableError(StoreError):
+    """No aligner chain leads from the serving version to the requested one."""
+
+
+class NoServingVersionError(StoreError):
+    """No serving version has been set yet."""

@@ -17,8 +17,9 @@ from aiohttp import web
 from models.aligners import BackwardAligner
 from models.errors import IncompatibleVersionsError, VersionMissingError
 from models.registry import EncoderRegistry
+from store.errors import NoServingVersionError, VersionUnreachableError
 from store.keys import KINDS
-from store.lookup import ResolvedVector
+from store.lookup import ResolvedVector, resolve_many
 from store.vector_store import VersionedVectorStore
 from stream.events import MAX_ID_LENGTH
 from stream.metrics import Metrics
@@ -45,46 +46,21 @@ class ApiContext:
             return None
         return self.controller.serving_encoder.version
 
-    def chain(self, source: int, target: int) -> list[BackwardAligner]:
-        """Aligners from ``source`` back to ``target`` (cached; raises if unreachable)."""
+    def carry(self, source: int, target: int) -> Callable[[np.ndarray], np.ndarray]:
+        """Rows of ``source``'s space carried back into ``target``'s (chains are cached)."""
         if (source, target) not in self._chains:
-            self._chains[(source, target)] = self.registry.aligner_chain(source, target)
-        return self._chains[(source, target)]
+            try:
+                self._chains[(source, target)] = self.registry.aligner_chain(source, target)
+            except (IncompatibleVersionsError, VersionMissingError) as error:
+                raise VersionUnreachableError(str(error)) from error
+        chain = self._chains[(source, target)]
 
-    def resolve(self, kind: str, ids: list[str], version: int | None) -> list[ResolvedVector | None]:
-        """Vectors of ``ids`` at ``version`` (the serving version when None).
+        def apply(vectors: np.ndarray) -> np.ndarray:
+            for aligner in chain:
+                vectors = aligner.apply(vectors)
+            return vectors
 
-        Native where a record holds that version; otherwise the serving vector carried back
-        through the aligner chain (``source: aligned``). Every vector of one call comes from
-        the same serving version, read once.
-        """
-        serving = self.store.serving_version
-        if serving is None:
-            raise _ApiError(503, "no_serving_version", "no serving version is set yet")
-        target = serving if version is None else version
-        records = self.store.get_records(kind, ids)
-        resolved: list[ResolvedVector | None] = []
-        chain: list[BackwardAligner] | None = None
-        for entity_id, entries in zip(ids, records, strict=True):
-            held = {entry.version: entry for entry in entries or []}
-            if target in held:
-                entry = held[target]
-                resolved.append(ResolvedVector(kind, entity_id, target, entry.vector, entry.updated_at_ms))
-            elif target < serving and serving in held:
-                if chain is None:
-                    try:
-                        chain = self.chain(serving, target)
-                    except (IncompatibleVersionsError, VersionMissingError) as error:
-                        raise _ApiError(409, "version_unreachable", str(error)) from None
-                vector = held[serving].vector.astype(np.float32)
-                for aligner in chain:
-                    vector = aligner.apply(vector[None, :])[0]
-                resolved.append(
-                    ResolvedVector(kind, entity_id, target, vector, held[serving].updated_at_ms, "aligned")
-                )
-            else:
-                resolved.append(None)
-        return resolved
+        return apply
 
 
 class _ApiError(Exception):
@@ -142,6 +118,10 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return await handler(request)
     except _ApiError as error:
         return _json({"error": error.code, "message": error.message}, status=error.status)
+    except VersionUnreachableError as error:
+        return _json({"error": "version_unreachable", "message": str(error)}, status=409)
+    except NoServingVersionError as error:
+        return _json({"error": "no_serving_version", "message": str(error)}, status=503)
     except web.HTTPRequestEntityTooLarge:
         return _json(
             {"error": "body_too_large", "message": f"bodies are limited to {MAX_BODY_BYTES} bytes"}, 413
@@ -157,7 +137,7 @@ def create_app(context: ApiContext) -> web.Application:
         kind = _kind(request)
         entity_id = _check_id(request.match_info["id"])
         version = _version(request.query.get("version"))
-        resolved = context.resolve(kind, [entity_id], version)[0]
+        resolved = resolve_many(context.store, kind, [entity_id], version, context.carry)[1][0]
         if resolved is None:
             record = context.store.get_record(kind, entity_id)
             if record is None:
@@ -183,12 +163,13 @@ def create_app(context: ApiContext) -> web.Application:
         ids = [_check_id(entity_id) for entity_id in body["ids"]]
         if len(ids) > MAX_BATCH_IDS:
             raise _ApiError(400, "too_many_ids", f"at most {MAX_BATCH_IDS} ids per batch")
-        version = _version(body.get("version"))
-        resolved = context.resolve(kind, ids, version)
+        answered, resolved = resolve_many(
+            context.store, kind, ids, _version(body.get("version")), context.carry
+        )
         return _json(
             {
                 "kind": kind,
-                "version": version if version is not None else context.store.serving_version,
+                "version": answered,
                 "results": [None if r is None else _vector_json(r) for r in resolved],
             }
         )

@@ -103,3 +103,38 @@ def test_iter_states_lists_one_kind(store: VersionedVectorStore) -> None:
     writer.commit()
     assert list(store.iter_states("user")) == [("a", b"1"), ("b", b"2")]
     assert list(store.iter_states("item")) == [("a", b"3")]
+
+
+def test_resolve_carries_the_serving_vector_back_when_the_old_one_is_gone(
+    store: VersionedVectorStore,
+) -> None:
+    from store import NoServingVersionError, VersionUnreachableError, resolve_many
+
+    with pytest.raises(NoServingVersionError):
+        resolve_many(store, "user", ["a"], None)
+    writer = store.writer()
+    writer.put_vectors("user", ["old"], 1, _vectors(1, seed=1), 5)
+    writer.put_vectors("user", ["old", "new"], 2, _vectors(2, seed=2), 6)
+    writer.commit()
+    store.set_serving_version(2)
+    calls = []
+
+    def carry(source: int, target: int):
+        calls.append((source, target))
+        return lambda rows: rows[:, :4] * 10
+
+    answered, (old, new, ghost) = resolve_many(store, "user", ["old", "new", "ghost"], 1, carry)
+    assert answered == 1 and ghost is None
+    assert old.source == "native" and old.updated_at_ms == 5
+    assert new.source == "aligned" and new.version == 1 and new.vector.shape == (4,)
+    np.testing.assert_allclose(new.vector, _vectors(2, seed=2)[1][:4] * 10)
+    assert calls == [(2, 1)]  # one chain for the whole batch
+    answered, (served, _, _) = resolve_many(store, "user", ["old", "new", "ghost"], None, carry)
+    assert answered == 2 and served.version == 2
+    assert resolve_many(store, "user", ["new"], 3, carry)[1] == [None]  # newer: never carried
+
+    def unreachable(source: int, target: int):
+        raise VersionUnreachableError("no chain")
+
+    with pytest.raises(VersionUnreachableError):
+        resolve_many(store, "user", ["new"], 1, unreachable)
