@@ -159,6 +159,15 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path else ""
 
+    def __enter__(self) -> WorkerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:  # never leak a worker when a test fails
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
     def stop(self) -> int:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)

@@ -57,19 +57,19 @@ def test_kill_minus_9_mid_stream_loses_nothing_and_counts_nothing_twice(
     topic = "restart-interactions"
     ensure_topics([broker.bootstrap], {topic: 4})
     data = tmp_path / "data"
-    worker = WorkerProcess(data, trained_registry, broker.bootstrap, topic).start()
-    first = _events(25, 3_000, 0)
-    produce(broker.bootstrap, topic, first)
-    time.sleep(0.3)  # let it be mid-way through the stream
-    assert worker.process is not None
-    worker.process.send_signal(signal.SIGKILL)
-    worker.process.wait()
-    worker.process = None
-    second = _events(25, 1_000, 7)
-    produce(broker.bootstrap, topic, second)
-    worker.start()
-    _wait_users(worker, _send_sentinels(broker.bootstrap, topic, 1))
-    assert worker.stop() == 0
+    with WorkerProcess(data, trained_registry, broker.bootstrap, topic).start() as worker:
+        first = _events(25, 3_000, 0)
+        produce(broker.bootstrap, topic, first)
+        time.sleep(0.3)  # let it be mid-way through the stream
+        assert worker.process is not None
+        worker.process.send_signal(signal.SIGKILL)
+        worker.process.wait()
+        worker.process = None
+        second = _events(25, 1_000, 7)
+        produce(broker.bootstrap, topic, second)
+        worker.start()
+        _wait_users(worker, _send_sentinels(broker.bootstrap, topic, 1))
+        assert worker.stop() == 0
     expected = Counter(str(e["user_id"]) for e in first + second)
     store = VersionedVectorStore(data)
     try:
@@ -96,32 +96,39 @@ def test_records_keep_the_k_most_recent_versions(
     topic = "k-cap-interactions"
     data = tmp_path / "data"
     for version in (1, 2, 3):
-        worker = WorkerProcess(
+        with WorkerProcess(
             data,
             registry_dir,
             broker.bootstrap,
             topic,
             ["--encoder-version", str(version), "--versions-kept", "2"],
-        ).start()
-        produce(
-            broker.bootstrap,
-            topic,
-            [{"user_id": "kim", "item_id": f"v{version}", "type": "click", "ts": int(time.time() * 1000)}],
-        )
-        wait_until(
-            lambda w=worker, v=version: (
-                http_json("GET", f"{w.api}/v1/embeddings/user/kim?version={v}")[0] == 200
-            ),
-            timeout_s=30,
-        )
-        if version == 3:
-            status, body = http_json("GET", f"{worker.api}/v1/embeddings/user/kim?version=1")
-            # not held any more, and v3 has no aligner to carry its vector back: unreachable
-            assert status == 409 and body["error"] == "version_unreachable"
-            assert http_json("GET", f"{worker.api}/v1/embeddings/user/kim?version=2")[0] == 200
-            status, body = http_json("GET", f"{worker.api}/v1/embeddings/user/kim")
-            assert status == 200 and body["version"] == 3
-            _, versions = http_json("GET", f"{worker.api}/v1/versions")
-            assert versions["store"]["user"] == {"2": 1, "3": 1}
-            assert versions["registry_versions"] == [1, 2, 3]
-        assert worker.stop() == 0
+        ).start() as worker:
+            produce(
+                broker.bootstrap,
+                topic,
+                [
+                    {
+                        "user_id": "kim",
+                        "item_id": f"v{version}",
+                        "type": "click",
+                        "ts": int(time.time() * 1000),
+                    }
+                ],
+            )
+            wait_until(
+                lambda w=worker, v=version: (
+                    http_json("GET", f"{w.api}/v1/embeddings/user/kim?version={v}")[0] == 200
+                ),
+                timeout_s=30,
+            )
+            if version == 3:
+                status, body = http_json("GET", f"{worker.api}/v1/embeddings/user/kim?version=1")
+                # not held any more, and v3 has no aligner to carry its vector back: unreachable
+                assert status == 409 and body["error"] == "version_unreachable"
+                assert http_json("GET", f"{worker.api}/v1/embeddings/user/kim?version=2")[0] == 200
+                status, body = http_json("GET", f"{worker.api}/v1/embeddings/user/kim")
+                assert status == 200 and body["version"] == 3
+                _, versions = http_json("GET", f"{worker.api}/v1/versions")
+                assert versions["store"]["user"] == {"2": 1, "3": 1}
+                assert versions["registry_versions"] == [1, 2, 3]
+            assert worker.stop() == 0
