@@ -8,7 +8,6 @@ L2-normalised. Hashing lets unseen ids embed without rebuilding a vocabulary.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
@@ -97,28 +96,46 @@ class TwoTowerModel(nn.Module):
 
 
 def user_batch(inputs: Sequence[UserInput], config: EncoderConfig) -> UserBatch:
-    """Featurise users: hash ids, pad histories, weight by recency and rating value."""
+    """Featurise users: hash ids, pad histories, weight by recency and rating value.
+
+    Histories are flattened into one list and weighted with array arithmetic: the only
+    per-item Python work is the (cached) id hash.
+    """
     size, length = len(inputs), config.history
-    user_buckets = np.empty((size, 2), dtype=np.int64)
+    user_buckets = np.array(
+        [id_buckets("user", user.user_id, config.buckets) for user in inputs], dtype=np.int64
+    ).reshape(size, 2)
+    rows: list[int] = []
+    cols: list[int] = []
+    items: list[str] = []
+    codes: list[int] = []
+    values: list[float] = []
+    stamps: list[int] = []
+    references: list[int] = []
+    for row, user in enumerate(inputs):
+        count = min(length, len(user.item_ids))
+        if not count:
+            continue
+        rows.extend([row] * count)
+        cols.extend(range(count))
+        items.extend(user.item_ids[-count:])
+        codes.extend(user.type_codes[-count:])
+        values.extend(user.values[-count:])
+        stamps.extend(user.timestamps_ms[-count:])
+        references.extend([user.timestamps_ms[-1]] * count)
     item_buckets = np.zeros((size, length, 2), dtype=np.int64)
     type_codes = np.zeros((size, length), dtype=np.int64)
     weights = np.zeros((size, length), dtype=np.float32)
-    tau_ms = config.recency_tau_seconds * 1000.0
-    for row, user in enumerate(inputs):
-        user_buckets[row] = id_buckets("user", user.user_id, config.buckets)
-        recent = slice(max(0, len(user.item_ids) - length), len(user.item_ids))
-        items, codes = user.item_ids[recent], user.type_codes[recent]
-        values, stamps = user.values[recent], user.timestamps_ms[recent]
-        if not items:
-            continue
-        reference = stamps[-1]
-        for col, (item_id, code, value, ts) in enumerate(zip(items, codes, values, stamps, strict=True)):
-            item_buckets[row, col] = id_buckets("item", item_id, config.buckets)
-            type_codes[row, col] = code
-            factor = 1.0
-            if code == _RATING and not math.isnan(value):
-                factor = min(max(value, 0.0), 5.0) / 5.0 + 0.1
-            weights[row, col] = factor * math.exp(-(reference - ts) / tau_ms)
+    if items:
+        at = (np.array(rows), np.array(cols))
+        item_buckets[at] = [id_buckets("item", item_id, config.buckets) for item_id in items]
+        code_array = np.array(codes, dtype=np.int64)
+        type_codes[at] = code_array
+        value_array = np.array(values, dtype=np.float64)
+        rated = (code_array == _RATING) & ~np.isnan(value_array)
+        factor = np.where(rated, np.clip(np.nan_to_num(value_array), 0.0, 5.0) / 5.0 + 0.1, 1.0)
+        age_ms = np.array(references, dtype=np.float64) - np.array(stamps, dtype=np.float64)
+        weights[at] = factor * np.exp(-age_ms / (config.recency_tau_seconds * 1000.0))
     return UserBatch(
         torch.from_numpy(user_buckets),
         torch.from_numpy(item_buckets),

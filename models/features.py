@@ -32,8 +32,9 @@ TYPE_CODES = {name: code for code, name in enumerate(EVENT_TYPES)}
 WINDOWS_SECONDS: tuple[int, ...] = (3_600, 86_400, 604_800)
 ITEM_FEATURES = len(EVENT_TYPES) * len(WINDOWS_SECONDS) + len(EVENT_TYPES)
 
-_USER_HEADER = struct.Struct("<BIQ")  # format, lifetime count, last ts
-_USER_ENTRY = struct.Struct("<QBfH")  # ts, type code, value (NaN if none), id length
+_USER_HEADER = struct.Struct("<BIQ")  # format 1: format, lifetime count, last ts
+_USER_ENTRY = struct.Struct("<QBfH")  # format 1: ts, type code, value (NaN if none), id length
+_USER_HEADER_V2 = struct.Struct("<BIQH")  # format 2: format, lifetime count, last ts, entries
 _ITEM_FORMAT = struct.Struct(f"<BQ{len(EVENT_TYPES) * len(WINDOWS_SECONDS)}d{len(EVENT_TYPES)}IQQ")
 
 
@@ -77,10 +78,7 @@ class UserState:
         self.type_codes.insert(position, type_code)
         self.values.insert(position, math.nan if value is None else float(value))
         self.timestamps_ms.insert(position, ts_ms)
-        excess = len(self.item_ids) - self.window
-        if excess > 0:
-            del self.item_ids[:excess], self.type_codes[:excess]
-            del self.values[:excess], self.timestamps_ms[:excess]
+        self._trim()
         self.count += 1
         self.last_ts_ms = max(self.last_ts_ms, ts_ms)
 
@@ -94,20 +92,47 @@ class UserState:
         )
 
     def to_bytes(self) -> bytes:
-        parts = [_USER_HEADER.pack(1, self.count, self.last_ts_ms)]
-        for item_id, code, value, ts in zip(
-            self.item_ids, self.type_codes, self.values, self.timestamps_ms, strict=True
-        ):
-            raw = item_id.encode("utf-8")
-            parts.append(_USER_ENTRY.pack(ts, code, value, len(raw)))
-            parts.append(raw)
-        return b"".join(parts)
+        """Columnar binary (format 2): header, then timestamps, codes, values, id lengths, ids."""
+        ids = [item_id.encode("utf-8") for item_id in self.item_ids]
+        n = len(ids)
+        return b"".join(
+            (
+                _USER_HEADER_V2.pack(2, self.count, self.last_ts_ms, n),
+                struct.pack(f"<{n}Q", *self.timestamps_ms),
+                bytes(self.type_codes),
+                struct.pack(f"<{n}f", *self.values),
+                struct.pack(f"<{n}H", *map(len, ids)),
+                *ids,
+            )
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes, window: int = 50) -> UserState:
-        fmt, count, last_ts = _USER_HEADER.unpack_from(data, 0)
-        if fmt != 1:
+        if data[0] == 1:
+            return cls._from_bytes_v1(data, window)
+        fmt, count, last_ts, n = _USER_HEADER_V2.unpack_from(data, 0)
+        if fmt != 2:
             raise ValueError(f"unknown user state format {fmt}")
+        offset = _USER_HEADER_V2.size
+        stamps = list(struct.unpack_from(f"<{n}Q", data, offset))
+        offset += 8 * n
+        codes = list(data[offset : offset + n])
+        offset += n
+        values = list(struct.unpack_from(f"<{n}f", data, offset))
+        offset += 4 * n
+        lengths = struct.unpack_from(f"<{n}H", data, offset)
+        offset += 2 * n
+        ids = []
+        for length in lengths:
+            ids.append(data[offset : offset + length].decode("utf-8"))
+            offset += length
+        state = cls(window, ids, codes, values, stamps, count, last_ts)
+        state._trim()
+        return state
+
+    @classmethod
+    def _from_bytes_v1(cls, data: bytes, window: int) -> UserState:
+        _, count, last_ts = _USER_HEADER.unpack_from(data, 0)
         state = cls(window=window, count=count, last_ts_ms=last_ts)
         offset = _USER_HEADER.size
         while offset < len(data):
@@ -118,11 +143,15 @@ class UserState:
             state.type_codes.append(code)
             state.values.append(value)
             state.timestamps_ms.append(ts)
-        excess = len(state.item_ids) - window
-        if excess > 0:  # the window was shrunk since this state was written
-            del state.item_ids[:excess], state.type_codes[:excess]
-            del state.values[:excess], state.timestamps_ms[:excess]
+        state._trim()
         return state
+
+    def _trim(self) -> None:
+        """Drop the oldest entries beyond the window (it may have shrunk since written)."""
+        excess = len(self.item_ids) - self.window
+        if excess > 0:
+            del self.item_ids[:excess], self.type_codes[:excess]
+            del self.values[:excess], self.timestamps_ms[:excess]
 
 
 @dataclass

@@ -24,6 +24,7 @@ __all__ = [
     "decode_record",
     "encode_record",
     "upsert_entry",
+    "upsert_record",
 ]
 
 RECORD_FORMAT = 1
@@ -112,3 +113,40 @@ def upsert_entry(
     merged = sorted([new, *others], key=lambda entry: entry.version, reverse=True)
     evicted = [entry.version for entry in merged[keep:]]
     return merged[:keep], added, evicted
+
+
+def upsert_record(
+    raw: bytes | None, version: int, updated_at_ms: int, vector: np.ndarray, keep: int
+) -> tuple[bytes, bool, list[int]]:
+    """:func:`upsert_entry` on encoded bytes, without decoding the other vectors.
+
+    The entries of ``raw`` are spliced as byte ranges (the hot write path does this for
+    every refreshed entity). Returns the new record, whether ``version`` was absent, and
+    the versions the cap pushed out.
+    """
+    if keep < 1:
+        raise ValueError("keep must be at least 1")
+    data = np.ascontiguousarray(vector)
+    code = _DTYPE_CODES.get(data.dtype.newbyteorder("<"))
+    if code is None:
+        data, code = data.astype("<f4"), 0
+    new_entry = _ENTRY.pack(version, updated_at_ms, data.shape[0], code) + data.tobytes()
+    entries: list[tuple[int, bytes]] = [(version, new_entry)]
+    added = True
+    if raw:
+        magic, fmt, count = _HEADER.unpack_from(raw, 0)
+        if magic != _MAGIC or fmt != RECORD_FORMAT:
+            raise RecordFormatError(f"unknown record header {magic!r} format {fmt}")
+        offset = _HEADER.size
+        for _ in range(count):
+            held, _, dim, dtype_code = _ENTRY.unpack_from(raw, offset)
+            end = offset + _ENTRY.size + dim * _DTYPES[dtype_code].itemsize
+            if held == version:
+                added = False
+            else:
+                entries.append((held, raw[offset:end]))
+            offset = end
+    entries.sort(key=lambda entry: entry[0], reverse=True)
+    evicted = [held for held, _ in entries[keep:]]
+    kept = entries[:keep]
+    return _HEADER.pack(_MAGIC, RECORD_FORMAT, len(kept)) + b"".join(e for _, e in kept), added, evicted

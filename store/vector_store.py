@@ -25,7 +25,7 @@ from rocksdict import Options, Rdict, WriteBatch
 
 from store.errors import StoreError, StoreOpenError
 from store.keys import KINDS, entity_key
-from store.record import VersionedVector, decode_record, encode_record, upsert_entry
+from store.record import VersionedVector, decode_record, upsert_record
 
 __all__ = ["StoreWriter", "VersionedVectorStore"]
 
@@ -182,7 +182,7 @@ class StoreWriter:
         self._store = store
         self._batch = WriteBatch(raw_mode=True)
         self._count_delta: Counter[tuple[str, int]] = Counter()
-        self._pending: dict[bytes, list[VersionedVector]] = {}
+        self._pending: dict[bytes, bytes] = {}
         self.vectors_written: Counter[tuple[str, int]] = Counter()
 
     def put_state(self, kind: str, entity_id: str, state: bytes) -> None:
@@ -198,17 +198,18 @@ class StoreWriter:
             raise StoreError("ids in one put_vectors call must be distinct")
         handle = self._store._handles["vectors"]
         keep = self._store.keep_versions
-        for entity_id, old, row in zip(ids, self._store.get_records(kind, ids), vectors, strict=True):
-            key = entity_key(kind, entity_id)
-            old = self._pending.get(key, old)
-            entry = VersionedVector(version, updated_at_ms, row)
-            entries, added, evicted = upsert_entry(old or [], entry, keep)
-            self._pending[key] = entries
+        keys = [entity_key(kind, entity_id) for entity_id in ids]
+        stored: list[bytes | None] = self._store._cf["vectors"].get(keys)
+        for key, old, row in zip(keys, stored, vectors, strict=True):
+            record, added, evicted = upsert_record(
+                self._pending.get(key, old), version, updated_at_ms, row, keep
+            )
+            self._pending[key] = record
             if added:
                 self._count_delta[(kind, version)] += 1
             for gone in evicted:
                 self._count_delta[(kind, gone)] -= 1
-            self._batch.put(key, encode_record(entries), handle)
+            self._batch.put(key, record, handle)
         self.vectors_written[(kind, version)] += len(ids)
 
     def set_offset(self, topic: str, partition: int, next_offset: int) -> None:

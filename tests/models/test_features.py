@@ -51,3 +51,14 @@ def test_item_windows_decay_at_their_time_constants() -> None:
     assert len(features) == ITEM_FEATURES
     back = ItemState.from_bytes(state.to_bytes())
     assert back == state
+
+
+def test_user_state_written_in_format_1_still_reads() -> None:
+    import struct
+
+    old = struct.pack("<BIQ", 1, 7, 200) + struct.pack("<QBfH", 100, 2, float("nan"), 1) + b"a"
+    old += struct.pack("<QBfH", 200, 4, 3.5, 2) + "é".encode()
+    state = UserState.from_bytes(old, window=5)
+    assert state.item_ids == ["a", "é"] and state.type_codes == [2, 4] and state.count == 7
+    assert state.values[1] == 3.5 and state.timestamps_ms == [100, 200]
+    assert UserState.from_bytes(state.to_bytes(), window=5).item_ids == ["a", "é"]

@@ -64,3 +64,19 @@ def test_cap_pushes_out_the_oldest_versions() -> None:
 def test_corrupt_records_raise_a_format_error(data: bytes) -> None:
     with pytest.raises(RecordFormatError):
         decode_record(data)
+
+
+def test_upsert_on_bytes_matches_upsert_on_entries() -> None:
+    from store.record import upsert_record
+
+    rng = np.random.default_rng(5)
+    raw: bytes | None = None
+    entries: list[VersionedVector] = []
+    for step in range(40):
+        version = int(rng.integers(1, 9))
+        dtype = "float16" if step % 5 == 0 else "float32"
+        new = _entry(version, seed=step, dim=int(rng.integers(1, 20)), dtype=dtype)
+        entries, added, evicted = upsert_entry(entries, new, keep=4)
+        raw, raw_added, raw_evicted = upsert_record(raw, new.version, new.updated_at_ms, new.vector, keep=4)
+        assert (raw_added, raw_evicted) == (added, evicted)
+        assert raw == encode_record(entries)
