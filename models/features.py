@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 __all__ = [
     "EVENT_TYPES",
@@ -122,10 +123,15 @@ class UserState:
         offset += 4 * n
         lengths = struct.unpack_from(f"<{n}H", data, offset)
         offset += 2 * n
-        ids = []
-        for length in lengths:
-            ids.append(data[offset : offset + length].decode("utf-8"))
-            offset += length
+        blob = data[offset:]
+        ends = list(accumulate(lengths))
+        if blob.isascii():  # the common case: one decode, then character slices
+            text = blob.decode("ascii")
+            ids = [text[end - length : end] for length, end in zip(lengths, ends, strict=True)]
+        else:
+            ids = [
+                blob[end - length : end].decode("utf-8") for length, end in zip(lengths, ends, strict=True)
+            ]
         state = cls(window, ids, codes, values, stamps, count, last_ts)
         state._trim()
         return state
@@ -186,6 +192,33 @@ class ItemState:
         self.totals[type_code] += 1
         self.first_seen_ms = min(self.first_seen_ms, ts_ms)
         self.last_seen_ms = max(self.last_seen_ms, ts_ms)
+
+    def add_many(self, events: list[tuple[int, int]]) -> None:
+        """Apply several ``(type_code, ts_ms)`` events at once; same result as :meth:`add`.
+
+        The counters are decayed once to the newest time, and each event adds its own
+        decayed contribution, instead of decaying all counters at every event.
+        """
+        if not events:
+            return
+        newest = max(ts for _, ts in events)
+        if self.totals == [0] * len(EVENT_TYPES) and self.ref_ts_ms == 0:
+            self.ref_ts_ms = self.first_seen_ms = self.last_seen_ms = newest
+        windows = len(WINDOWS_SECONDS)
+        if newest > self.ref_ts_ms:
+            elapsed = (newest - self.ref_ts_ms) / 1000.0
+            factors = [math.exp(-elapsed / tau) for tau in WINDOWS_SECONDS]
+            self.decayed = [value * factors[index % windows] for index, value in enumerate(self.decayed)]
+            self.ref_ts_ms = newest
+        reference = self.ref_ts_ms
+        for type_code, ts_ms in events:
+            age = (reference - ts_ms) / 1000.0
+            base = type_code * windows
+            for w, tau in enumerate(WINDOWS_SECONDS):
+                self.decayed[base + w] += math.exp(-age / tau)
+            self.totals[type_code] += 1
+        self.first_seen_ms = min(self.first_seen_ms, min(ts for _, ts in events))
+        self.last_seen_ms = max(self.last_seen_ms, newest)
 
     def to_input(self, item_id: str) -> ItemInput:
         features = [math.log1p(value) for value in self.decayed]

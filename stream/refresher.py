@@ -124,11 +124,14 @@ class EmbeddingRefresher:
         }
         user_latest: dict[str, int] = {}
         item_latest: dict[str, int] = {}
+        item_events: dict[str, list[tuple[int, int]]] = {item_id: [] for item_id in item_ids}
         for event in events:
             users[event.user_id].add(event.item_id, event.type_code, event.value, event.ts_ms)
-            items[event.item_id].add(event.type_code, event.ts_ms)
+            item_events[event.item_id].append((event.type_code, event.ts_ms))
             user_latest[event.user_id] = max(user_latest.get(event.user_id, 0), event.ts_ms)
-            item_latest[event.item_id] = max(item_latest.get(event.item_id, 0), event.ts_ms)
+        for item_id, applied in item_events.items():
+            items[item_id].add_many(applied)
+            item_latest[item_id] = max(ts for _, ts in applied)
         return (
             {uid: (state, user_latest[uid]) for uid, state in users.items()},
             {iid: (state, item_latest[iid]) for iid, state in items.items()},

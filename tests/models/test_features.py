@@ -62,3 +62,24 @@ def test_user_state_written_in_format_1_still_reads() -> None:
     assert state.item_ids == ["a", "é"] and state.type_codes == [2, 4] and state.count == 7
     assert state.values[1] == 3.5 and state.timestamps_ms == [100, 200]
     assert UserState.from_bytes(state.to_bytes(), window=5).item_ids == ["a", "é"]
+
+
+def test_adding_many_item_events_at_once_equals_adding_them_one_by_one() -> None:
+    import random
+
+    rng = random.Random(4)
+    base = 1_700_000_000_000
+    one_by_one, batched = ItemState(), ItemState()
+    for _ in range(5):
+        chunk = [
+            (rng.randrange(5), base + rng.randrange(0, 40 * HOUR_MS)) for _ in range(rng.randrange(1, 9))
+        ]
+        for code, ts in chunk:
+            one_by_one.add(code, ts)
+        batched.add_many(chunk)
+        assert batched.decayed == pytest.approx(one_by_one.decayed, rel=1e-9)
+        assert (batched.totals, batched.ref_ts_ms) == (one_by_one.totals, one_by_one.ref_ts_ms)
+        assert (batched.first_seen_ms, batched.last_seen_ms) == (
+            one_by_one.first_seen_ms,
+            one_by_one.last_seen_ms,
+        )
