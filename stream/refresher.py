@@ -19,7 +19,11 @@ from store.vector_store import StoreWriter, VersionedVectorStore
 from stream.events import Interaction, Rejection, parse_event
 from stream.outbox import OutgoingMessage, encode_outbox
 
-__all__ = ["BatchOutcome", "ConsumedRecord", "EmbeddingRefresher"]
+__all__ = ["MAX_DEAD_LETTER_BYTES", "BatchOutcome", "ConsumedRecord", "EmbeddingRefresher"]
+
+#: Dead letters carry the original bytes up to this size (and a ``truncated.from`` header
+#: beyond it), so one oversized record can never make the dead-letter topic refuse a batch.
+MAX_DEAD_LETTER_BYTES = 512 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,14 +182,14 @@ class EmbeddingRefresher:
                     )
 
     def _dead_letter(self, record: ConsumedRecord, reason: str) -> OutgoingMessage:
-        return OutgoingMessage(
-            self.dlq_topic,
-            record.key,
-            record.value or b"",
-            (
-                ("error", reason.encode()),
-                ("source.topic", record.topic.encode()),
-                ("source.partition", str(record.partition).encode()),
-                ("source.offset", str(record.offset).encode()),
-            ),
-        )
+        value = record.value or b""
+        headers = [
+            ("error", reason.encode()),
+            ("source.topic", record.topic.encode()),
+            ("source.partition", str(record.partition).encode()),
+            ("source.offset", str(record.offset).encode()),
+        ]
+        if len(value) > MAX_DEAD_LETTER_BYTES:  # keep the DLQ producible whatever came in
+            headers.append(("truncated.from", str(len(value)).encode()))
+            value = value[:MAX_DEAD_LETTER_BYTES]
+        return OutgoingMessage(self.dlq_topic, record.key, value, tuple(headers))

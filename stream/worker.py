@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -150,11 +151,44 @@ class StreamWorker:
         self.last_batch_at = time.time()
 
     async def _publish(self, messages: list[OutgoingMessage]) -> None:
-        assert self.producer is not None
-        pending = [
-            await self.producer.send(m.topic, m.value, key=m.key, headers=list(m.headers) or None)
-            for m in messages
-        ]
+        """Send messages in whole batches per partition, and wait until the broker has them.
+
+        Building batches directly (instead of one ``send`` per message) skips a future and a
+        partitioner call per message; keyed messages go to ``crc32(key) % partitions``.
+        """
+        producer = self.producer
+        assert producer is not None
+        grouped: dict[tuple[str, int], list[OutgoingMessage]] = {}
+        partitions: dict[str, int] = {}
+        for message in messages:
+            if message.topic not in partitions:
+                known = await producer.partitions_for(message.topic)
+                partitions[message.topic] = max(1, len(known))
+            count = partitions[message.topic]
+            partition = 0 if message.key is None or count == 1 else zlib.crc32(message.key) % count
+            grouped.setdefault((message.topic, partition), []).append(message)
+        pending = []
+        for (topic, partition), group in grouped.items():
+            batch, filled = producer.create_batch(), 0
+            for message in group:
+                headers = list(message.headers)
+                if batch.append(key=message.key, value=message.value, timestamp=None, headers=headers):
+                    filled += 1
+                    continue
+                if filled:  # the batch is full: send it and start the next one
+                    pending.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch, filled = producer.create_batch(), 0
+                    if batch.append(key=message.key, value=message.value, timestamp=None, headers=headers):
+                        filled = 1
+                        continue
+                # larger than a whole batch: the producer's own path handles (or refuses) it
+                pending.append(
+                    await producer.send(
+                        topic, message.value, key=message.key, headers=headers or None, partition=partition
+                    )
+                )
+            if filled:
+                pending.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*pending)
 
     async def _flush_pending_outbox(self) -> None:

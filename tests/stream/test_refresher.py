@@ -108,3 +108,13 @@ def test_freshness_is_measured_from_the_latest_event_of_each_entity(store: Versi
         [_record(0, _click("u", "a", ts=NOW - 4000)), _record(1, _click("u", "b", ts=NOW - 1000))]
     )
     assert sorted(outcome.lags_seconds) == [1.0, 1.0, 4.0]
+
+
+def test_an_oversized_bad_record_is_dead_lettered_truncated(store: VersionedVectorStore) -> None:
+    from stream.refresher import MAX_DEAD_LETTER_BYTES
+
+    huge = b"x" * (MAX_DEAD_LETTER_BYTES + 10)
+    outcome = _refresher(store, RecordingEncoder()).process([_record(0, huge)])
+    (dead,) = outcome.outbox
+    assert len(dead.value) == MAX_DEAD_LETTER_BYTES and dead.value == huge[:MAX_DEAD_LETTER_BYTES]
+    assert dict(dead.headers)["truncated.from"] == str(len(huge)).encode()
