@@ -146,7 +146,7 @@ def user_batch(inputs: Sequence[UserInput], config: EncoderConfig) -> UserBatch:
 
 def item_batch(inputs: Sequence[ItemInput], config: EncoderConfig) -> ItemBatch:
     buckets = np.array([id_buckets("item", item.item_id, config.buckets) for item in inputs])
-    features = np.array([item.features for item in inputs], dtype=np.float32)
+    features = np.log1p(np.array([item.counts for item in inputs], dtype=np.float64)).astype(np.float32)
     return ItemBatch(
         torch.from_numpy(buckets.reshape(len(inputs), 2).astype(np.int64)),
         torch.from_numpy(features.reshape(len(inputs), ITEM_FEATURES)),

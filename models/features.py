@@ -52,10 +52,15 @@ class UserInput:
 
 @dataclass(frozen=True)
 class ItemInput:
-    """What the item tower reads: the id and :data:`ITEM_FEATURES` dynamic features."""
+    """What the item tower reads: the id and :data:`ITEM_FEATURES` raw counts (decayed counts
+    per type and window, then lifetime totals per type); the tower sees ``log1p`` of them."""
 
     item_id: str
-    features: tuple[float, ...]
+    counts: tuple[float, ...]
+
+    @property
+    def features(self) -> tuple[float, ...]:
+        return tuple(math.log1p(value) for value in self.counts)
 
 
 @dataclass
@@ -221,9 +226,7 @@ class ItemState:
         self.last_seen_ms = max(self.last_seen_ms, newest)
 
     def to_input(self, item_id: str) -> ItemInput:
-        features = [math.log1p(value) for value in self.decayed]
-        features.extend(math.log1p(total) for total in self.totals)
-        return ItemInput(item_id, tuple(features))
+        return ItemInput(item_id, (*self.decayed, *self.totals))
 
     def to_bytes(self) -> bytes:
         return _ITEM_FORMAT.pack(
