@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -169,7 +169,7 @@ def train_version(
     parent = request.parent if request.parent is not None else registry.latest()
     lineage = registry.lineage(parent) if parent is not None else []
     dim = request.dim or (registry.manifest(parent).dim if parent is not None else 64)
-    config = EncoderConfig(**{**(request.encoder or EncoderConfig()).to_dict(), "dim": dim})  # type: ignore[arg-type]
+    config = replace(request.encoder or EncoderConfig(), dim=dim)
     training = TrainingConfig(
         epochs=request.epochs,
         batch_size=request.batch_size,

@@ -170,10 +170,6 @@ class VersionedVectorStore:
         self._handles.clear()
         self._db.close()
 
-    def approximate_size_bytes(self) -> int:
-        """On-disk bytes of the store's SST and log files."""
-        return sum(path.stat().st_size for path in self.path.iterdir() if path.is_file())
-
 
 class StoreWriter:
     """Accumulates state, vectors and offsets, then writes them in one atomic batch."""

@@ -149,23 +149,28 @@ class EmbeddingRefresher:
         written_at: int,
         outcome: BatchOutcome,
     ) -> None:
-        user_ids, item_ids = list(users), list(items)
-        user_inputs = [users[uid][0].to_input(uid) for uid in user_ids]
-        item_inputs = [items[iid][0].to_input(iid) for iid in item_ids]
-        for kind, ids, states in (("user", user_ids, users), ("item", item_ids, items)):
-            for entity_id in ids:
-                writer.put_state(kind, entity_id, states[entity_id][0].to_bytes())  # type: ignore[attr-defined]
+        states: dict[str, dict[str, tuple[UserState | ItemState, int]]] = {
+            "user": {**users},
+            "item": {**items},
+        }
+        inputs = {
+            "user": [state.to_input(uid) for uid, (state, _) in users.items()],
+            "item": [state.to_input(iid) for iid, (state, _) in items.items()],
+        }
+        for kind, entities in states.items():
+            for entity_id, (state, _) in entities.items():
+                writer.put_state(kind, entity_id, state.to_bytes())
         encoders = list(self.encoders())
         for encoder in encoders:
             version = encoder.version
-            for kind, ids, vectors, states in (
-                ("user", user_ids, encoder.encode_users(user_inputs), users),
-                ("item", item_ids, encoder.encode_items(item_inputs), items),
-            ):
-                writer.put_vectors(kind, ids, version, vectors, written_at)
-                outcome.written[(kind, version)] = len(ids)
-                for entity_id in ids:
-                    event_ts = states[entity_id][1]  # type: ignore[index]
+            encoded = {
+                "user": encoder.encode_users(inputs["user"]),  # type: ignore[arg-type]
+                "item": encoder.encode_items(inputs["item"]),  # type: ignore[arg-type]
+            }
+            for kind, entities in states.items():
+                writer.put_vectors(kind, list(entities), version, encoded[kind], written_at)
+                outcome.written[(kind, version)] = len(entities)
+                for entity_id, (_, event_ts) in entities.items():
                     if encoder is encoders[0]:  # freshness is measured on the serving version
                         outcome.lags_seconds.append(max(0.0, (written_at - event_ts) / 1000.0))
                     update = {

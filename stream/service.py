@@ -37,14 +37,13 @@ def say(message: str) -> None:
     print(f"embstream: {message}", file=sys.stderr, flush=True)
 
 
-def prepare_registry(settings: Settings, store: VersionedVectorStore) -> int:
+def prepare_registry(registry: EncoderRegistry, settings: Settings, store: VersionedVectorStore) -> int:
     """The version to start serving, creating version 1 in an empty registry.
 
     An explicit ``--encoder-version`` wins; else the store's serving version (if the
     registry still has it); else the registry's latest. The control topic, replayed later,
     can still override the last two.
     """
-    registry = EncoderRegistry(settings.registry)
     if registry.latest() is None:
         say(
             f"the registry at {settings.registry} is empty: training version 1 of the default "
@@ -124,10 +123,11 @@ async def run_service(
         metrics = Metrics()
         worker = StreamWorker(settings, store, metrics)
         started_at = time.monotonic()
+        registry = EncoderRegistry(settings.registry)
         context = ApiContext(
             store=store,
             metrics=metrics,
-            registry=EncoderRegistry(settings.registry),
+            registry=registry,
             health=lambda: {
                 "assigned_partitions": worker.assigned,
                 "events_consumed": metrics.events_consumed,
@@ -143,9 +143,8 @@ async def run_service(
         # The group join (seconds on some brokers) runs while the encoder loads or trains.
         stack.push_async_callback(worker.stop)
         _, serving = await asyncio.gather(
-            worker.start(), asyncio.to_thread(prepare_registry, settings, store)
+            worker.start(), asyncio.to_thread(prepare_registry, registry, settings, store)
         )
-        registry = EncoderRegistry(settings.registry)
         worker_id = worker_identity(store)
         controller = RolloutController(registry, store, worker_id, settings.user_window)
         assert worker.producer is not None

@@ -71,7 +71,6 @@ class StreamWorker:
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.assigned: list[int] = []
-        self.last_batch_at: float | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embstream-refresh")
         self._last_commit = 0.0
 
@@ -148,7 +147,6 @@ class StreamWorker:
         metrics.rejected.update(outcome.rejected)
         metrics.written.update(outcome.written)
         metrics.observe_lags(outcome.lags_seconds)
-        self.last_batch_at = time.time()
 
     async def _publish(self, messages: list[OutgoingMessage]) -> None:
         """Send messages in whole batches per partition, and wait until the broker has them.
