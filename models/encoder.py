@@ -18,7 +18,8 @@ from torch import nn
 from torch.nn import functional
 
 from models.features import EVENT_TYPES, ITEM_FEATURES, TYPE_CODES, ItemInput, UserInput
-from models.hashing import id_buckets
+from models.hashing import bucket_pairs, id_hash64
+from models.state_batch import ItemCounts, UserHistories
 
 __all__ = ["Encoder", "EncoderConfig", "ItemBatch", "TorchEncoder", "TwoTowerModel", "UserBatch"]
 
@@ -98,13 +99,13 @@ class TwoTowerModel(nn.Module):
 def user_batch(inputs: Sequence[UserInput], config: EncoderConfig) -> UserBatch:
     """Featurise users: hash ids, pad histories, weight by recency and rating value.
 
-    Histories are flattened into one list and weighted with array arithmetic: the only
-    per-item Python work is the (cached) id hash.
+    A :class:`~models.state_batch.UserHistories` (the stream's batch form) is featurised
+    from its arrays directly; a plain sequence of :class:`UserInput` is flattened first.
+    Both end in :func:`_user_tensors`, so the two give the same tensors.
     """
+    if isinstance(inputs, UserHistories):
+        return _user_batch_from_histories(inputs, config)
     size, length = len(inputs), config.history
-    user_buckets = np.array(
-        [id_buckets("user", user.user_id, config.buckets) for user in inputs], dtype=np.int64
-    ).reshape(size, 2)
     rows: list[int] = []
     cols: list[int] = []
     items: list[str] = []
@@ -123,21 +124,67 @@ def user_batch(inputs: Sequence[UserInput], config: EncoderConfig) -> UserBatch:
         values.extend(user.values[-count:])
         stamps.extend(user.timestamps_ms[-count:])
         references.extend([user.timestamps_ms[-1]] * count)
+    return _user_tensors(
+        [user.user_id for user in inputs],
+        size,
+        config,
+        np.array(rows, dtype=np.int64),
+        np.array(cols, dtype=np.int64),
+        np.fromiter((id_hash64("item", item_id) for item_id in items), dtype=np.uint64, count=len(items)),
+        np.array(codes, dtype=np.int64),
+        np.array(values, dtype=np.float64),
+        np.array(references, dtype=np.float64) - np.array(stamps, dtype=np.float64),
+    )
+
+
+def _user_batch_from_histories(histories: UserHistories, config: EncoderConfig) -> UserBatch:
+    """The newest ``config.history`` entries of each user, straight from the batch arrays."""
+    lengths = histories.lengths
+    skipped = np.maximum(lengths - config.history, 0)[histories.row]
+    used = histories.position >= skipped
+    ends = np.cumsum(lengths) - 1
+    latest = np.zeros(len(lengths), dtype=np.int64)
+    latest[lengths > 0] = histories.timestamps_ms[ends[lengths > 0]]
+    rows = histories.row[used]
+    return _user_tensors(
+        histories.user_ids,
+        len(histories),
+        config,
+        rows,
+        histories.position[used] - skipped[used],
+        histories.item_hashes[used],
+        histories.type_codes[used].astype(np.int64),
+        histories.values[used].astype(np.float64),
+        latest[rows].astype(np.float64) - histories.timestamps_ms[used].astype(np.float64),
+    )
+
+
+def _user_tensors(
+    user_ids: Sequence[str],
+    size: int,
+    config: EncoderConfig,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    item_hashes: np.ndarray,
+    codes: np.ndarray,
+    values: np.ndarray,
+    age_ms: np.ndarray,
+) -> UserBatch:
+    """Padded history tensors from flat entries (``rows``, ``cols``) and their columns."""
+    length = config.history
+    user_hashes = np.fromiter((id_hash64("user", user_id) for user_id in user_ids), np.uint64, size)
     item_buckets = np.zeros((size, length, 2), dtype=np.int64)
     type_codes = np.zeros((size, length), dtype=np.int64)
     weights = np.zeros((size, length), dtype=np.float32)
-    if items:
-        at = (np.array(rows), np.array(cols))
-        item_buckets[at] = [id_buckets("item", item_id, config.buckets) for item_id in items]
-        code_array = np.array(codes, dtype=np.int64)
-        type_codes[at] = code_array
-        value_array = np.array(values, dtype=np.float64)
-        rated = (code_array == _RATING) & ~np.isnan(value_array)
-        factor = np.where(rated, np.clip(np.nan_to_num(value_array), 0.0, 5.0) / 5.0 + 0.1, 1.0)
-        age_ms = np.array(references, dtype=np.float64) - np.array(stamps, dtype=np.float64)
+    if len(rows):
+        at = (rows, cols)
+        item_buckets[at] = bucket_pairs(item_hashes, config.buckets)
+        type_codes[at] = codes
+        rated = (codes == _RATING) & ~np.isnan(values)
+        factor = np.where(rated, np.clip(np.nan_to_num(values), 0.0, 5.0) / 5.0 + 0.1, 1.0)
         weights[at] = factor * np.exp(-age_ms / (config.recency_tau_seconds * 1000.0))
     return UserBatch(
-        torch.from_numpy(user_buckets),
+        torch.from_numpy(bucket_pairs(user_hashes, config.buckets).reshape(size, 2)),
         torch.from_numpy(item_buckets),
         torch.from_numpy(type_codes),
         torch.from_numpy(weights),
@@ -145,10 +192,17 @@ def user_batch(inputs: Sequence[UserInput], config: EncoderConfig) -> UserBatch:
 
 
 def item_batch(inputs: Sequence[ItemInput], config: EncoderConfig) -> ItemBatch:
-    buckets = np.array([id_buckets("item", item.item_id, config.buckets) for item in inputs])
-    features = np.log1p(np.array([item.counts for item in inputs], dtype=np.float64)).astype(np.float32)
+    """Featurise items: hashed id and ``log1p`` of the raw counts (an
+    :class:`~models.state_batch.ItemCounts` is used as it is)."""
+    if isinstance(inputs, ItemCounts):
+        counts = inputs.counts.astype(np.float64, copy=False)
+    else:
+        counts = np.array([item.counts for item in inputs], dtype=np.float64)
+    ids = inputs.item_ids if isinstance(inputs, ItemCounts) else [item.item_id for item in inputs]
+    hashes = np.fromiter((id_hash64("item", item_id) for item_id in ids), np.uint64, len(ids))
+    features = np.log1p(counts).astype(np.float32)
     return ItemBatch(
-        torch.from_numpy(buckets.reshape(len(inputs), 2).astype(np.int64)),
+        torch.from_numpy(bucket_pairs(hashes, config.buckets).reshape(len(inputs), 2)),
         torch.from_numpy(features.reshape(len(inputs), ITEM_FEATURES)),
     )
 

@@ -18,6 +18,8 @@ import struct
 from dataclasses import dataclass, field
 from itertools import accumulate
 
+from models.hashing import id_hash64
+
 __all__ = [
     "EVENT_TYPES",
     "ITEM_FEATURES",
@@ -35,7 +37,8 @@ ITEM_FEATURES = len(EVENT_TYPES) * len(WINDOWS_SECONDS) + len(EVENT_TYPES)
 
 _USER_HEADER = struct.Struct("<BIQ")  # format 1: format, lifetime count, last ts
 _USER_ENTRY = struct.Struct("<QBfH")  # format 1: ts, type code, value (NaN if none), id length
-_USER_HEADER_V2 = struct.Struct("<BIQH")  # format 2: format, lifetime count, last ts, entries
+_USER_HEADER_V2 = struct.Struct("<BIQH")  # formats 2 and 3: format, lifetime count, last ts, entries
+USER_STATE_FORMAT = 3
 _ITEM_FORMAT = struct.Struct(f"<BQ{len(EVENT_TYPES) * len(WINDOWS_SECONDS)}d{len(EVENT_TYPES)}IQQ")
 
 
@@ -98,16 +101,18 @@ class UserState:
         )
 
     def to_bytes(self) -> bytes:
-        """Columnar binary (format 2): header, then timestamps, codes, values, id lengths, ids."""
+        """Columnar binary (format 3): header, then timestamps, codes, values, id lengths,
+        64-bit item id hashes, ids. :mod:`models.state_batch` reads and writes the same."""
         ids = [item_id.encode("utf-8") for item_id in self.item_ids]
         n = len(ids)
         return b"".join(
             (
-                _USER_HEADER_V2.pack(2, self.count, self.last_ts_ms, n),
+                _USER_HEADER_V2.pack(USER_STATE_FORMAT, self.count, self.last_ts_ms, n),
                 struct.pack(f"<{n}Q", *self.timestamps_ms),
                 bytes(self.type_codes),
                 struct.pack(f"<{n}f", *self.values),
                 struct.pack(f"<{n}H", *map(len, ids)),
+                struct.pack(f"<{n}Q", *(id_hash64("item", item_id) for item_id in self.item_ids)),
                 *ids,
             )
         )
@@ -117,7 +122,7 @@ class UserState:
         if data[0] == 1:
             return cls._from_bytes_v1(data, window)
         fmt, count, last_ts, n = _USER_HEADER_V2.unpack_from(data, 0)
-        if fmt != 2:
+        if fmt not in (2, USER_STATE_FORMAT):
             raise ValueError(f"unknown user state format {fmt}")
         offset = _USER_HEADER_V2.size
         stamps = list(struct.unpack_from(f"<{n}Q", data, offset))
@@ -128,6 +133,8 @@ class UserState:
         offset += 4 * n
         lengths = struct.unpack_from(f"<{n}H", data, offset)
         offset += 2 * n
+        if fmt == USER_STATE_FORMAT:
+            offset += 8 * n  # the item id hashes: derived from the ids, not needed here
         blob = data[offset:]
         ends = list(accumulate(lengths))
         if blob.isascii():  # the common case: one decode, then character slices

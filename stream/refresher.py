@@ -11,10 +11,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import orjson
 
 from models.encoder import Encoder
-from models.features import ItemState, UserState
+from models.state_batch import EventColumns, apply_item_events, apply_user_events
 from store.vector_store import StoreWriter, VersionedVectorStore
 from stream.events import Interaction, Rejection, parse_event
 from stream.outbox import OutgoingMessage, encode_outbox
@@ -24,6 +25,23 @@ __all__ = ["MAX_DEAD_LETTER_BYTES", "BatchOutcome", "ConsumedRecord", "Embedding
 #: Dead letters carry the original bytes up to this size (and a ``truncated.from`` header
 #: beyond it), so one oversized record can never make the dead-letter topic refuse a batch.
 MAX_DEAD_LETTER_BYTES = 512 * 1024
+_NAN = float("nan")
+
+
+def _value_or_nan(value: float | None) -> float:
+    return _NAN if value is None else value
+
+
+def _distinct(keys: list[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct keys in first-seen order, and each key's row among them."""
+    index = {key: row for row, key in enumerate(dict.fromkeys(keys))}
+    return list(index), np.fromiter(map(index.__getitem__, keys), np.int64, len(keys))
+
+
+def _latest_per_row(rows: int, row_of: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    latest = np.zeros(rows, dtype=np.int64)
+    np.maximum.at(latest, row_of, timestamps)
+    return latest
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +118,7 @@ class EmbeddingRefresher:
         outcome.applied = len(events)
         writer = self.store.writer()
         if events:
-            users, items = self._apply(events)
-            written_at = self.clock_ms()
-            self._encode_and_put(writer, users, items, written_at, outcome)
+            self._apply_and_encode(writer, events, outcome)
         for (topic, partition), offset in next_offsets.items():
             writer.set_offset(topic, partition, offset)
         if outcome.outbox:
@@ -110,81 +126,65 @@ class EmbeddingRefresher:
         writer.commit()
         return outcome
 
-    def _apply(
-        self, events: list[Interaction]
-    ) -> tuple[dict[str, tuple[UserState, int]], dict[str, tuple[ItemState, int]]]:
-        """Load, update and return the touched states with their latest event time."""
-        user_ids = list(dict.fromkeys(event.user_id for event in events))
-        item_ids = list(dict.fromkeys(event.item_id for event in events))
-        users = {
-            user_id: UserState(window=self.user_window)
-            if raw is None
-            else UserState.from_bytes(raw, window=self.user_window)
-            for user_id, raw in zip(user_ids, self.store.get_states("user", user_ids), strict=True)
-        }
-        items = {
-            item_id: ItemState() if raw is None else ItemState.from_bytes(raw)
-            for item_id, raw in zip(item_ids, self.store.get_states("item", item_ids), strict=True)
-        }
-        user_latest: dict[str, int] = {}
-        item_latest: dict[str, int] = {}
-        item_events: dict[str, list[tuple[int, int]]] = {item_id: [] for item_id in item_ids}
-        for event in events:
-            users[event.user_id].add(event.item_id, event.type_code, event.value, event.ts_ms)
-            item_events[event.item_id].append((event.type_code, event.ts_ms))
-            user_latest[event.user_id] = max(user_latest.get(event.user_id, 0), event.ts_ms)
-        for item_id, applied in item_events.items():
-            items[item_id].add_many(applied)
-            item_latest[item_id] = max(ts for _, ts in applied)
-        return (
-            {uid: (state, user_latest[uid]) for uid, state in users.items()},
-            {iid: (state, item_latest[iid]) for iid, state in items.items()},
-        )
-
-    def _encode_and_put(
-        self,
-        writer: StoreWriter,
-        users: dict[str, tuple[UserState, int]],
-        items: dict[str, tuple[ItemState, int]],
-        written_at: int,
-        outcome: BatchOutcome,
+    def _apply_and_encode(
+        self, writer: StoreWriter, events: list[Interaction], outcome: BatchOutcome
     ) -> None:
-        states: dict[str, dict[str, tuple[UserState | ItemState, int]]] = {
-            "user": {**users},
-            "item": {**items},
+        """Update the touched users and items as whole columns, encode each kind in one call
+        per version, and stage state, vectors and update messages in ``writer``."""
+        count = len(events)
+        columns = EventColumns(
+            [event.user_id for event in events],
+            [event.item_id for event in events],
+            np.fromiter((event.type_code for event in events), np.uint8, count),
+            np.fromiter(
+                (_NAN if event.value is None else event.value for event in events), np.float32, count
+            ),
+            np.fromiter((event.ts_ms for event in events), np.int64, count),
+        )
+        user_ids, user_rows = _distinct(columns.user_ids)
+        item_ids, item_rows = _distinct(columns.item_ids)
+        user_states, histories = apply_user_events(
+            user_ids, self.store.get_states("user", user_ids), self.user_window, columns, user_rows
+        )
+        item_states, counts = apply_item_events(
+            item_ids, self.store.get_states("item", item_ids), columns, item_rows
+        )
+        for kind, ids, states in (("user", user_ids, user_states), ("item", item_ids, item_states)):
+            for entity_id, state in zip(ids, states, strict=True):
+                writer.put_state(kind, entity_id, state)
+        written_at = self.clock_ms()
+        latest = {
+            "user": _latest_per_row(len(user_ids), user_rows, columns.timestamps_ms),
+            "item": _latest_per_row(len(item_ids), item_rows, columns.timestamps_ms),
         }
-        inputs = {
-            "user": [state.to_input(uid) for uid, (state, _) in users.items()],
-            "item": [state.to_input(iid) for iid, (state, _) in items.items()],
-        }
-        for kind, entities in states.items():
-            for entity_id, (state, _) in entities.items():
-                writer.put_state(kind, entity_id, state.to_bytes())
+        ids_of = {"user": user_ids, "item": item_ids}
         encoders = list(self.encoders())
         for encoder in encoders:
             version = encoder.version
-            encoded = {
-                "user": encoder.encode_users(inputs["user"]),  # type: ignore[arg-type]
-                "item": encoder.encode_items(inputs["item"]),  # type: ignore[arg-type]
-            }
-            for kind, entities in states.items():
-                writer.put_vectors(kind, list(entities), version, encoded[kind], written_at)
-                outcome.written[(kind, version)] = len(entities)
-                for entity_id, (_, event_ts) in entities.items():
-                    if encoder is encoders[0]:  # freshness is measured on the serving version
-                        outcome.lags_seconds.append(max(0.0, (written_at - event_ts) / 1000.0))
-                    update = {
-                        "kind": kind,
-                        "id": entity_id,
-                        "version": version,
-                        "ts": written_at,
-                        "event_ts": event_ts,
-                    }
-                    outcome.outbox.append(
-                        OutgoingMessage(
-                            self.updates_topic, f"{kind}:{entity_id}".encode(), orjson.dumps(update)
-                        )
-                    )
+            encoded = {"user": encoder.encode_users(histories), "item": encoder.encode_items(counts)}
+            for kind, ids in ids_of.items():
+                writer.put_vectors(kind, ids, version, encoded[kind], written_at)
+                outcome.written[(kind, version)] = len(ids)
+                if encoder is encoders[0]:  # freshness is measured on the serving version
+                    lags = np.maximum(0.0, (written_at - latest[kind]) / 1000.0)
+                    outcome.lags_seconds.extend(lags.tolist())
+                outcome.outbox.extend(self._updates(kind, ids, version, written_at, latest[kind]))
+
+    def _updates(
+        self, kind: str, ids: list[str], version: int, written_at: int, event_ts: np.ndarray
+    ) -> list[OutgoingMessage]:
+        """One ``embeddings.updates`` message per entity written."""
+        topic, prefix = self.updates_topic, f"{kind}:".encode()
+        return [
+            OutgoingMessage(
+                topic,
+                prefix + entity_id.encode(),
+                orjson.dumps(
+                    {"kind": kind, "id": entity_id, "version": version, "ts": written_at, "event_ts": ts}
+                ),
+            )
+            for entity_id, ts in zip(ids, event_ts.tolist(), strict=True)
+        ]
 
     def _dead_letter(self, record: ConsumedRecord, reason: str) -> OutgoingMessage:
         value = record.value or b""

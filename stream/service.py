@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from aiohttp import web
 
 from models.bootstrap import ensure_default_encoder
@@ -25,7 +26,7 @@ from stream.progress import progress_bar
 from stream.refresher import EmbeddingRefresher
 from stream.rollout import RolloutController
 from stream.rollout_plane import RolloutPlane
-from stream.settings import Settings
+from stream.settings import Settings, SettingsError
 from stream.worker import StreamWorker
 
 __all__ = ["RunningService", "prepare_registry", "run_service"]
@@ -95,6 +96,9 @@ async def run_service(
     ``on_ready`` is called once the worker has started; a callable it returns runs first at
     shutdown (before the worker, the API and the broker stop).
     """
+    if settings.torch_threads < 1:
+        raise SettingsError("torch_threads must be at least 1")
+    torch.set_num_threads(settings.torch_threads)
     async with AsyncExitStack() as stack:
         incarnation = f"external:{settings.broker}"
         if not settings.broker:

@@ -39,6 +39,9 @@ class Settings:
     heartbeat_interval_ms: int = 1_000
     seed: int = 0
     backfill_rate: int = 0  # entities per second; 0 = as fast as batches allow
+    # Threads torch may use to encode. One is fastest for the batch sizes the worker sees:
+    # more threads spin against the broker and the consumer for the same cores.
+    torch_threads: int = 1
 
     @property
     def dlq_topic(self) -> str:

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from stream.events import Interaction, Rejection, parse_event
+from stream.events import Interaction, Rejection, _parse_checked, parse_event
 
 NOW = 1_800_000_000_000
 SKEW = 86_400_000
@@ -49,3 +51,51 @@ def test_bad_input_is_rejected_with_a_reason(raw: bytes | None, reason: str) -> 
     result = _parse(raw)
     assert isinstance(result, Rejection)
     assert result.reason.startswith(reason)
+
+
+TRICKY = [
+    b'{"user_id": "u", "item_id": "i", "type": "rating", "value": 1e400}',
+    b'{"user_id": "u", "item_id": "i", "type": "rating", "value": 100000000000000000000000}',
+    b'{"user_id": "u", "item_id": "i", "type": "rating", "value": ' + b"9" * 400 + b"}",
+    b'{"user_id": "u", "item_id": "i", "type": "view", "ts": ' + b"9" * 40 + b"}",
+    b'{"user_id": "u", "item_id": "i", "type": "view", "ts": 1.8e12}',
+    b'{"user_id": "u", "item_id": "i", "type": "view", "ts": true}',
+    b'{"user_id": "u", "item_id": "i", "type": "rating", "value": false}',
+    b'{"user_id": "u", "user_id": "v", "item_id": "i", "type": "view"}',
+    b'{"user_id": "\\ud800", "item_id": "i", "type": "view"}',
+    b'{"user_id": "\xff", "item_id": "i", "type": "view"}',
+    b'{"user_id": "' + "é".encode() * 256 + b'", "item_id": "i", "type": "view"}',
+    b'{"user_id": "' + "é".encode() * 257 + b'", "item_id": "i", "type": "view"}',
+    b'{"user_id": "u", "item_id": "i", "type": "VIEW"}',
+    b'{"user_id": "u", "item_id": "i", "type": "view", "value": null, "ts": null}',
+    b'  {"user_id": "u", "item_id": "i", "type": "view"}  ',
+    b'{"user_id": "u", "item_id": "i", "type": "view"} x',
+    b"[]",
+    b"",
+    None,
+]
+
+
+def _mutations(seed: int, count: int) -> list[bytes]:
+    """Valid events with one byte changed, dropped or duplicated, and fields swapped."""
+    rng = random.Random(seed)
+    base = b'{"user_id": "u1", "item_id": "i-2", "type": "rating", "value": 4.5, "ts": 1800000000000}'
+    out = []
+    for _ in range(count):
+        data = bytearray(base)
+        at = rng.randrange(len(data))
+        operation = rng.randrange(3)
+        if operation == 0:
+            data[at] = rng.randrange(256)
+        elif operation == 1:
+            del data[at]
+        else:
+            data.insert(at, data[at])
+        out.append(bytes(data))
+    return out
+
+
+@pytest.mark.parametrize("raw", TRICKY + _mutations(seed=11, count=400))
+def test_the_fast_decoder_agrees_with_the_field_checks(raw: bytes | None) -> None:
+    args = (1_800_000_000_000, 1_800_000_000_500, 86_400_000)
+    assert parse_event(raw, *args) == _parse_checked(raw, *args)

@@ -1,0 +1,149 @@
+"""The batched, columnar state path against the per-entity reference classes."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from models.encoder import EncoderConfig, TwoTowerModel, item_batch, user_batch
+from models.features import ItemState, UserInput, UserState
+from models.state_batch import EventColumns, apply_item_events, apply_user_events
+
+BASE_TS = 1_800_000_000_000
+
+
+def _random_events(rng: random.Random, users: list[str], items: list[str], count: int) -> list[tuple]:
+    events = []
+    for _ in range(count):
+        code = rng.randrange(5)
+        value = float(rng.choice([1, 2, 3.5, 4.5, 5])) if code == 4 and rng.random() < 0.8 else None
+        # Coarse timestamps make ties (same user, same ms) common: arrival order must hold.
+        ts = BASE_TS + rng.randrange(0, 50) * 60_000
+        events.append((rng.choice(users), rng.choice(items), code, value, ts))
+    return events
+
+
+def _columns(events: list[tuple]) -> EventColumns:
+    return EventColumns(
+        [event[0] for event in events],
+        [event[1] for event in events],
+        np.array([event[2] for event in events], dtype=np.uint8),
+        np.array([np.nan if event[3] is None else event[3] for event in events], dtype=np.float32),
+        np.array([event[4] for event in events], dtype=np.int64),
+    )
+
+
+def _assert_same_input(actual: UserInput, expected: UserInput) -> None:
+    assert (actual.user_id, actual.item_ids, actual.type_codes, actual.timestamps_ms) == (
+        expected.user_id,
+        expected.item_ids,
+        expected.type_codes,
+        expected.timestamps_ms,
+    )
+    np.testing.assert_array_equal(np.float32(actual.values), np.float32(expected.values))
+
+
+def _rows(ids: list[str], keys: list[str]) -> np.ndarray:
+    index = {entity_id: row for row, entity_id in enumerate(ids)}
+    return np.array([index[key] for key in keys], dtype=np.int64)
+
+
+@pytest.mark.parametrize("window", [1, 3, 50])
+def test_user_histories_match_the_reference_over_several_batches(window: int) -> None:
+    rng = random.Random(window)
+    users = [f"user-{n}" for n in range(30)] + ["ünïcode-user"]
+    items = [f"item-{n}" for n in range(40)] + ["ítem-é", "x" * 256]
+    reference: dict[str, UserState] = {}
+    stored: dict[str, bytes] = {}
+    for _ in range(6):
+        events = _random_events(rng, users, items, 120)
+        for user, item, code, value, ts in events:
+            reference.setdefault(user, UserState(window=window)).add(item, code, value, ts)
+        touched = list(dict.fromkeys(event[0] for event in events))
+        columns = _columns(events)
+        states, histories = apply_user_events(
+            touched, [stored.get(u) for u in touched], window, columns, _rows(touched, columns.user_ids)
+        )
+        stored.update(zip(touched, states, strict=True))
+        for user, state, history in zip(touched, states, histories, strict=True):
+            expected = reference[user]
+            assert state == expected.to_bytes()
+            assert UserState.from_bytes(state, window=window).to_bytes() == state
+            _assert_same_input(history, expected.to_input(user))
+
+
+def test_older_user_state_formats_are_read_and_rewritten() -> None:
+    state = UserState(window=4)
+    for n in range(6):
+        state.add(f"i{n}", n % 5, 2.0 if n % 5 == 4 else None, BASE_TS + n)
+    ids = state.item_ids
+    format_2 = state.to_bytes()[: 15 + 23 * len(ids) - 8 * len(ids)]  # no hash column
+    format_2 = bytes([2]) + format_2[1:] + b"".join(i.encode() for i in ids)
+    states, histories = apply_user_events(["u"], [format_2], 4)
+    assert states[0] == state.to_bytes()
+    _assert_same_input(histories[0], state.to_input("u"))
+
+
+def test_an_unknown_user_state_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="format"):
+        apply_user_events(["u"], [bytes([9]) + UserState().to_bytes()[1:]], 50)
+
+
+def test_item_counts_match_the_reference_over_several_batches() -> None:
+    rng = random.Random(7)
+    items = [f"item-{n}" for n in range(25)]
+    reference: dict[str, ItemState] = {}
+    stored: dict[str, bytes] = {}
+    for batch in range(5):
+        events = _random_events(rng, ["u"], items, 200)
+        events = [(u, i, c, v, ts + batch * 3_600_000) for u, i, c, v, ts in events]
+        per_item: dict[str, list[tuple[int, int]]] = {}
+        for _, item, code, _, ts in events:
+            per_item.setdefault(item, []).append((code, ts))
+        for item, applied in per_item.items():
+            reference.setdefault(item, ItemState()).add_many(applied)
+        touched = list(per_item)
+        columns = _columns(events)
+        states, counts = apply_item_events(
+            touched, [stored.get(i) for i in touched], columns, _rows(touched, columns.item_ids)
+        )
+        stored.update(zip(touched, states, strict=True))
+        for item, state, row in zip(touched, states, counts, strict=True):
+            expected = reference[item]
+            decoded = ItemState.from_bytes(state)
+            assert (decoded.ref_ts_ms, decoded.totals) == (expected.ref_ts_ms, expected.totals)
+            assert (decoded.first_seen_ms, decoded.last_seen_ms) == (
+                expected.first_seen_ms,
+                expected.last_seen_ms,
+            )
+            np.testing.assert_allclose(decoded.decayed, expected.decayed, rtol=1e-12, atol=0)
+            np.testing.assert_allclose(row.counts, expected.to_input(item).counts, rtol=1e-12, atol=0)
+
+
+def test_encoder_tensors_are_the_same_from_both_paths() -> None:
+    config = EncoderConfig(dim=8, id_dim=4, buckets=64, hidden=8, history=5)
+    rng = random.Random(3)
+    users = [f"u{n}" for n in range(12)]
+    items = [f"i{n}" for n in range(20)]
+    events = _random_events(rng, users, items, 150)
+    columns = _columns(events)
+    touched = list(dict.fromkeys(columns.user_ids))
+    _, histories = apply_user_events(
+        touched, [None] * len(touched), 8, columns, _rows(touched, columns.user_ids)
+    )
+    fast, slow = user_batch(histories, config), user_batch(list(histories), config)
+    for name in ("user_buckets", "item_buckets", "type_codes", "weights"):
+        assert torch.equal(getattr(fast, name), getattr(slow, name)), name
+    item_ids = list(dict.fromkeys(columns.item_ids))
+    _, counts = apply_item_events(
+        item_ids, [None] * len(item_ids), columns, _rows(item_ids, columns.item_ids)
+    )
+    fast_items, slow_items = item_batch(counts, config), item_batch(list(counts), config)
+    assert torch.equal(fast_items.item_buckets, slow_items.item_buckets)
+    assert torch.equal(fast_items.features, slow_items.features)
+    model = TwoTowerModel(config).eval()
+    with torch.inference_mode():
+        assert torch.equal(model.encode_users(fast), model.encode_users(slow))
