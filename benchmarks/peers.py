@@ -73,10 +73,14 @@ USER_WINDOW = 50
 
 @dataclass
 class EventBudget:
-    """Counts processed events from the first record received; done at ``events`` or ``seconds``."""
+    """Counts processed events from the first record received; done at ``events`` or ``seconds``.
+
+    Also done when no record came within ``STARTUP_ALLOWANCE_S`` of its creation.
+    """
 
     events: int
     seconds: float
+    created: float = field(default_factory=time.perf_counter)
     started: float | None = None
     finished: float | None = None
     count: int = 0
@@ -96,11 +100,13 @@ class EventBudget:
     def done(self) -> bool:
         if self.count >= self.events:
             return True
-        return self.started is not None and time.perf_counter() - self.started >= self.seconds
+        if self.started is None:
+            return time.perf_counter() - self.created >= STARTUP_ALLOWANCE_S
+        return time.perf_counter() - self.started >= self.seconds
 
     def result(self) -> dict[str, Any]:
         if self.started is None or self.finished is None or self.count == 0:
-            return {"events": 0, "seconds": 0.0, "events_per_second": 0, "note": "no event received"}
+            return {"events": 0, "seconds": 0.0, "events_per_second": 0, "note": self._nothing_received()}
         elapsed = max(self.finished - self.started, 1e-9)
         if self.count >= self.events:
             note = f"all {self.count:,} events"
@@ -115,6 +121,9 @@ class EventBudget:
             "note": note,
             **self.extra,
         }
+
+    def _nothing_received(self) -> str:
+        return f"no event received within {time.perf_counter() - self.created:.0f} s"
 
 
 @dataclass(frozen=True)
@@ -195,8 +204,7 @@ async def _raw_aiokafka(job: PeerJob) -> EventBudget:
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         session_timeout_ms=int(SESSION_TIMEOUT_S * 1000),
-        heartbeat_interval_ms=1000,
-        max_partition_fetch_bytes=4 << 20,
+        heartbeat_interval_ms=1000,  # fetch sizes left at aiokafka's defaults
     )
     await consumer.start()
     try:
@@ -206,6 +214,7 @@ async def _raw_aiokafka(job: PeerJob) -> EventBudget:
                 continue
             budget.start_once()
             parsed = [orjson.loads(m.value) for messages in fetched.values() for m in messages]
+            budget.extra.setdefault("first_batch", len(parsed))  # fetched before the clock started
             budget.add(len(parsed))
     finally:
         await consumer.stop()
@@ -305,7 +314,7 @@ def run_faust(job: PeerJob, naive: bool) -> None:
 
     @app.timer(1.0)
     async def watch_budget() -> None:  # an idle stream never reaches the agent's own check
-        if budget.started is not None and budget.done() and not job.result_path.exists():
+        if budget.done() and not job.result_path.exists():
             _stop_faust_when_done(job, budget)
 
     Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
@@ -379,7 +388,7 @@ def run_quix(job: PeerJob, *, stateful: bool, encode: bool, exactly_once: bool) 
             app.stop()
 
     sdf.update(count, stateful=stateful, metadata=True)
-    app.run(timeout=STARTUP_ALLOWANCE_S + job.time_budget_s)
+    app.run(timeout=STARTUP_ALLOWANCE_S)  # Quix stops once idle this long (our budget stops it first)
     _write_result(job, budget)
 
 
@@ -405,22 +414,34 @@ def _last_lines(text: str, count: int = 5) -> str:
 
 
 def run_peer_subprocess(job: PeerJob) -> dict[str, Any]:
-    """One peer in a fresh interpreter; its result, or why it produced none."""
+    """One peer in a fresh interpreter; its result, or why it produced none.
+
+    The peer's own output goes to ``log.txt`` in its work directory; ``wall_seconds`` is the
+    whole subprocess (imports, group join, shutdown), beside the timed part.
+    """
     job.work_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "benchmarks.peers", *job.to_argv()]
     timeout = STARTUP_ALLOWANCE_S + job.time_budget_s + 30.0
-    try:
-        finished = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return {"events": 0, "seconds": 0.0, "events_per_second": 0, "note": f"killed after {timeout:.0f} s"}
+    log_path = job.work_dir / "log.txt"
+    launched = time.perf_counter()
+    with log_path.open("w") as log:
+        try:
+            finished = subprocess.run(
+                command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False
+            )
+            outcome = f"exit {finished.returncode}"
+        except subprocess.TimeoutExpired:
+            outcome = f"killed after {timeout:.0f} s"
+    wall = {"wall_seconds": round(time.perf_counter() - launched, 1)}
     if job.result_path.exists():
-        return json.loads(job.result_path.read_text())
-    reason = _last_lines(finished.stderr) or _last_lines(finished.stdout) or "no output"
+        return {**json.loads(job.result_path.read_text()), **wall}
+    reason = _last_lines(log_path.read_text()) or "no output"
     return {
         "events": 0,
         "seconds": 0.0,
         "events_per_second": 0,
-        "note": f"failed (exit {finished.returncode}): {reason}",
+        "note": f"failed ({outcome}): {reason}",
+        **wall,
     }
 
 
