@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -503,6 +504,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--torch-threads", type=int, default=0, help="torch.set_num_threads for encoding peers (0: default)"
     )
+    parser.add_argument(
+        "--keep-work-dir", action="store_true", help="keep the peers' logs and state (printed to stderr)"
+    )
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(PEERS)}")
     # The subprocess side (internal): run one peer against a given broker and topic.
     parser.add_argument("--child", choices=PEERS, help=argparse.SUPPRESS)
@@ -564,6 +568,10 @@ def main(argv: list[str] | None = None) -> None:
         "peers": results,
     }
     print(json.dumps(summary, indent=2))
+    if args.keep_work_dir:
+        print(f"work directory kept: {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
