@@ -339,7 +339,7 @@ class BacklogSampler:
         async with self.session.get(f"{self.api}/healthz") as response:
             consumed = int((await response.json())["events_consumed"])
         self.samples.append((now_ms(), sum(ends.values()), consumed))
-        return sum(ends.values()) - consumed
+        return max(0, sum(ends.values()) - consumed)  # the two reads race by a few events
 
     async def run(self) -> None:
         while True:
@@ -360,7 +360,8 @@ class BacklogSampler:
         """(seconds since ``origin_ms``, backlog) about once a second, for the record."""
         step = max(1, round(1.0 / BACKLOG_SAMPLE_SECONDS))
         return [
-            (round((t - origin_ms) / 1000, 1), sent - consumed) for t, sent, consumed in self.samples[::step]
+            (round((t - origin_ms) / 1000, 1), max(0, sent - consumed))
+            for t, sent, consumed in self.samples[::step]
         ]
 
 
