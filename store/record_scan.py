@@ -9,6 +9,7 @@ vector's bytes are, so callers slice or view only that vector.
 
 from __future__ import annotations
 
+import struct
 from typing import NamedTuple
 
 import numpy as np
@@ -16,6 +17,9 @@ import numpy as np
 from store.record import _DTYPES, _ENTRY, _HEADER, _MAGIC, RECORD_FORMAT, RecordFormatError
 
 __all__ = ["EntrySpan", "locate_entry", "span_vector"]
+
+#: The record header and the first entry's header, read in one go.
+_FIRST = struct.Struct("<" + _HEADER.format.lstrip("<") + _ENTRY.format.lstrip("<"))
 
 
 class EntrySpan(NamedTuple):
@@ -36,6 +40,25 @@ def locate_entry(data: bytes, version: int) -> EntrySpan | None:
 
     Raises :class:`RecordFormatError` on a bad header or an entry that runs past the end.
     """
+    return _newest_entry(data, version) or _walk_entries(data, version)
+
+
+def _newest_entry(data: bytes, version: int) -> EntrySpan | None:
+    """The common case, the newest entry asked for, in one unpack; ``None`` if it is not."""
+    if len(data) < _FIRST.size:
+        return None
+    magic, fmt, count, held, updated_at, dim, code = _FIRST.unpack_from(data, 0)
+    dtype = _DTYPES.get(code)
+    if held != version or not count or magic != _MAGIC or fmt != RECORD_FORMAT or dtype is None:
+        return None
+    return (
+        EntrySpan(updated_at, _FIRST.size, dim, dtype)
+        if _FIRST.size + dim * dtype.itemsize <= len(data)
+        else None
+    )
+
+
+def _walk_entries(data: bytes, version: int) -> EntrySpan | None:
     if len(data) < _HEADER.size:
         raise RecordFormatError("record shorter than its header")
     magic, fmt, count = _HEADER.unpack_from(data, 0)
