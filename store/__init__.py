@@ -10,7 +10,16 @@ from store.errors import (
     VersionUnreachableError,
 )
 from store.keys import KINDS, Kind, entity_key, parse_entity_key
-from store.lookup import CarryProvider, ResolvedVector, lookup_many, lookup_one, resolve_entry, resolve_many
+from store.lookup import (
+    CarryProvider,
+    ResolvedMatrix,
+    ResolvedVector,
+    lookup_many,
+    lookup_one,
+    resolve_entry,
+    resolve_many,
+    resolve_matrix,
+)
 from store.record import (
     RECORD_FORMAT,
     RecordFormatError,
@@ -28,6 +37,7 @@ __all__ = [
     "Kind",
     "NoServingVersionError",
     "RecordFormatError",
+    "ResolvedMatrix",
     "ResolvedVector",
     "StoreError",
     "StoreOpenError",
@@ -44,5 +54,6 @@ __all__ = [
     "parse_entity_key",
     "resolve_entry",
     "resolve_many",
+    "resolve_matrix",
     "upsert_entry",
 ]

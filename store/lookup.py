@@ -8,11 +8,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from store.errors import NoServingVersionError, VersionNotFoundError
+from store.errors import NoServingVersionError, StoreError, VersionNotFoundError
 from store.record import VersionedVector
+from store.record_scan import EntrySpan, locate_entry, span_vector
 from store.vector_store import VersionedVectorStore
 
-__all__ = ["CarryProvider", "ResolvedVector", "lookup_many", "lookup_one", "resolve_entry", "resolve_many"]
+__all__ = [
+    "CarryProvider",
+    "ResolvedMatrix",
+    "ResolvedVector",
+    "lookup_many",
+    "lookup_one",
+    "resolve_entry",
+    "resolve_many",
+    "resolve_matrix",
+]
 
 #: ``carry(source, target)`` returns a function mapping rows of ``source``'s space into
 #: ``target``'s, or raises :class:`store.errors.VersionUnreachableError`.
@@ -29,6 +39,32 @@ class ResolvedVector:
     vector: np.ndarray
     updated_at_ms: int
     source: str = "native"
+
+
+@dataclass(frozen=True)
+class ResolvedMatrix:
+    """A batch as served, column-wise: one float32 row per id found, in request order.
+
+    ``ids[i]`` is the id of ``vectors[i]``; an id requested twice gives two rows. ``missing``
+    lists (in request order) the ids with nothing to give. ``sources[i]`` is ``"native"`` or
+    ``"aligned"``; ``dim`` is 0 when no row was found.
+    """
+
+    kind: str
+    version: int
+    ids: list[str]
+    vectors: np.ndarray
+    updated_at_ms: list[int]
+    sources: list[str]
+    missing: list[str]
+
+    @property
+    def all_native(self) -> bool:
+        return "aligned" not in self.sources
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
 
 
 def resolve_entry(entries: list[VersionedVector], version: int) -> VersionedVector:
@@ -76,27 +112,124 @@ def resolve_many(
     serving one and with a ``carry`` provider, the serving vector carried back
     (``source="aligned"``). The serving version is read once, so every vector of one call
     comes from one version. Returns the version answered and one entry per id (``None``
-    where there is nothing to give). Raises :class:`NoServingVersionError` and, when a vector
-    would have to be carried but cannot, :class:`VersionUnreachableError`.
+    where there is nothing to give). Native vectors keep their stored dtype. Raises
+    :class:`NoServingVersionError` and, when a vector would have to be carried but cannot,
+    :class:`VersionUnreachableError`.
     """
+    found = _locate(store, kind, ids, version, carry is not None)
+    resolved: list[ResolvedVector | None] = [None] * len(ids)
+    for row, raw, span in found.native:
+        vector = span_vector(raw, span)
+        resolved[row] = ResolvedVector(kind, ids[row], found.target, vector, span.updated_at_ms)
+    for (row, _, span), vector in zip(found.to_carry, _carried(found, carry), strict=True):
+        resolved[row] = ResolvedVector(kind, ids[row], found.target, vector, span.updated_at_ms, "aligned")
+    return found.target, resolved
+
+
+def resolve_matrix(
+    store: VersionedVectorStore,
+    kind: str,
+    ids: list[str],
+    version: int | None,
+    carry: CarryProvider | None = None,
+) -> ResolvedMatrix:
+    """:func:`resolve_many` as one float32 matrix, without a Python object per row.
+
+    Same version rules and errors. Raises :class:`StoreError` if the rows of the version
+    answered do not share one dimension (a matrix cannot hold them).
+    """
+    found = _locate(store, kind, ids, version, carry is not None)
+    native = _native_matrix(found.native, found.target)
+    if found.to_carry:
+        rows, matrix, sources = _merge_rows(found, native, _carried(found, carry))
+    else:
+        rows, matrix, sources = found.native, native, ["native"] * len(found.native)
+    present = {row for row, _, _ in rows}
+    return ResolvedMatrix(
+        kind=kind,
+        version=found.target,
+        ids=[ids[row] for row, _, _ in rows],
+        vectors=matrix,
+        updated_at_ms=[span.updated_at_ms for _, _, span in rows],
+        sources=sources,
+        missing=[entity_id for row, entity_id in enumerate(ids) if row not in present],
+    )
+
+
+#: One row found: its position in the request, its record's bytes, where the vector lies.
+_Row = tuple[int, bytes, EntrySpan]
+
+
+@dataclass(frozen=True)
+class _Located:
+    """One batch read: rows native at ``target``, and rows whose serving vector is carried."""
+
+    target: int
+    serving: int | None
+    native: list[_Row]
+    to_carry: list[_Row]
+
+
+def _locate(
+    store: VersionedVectorStore, kind: str, ids: list[str], version: int | None, may_carry: bool
+) -> _Located:
     serving = store.serving_version
     if version is None and serving is None:
         raise NoServingVersionError("no serving version is set yet")
     target = version if version is not None else serving
     assert target is not None
-    resolved: list[ResolvedVector | None] = []
-    to_carry: list[tuple[int, VersionedVector]] = []
-    for row, (entity_id, entries) in enumerate(zip(ids, store.get_records(kind, ids), strict=True)):
-        held = {entry.version: entry for entry in entries or []}
-        if target in held:
-            entry = held[target]
-            resolved.append(ResolvedVector(kind, entity_id, target, entry.vector, entry.updated_at_ms))
+    carry_from = serving if may_carry and serving is not None and target < serving else None
+    native: list[_Row] = []
+    to_carry: list[_Row] = []
+    for row, raw in enumerate(store.get_raw_records(kind, ids)):
+        if raw is None:
             continue
-        resolved.append(None)
-        if carry is not None and serving is not None and target < serving and serving in held:
-            to_carry.append((row, held[serving]))
-    if to_carry and carry is not None and serving is not None:
-        carried = carry(serving, target)(np.stack([entry.vector.astype(np.float32) for _, entry in to_carry]))
-        for (row, entry), vector in zip(to_carry, carried, strict=True):
-            resolved[row] = ResolvedVector(kind, ids[row], target, vector, entry.updated_at_ms, "aligned")
-    return target, resolved
+        span = locate_entry(raw, target)
+        if span is not None:
+            native.append((row, raw, span))
+        elif carry_from is not None and (source := locate_entry(raw, carry_from)) is not None:
+            to_carry.append((row, raw, source))
+    return _Located(target, serving, native, to_carry)
+
+
+def _carried(found: _Located, carry: CarryProvider | None) -> np.ndarray:
+    """The serving vectors of ``found.to_carry`` carried back to the target version."""
+    if not found.to_carry:
+        return np.empty((0, 0), dtype=np.float32)
+    assert carry is not None and found.serving is not None
+    stacked = np.stack([span_vector(raw, span) for _, raw, span in found.to_carry]).astype(np.float32)
+    return carry(found.serving, found.target)(stacked)
+
+
+def _native_matrix(rows: list[_Row], version: int) -> np.ndarray:
+    """The rows' vectors stacked as float32 (one join of byte slices when stored as float32)."""
+    if not rows:
+        return np.empty((0, 0), dtype=np.float32)
+    dim = rows[0][2].dim
+    if any(span.dim != dim for _, _, span in rows):
+        raise StoreError(f"vectors of version {version} differ in dimension")
+    float32 = np.dtype("<f4")
+    if all(span.dtype == float32 for _, _, span in rows):
+        joined = b"".join(raw[span.offset : span.offset + span.nbytes] for _, raw, span in rows)
+        return np.frombuffer(joined, dtype=float32).reshape(len(rows), dim)
+    return np.stack([span_vector(raw, span) for _, raw, span in rows]).astype(np.float32)
+
+
+def _merge_rows(
+    found: _Located, native: np.ndarray, carried: np.ndarray
+) -> tuple[list[_Row], np.ndarray, list[str]]:
+    """Native and carried rows interleaved back into request order, with their sources."""
+    if native.shape[0] and native.shape[1] != carried.shape[1]:
+        raise StoreError(f"native and aligned vectors of version {found.target} differ in dimension")
+    tagged = sorted(
+        [(row, "native", i) for i, (row, _, _) in enumerate(found.native)]
+        + [(row, "aligned", i) for i, (row, _, _) in enumerate(found.to_carry)]
+    )
+    matrix = np.empty((len(tagged), carried.shape[1]), dtype=np.float32)
+    native_at = [at for at, (_, source, _) in enumerate(tagged) if source == "native"]
+    if native_at:
+        matrix[native_at] = native
+    matrix[[at for at, (_, source, _) in enumerate(tagged) if source == "aligned"]] = carried
+    picked = {"native": found.native, "aligned": found.to_carry}
+    rows = [picked[source][i] for _, source, i in tagged]
+    return rows, matrix, [source for _, source, _ in tagged]

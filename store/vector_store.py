@@ -84,6 +84,10 @@ class VersionedVectorStore:
         raw: list[bytes | None] = self._cf["vectors"].get([entity_key(kind, e) for e in ids])
         return [None if value is None else decode_record(value) for value in raw]
 
+    def get_raw_records(self, kind: str, ids: Sequence[str]) -> list[bytes | None]:
+        """The encoded records of ``ids`` (multi-get), for readers that decode one entry only."""
+        return self._cf["vectors"].get([entity_key(kind, e) for e in ids])
+
     def get_record(self, kind: str, entity_id: str) -> list[VersionedVector] | None:
         return self.get_records(kind, [entity_id])[0]
 

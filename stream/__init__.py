@@ -12,9 +12,11 @@ from stream.outbox import OutgoingMessage, decode_outbox, encode_outbox
 from stream.refresher import BatchOutcome, ConsumedRecord, EmbeddingRefresher
 from stream.rollout import RolloutController, check_swappable
 from stream.settings import Settings, SettingsError
+from stream.vector_format import VECTORS_MEDIA_TYPE, decode_vectors
 from stream.worker import StreamWorker
 
 __all__ = [
+    "VECTORS_MEDIA_TYPE",
     "ApiContext",
     "Backfiller",
     "BatchOutcome",
@@ -36,6 +38,7 @@ __all__ = [
     "control_message",
     "create_app",
     "decode_outbox",
+    "decode_vectors",
     "encode_outbox",
     "ensure_topics",
     "parse_event",

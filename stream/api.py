@@ -2,12 +2,20 @@
 
 Reads without ``?version`` use the store's serving version, one value for users and items
 alike, so a caller never pairs a user vector of one version with item vectors of another.
+
+The batch route also answers in a binary form (:mod:`stream.vector_format`: a JSON header,
+then one float32 matrix) when asked for it, either by ``?format=binary`` or by an
+``Accept`` header listing ``application/x-embstream-vectors`` at a quality no lower than
+``application/json``'s. ``?format=json`` forces JSON and wins over ``Accept``; any other
+``format`` value is a 400 ``bad_format``. There is no 406: an ``Accept`` naming neither
+type gets JSON, as before. Errors are always JSON, whatever was asked for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -19,11 +27,12 @@ from models.errors import IncompatibleVersionsError, VersionMissingError
 from models.registry import EncoderRegistry
 from store.errors import NoServingVersionError, VersionUnreachableError
 from store.keys import KINDS
-from store.lookup import ResolvedVector, resolve_many
+from store.lookup import ResolvedMatrix, ResolvedVector, resolve_many, resolve_matrix
 from store.vector_store import VersionedVectorStore
 from stream.events import MAX_ID_LENGTH
 from stream.metrics import Metrics
 from stream.rollout import RolloutController
+from stream.vector_format import VECTORS_MEDIA_TYPE, encode_vectors
 
 __all__ = ["MAX_BATCH_IDS", "ApiContext", "create_app"]
 
@@ -69,9 +78,28 @@ class _ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+_JSON_HEADERS = {"Content-Type": "application/json"}
+_BATCH_JSON_HEADERS = {"Content-Type": "application/json", "Vary": "Accept"}
+_BATCH_BINARY_HEADERS = {"Content-Type": VECTORS_MEDIA_TYPE, "Vary": "Accept"}
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] = _JSON_HEADERS) -> web.Response:
     body = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
-    return web.Response(body=body, status=status, content_type="application/json")
+    return web.Response(body=body, status=status, headers=headers)
+
+
+def _vectors(resolved: ResolvedMatrix) -> web.Response:
+    """A batch in the binary form; per-row ``source`` only when some row is not native."""
+    header: dict[str, Any] = {
+        "kind": resolved.kind,
+        "version": resolved.version,
+        "ids": resolved.ids,
+        "updated_at": resolved.updated_at_ms,
+        "missing": resolved.missing,
+    }
+    if not resolved.all_native:
+        header["source"] = resolved.sources
+    return web.Response(body=encode_vectors(header, resolved.vectors), headers=_BATCH_BINARY_HEADERS)
 
 
 def _vector_json(resolved: ResolvedVector) -> dict[str, Any]:
@@ -110,6 +138,49 @@ def _check_id(entity_id: Any) -> str:
     if not isinstance(entity_id, str) or not 1 <= len(entity_id) <= MAX_ID_LENGTH:
         raise _ApiError(400, "bad_id", f"ids are strings of 1 to {MAX_ID_LENGTH} characters")
     return entity_id
+
+
+def _batch_body(raw: bytes) -> tuple[list[str], int | None]:
+    """The ids and version of a batch body ``{"ids": [...], "version": V}``."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise _ApiError(400, "bad_body", "the body must be JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("ids"), list):
+        raise _ApiError(400, "bad_body", 'the body must be {"ids": [...], "version": V}')
+    if len(body["ids"]) > MAX_BATCH_IDS:
+        raise _ApiError(400, "too_many_ids", f"at most {MAX_BATCH_IDS} ids per batch")
+    return [_check_id(entity_id) for entity_id in body["ids"]], _version(body.get("version"))
+
+
+def _wants_binary(request: web.Request) -> bool:
+    """Whether the batch answer is binary: ``?format`` decides, else the ``Accept`` header."""
+    chosen = request.query.get("format")
+    if chosen is None:
+        return _accept_prefers_binary(request.headers.get("Accept", ""))
+    if chosen not in ("json", "binary"):
+        raise _ApiError(400, "bad_format", 'format must be "json" or "binary"')
+    return chosen == "binary"
+
+
+@lru_cache(maxsize=64)
+def _accept_prefers_binary(accept: str) -> bool:
+    """True when ``accept`` lists the binary type with a quality >0 and >= JSON's."""
+    quality = {VECTORS_MEDIA_TYPE: 0.0, "application/json": 0.0}
+    for part in accept.split(","):
+        media, *params = (piece.strip() for piece in part.split(";"))
+        if media.lower() not in quality:
+            continue
+        value = 1.0
+        for param in params:
+            name, _, text = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    value = float(text)
+                except ValueError:
+                    value = 0.0
+        quality[media.lower()] = max(quality[media.lower()], value)
+    return quality[VECTORS_MEDIA_TYPE] > 0 and quality[VECTORS_MEDIA_TYPE] >= quality["application/json"]
 
 
 @web.middleware
@@ -153,25 +224,20 @@ def create_app(context: ApiContext) -> web.Application:
 
     @routes.post("/v1/embeddings/{kind}/batch")
     async def get_batch(request: web.Request) -> web.Response:
+        """Many ids of one kind at one version, as JSON (default) or binary (module docstring)."""
         kind = _kind(request)
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            raise _ApiError(400, "bad_body", "the body must be JSON") from None
-        if not isinstance(body, dict) or not isinstance(body.get("ids"), list):
-            raise _ApiError(400, "bad_body", 'the body must be {"ids": [...], "version": V}')
-        ids = [_check_id(entity_id) for entity_id in body["ids"]]
-        if len(ids) > MAX_BATCH_IDS:
-            raise _ApiError(400, "too_many_ids", f"at most {MAX_BATCH_IDS} ids per batch")
-        answered, resolved = resolve_many(
-            context.store, kind, ids, _version(body.get("version")), context.carry
-        )
+        binary = _wants_binary(request)
+        ids, version = _batch_body(await request.read())
+        if binary:
+            return _vectors(resolve_matrix(context.store, kind, ids, version, context.carry))
+        answered, resolved = resolve_many(context.store, kind, ids, version, context.carry)
         return _json(
             {
                 "kind": kind,
                 "version": answered,
                 "results": [None if r is None else _vector_json(r) for r in resolved],
-            }
+            },
+            headers=_BATCH_JSON_HEADERS,
         )
 
     @routes.get("/v1/versions")

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 EXPORTS = {
     "stream": {
+        "VECTORS_MEDIA_TYPE",
         "ApiContext",
         "Backfiller",
         "BatchOutcome",
@@ -37,6 +38,7 @@ EXPORTS = {
         "control_message",
         "create_app",
         "decode_outbox",
+        "decode_vectors",
         "encode_outbox",
         "ensure_topics",
         "parse_event",
@@ -81,6 +83,7 @@ EXPORTS = {
         "Kind",
         "NoServingVersionError",
         "RecordFormatError",
+        "ResolvedMatrix",
         "ResolvedVector",
         "StoreError",
         "StoreOpenError",
@@ -97,6 +100,7 @@ EXPORTS = {
         "parse_entity_key",
         "resolve_entry",
         "resolve_many",
+        "resolve_matrix",
         "upsert_entry",
     },
 }
