@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import orjson
@@ -20,7 +21,7 @@ from store.vector_store import StoreWriter, VersionedVectorStore
 from stream.events import Interaction, Rejection, parse_event
 from stream.outbox import OutgoingMessage, encode_outbox
 
-__all__ = ["MAX_DEAD_LETTER_BYTES", "BatchOutcome", "ConsumedRecord", "EmbeddingRefresher"]
+__all__ = ["MAX_DEAD_LETTER_BYTES", "BatchOutcome", "ConsumedRecord", "EmbeddingRefresher", "SourceRecord"]
 
 #: Dead letters carry the original bytes up to this size (and a ``truncated.from`` header
 #: beyond it), so one oversized record can never make the dead-letter topic refuse a batch.
@@ -44,16 +45,34 @@ def _latest_per_row(rows: int, row_of: np.ndarray, timestamps: np.ndarray) -> np
     return latest
 
 
+class SourceRecord(Protocol):
+    """The parts of a consumed Kafka record the refresher reads (aiokafka's records have
+    them, so the worker hands them over without a copy)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> int: ...  # epoch milliseconds
+
+
 @dataclass(frozen=True, slots=True)
 class ConsumedRecord:
-    """The parts of a Kafka record the refresher needs."""
+    """A :class:`SourceRecord` built by hand (tests, tools)."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
-    timestamp_ms: int
+    timestamp: int
 
 
 @dataclass
@@ -93,7 +112,7 @@ class EmbeddingRefresher:
         self.max_future_skew_ms = max_future_skew_ms
         self.clock_ms = clock_ms
 
-    def process(self, records: Sequence[ConsumedRecord]) -> BatchOutcome:
+    def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
         """Apply ``records`` (in partition order) and commit state, vectors, offsets, outbox."""
         outcome = BatchOutcome(consumed=len(records))
         now_ms = self.clock_ms()
@@ -109,7 +128,7 @@ class EmbeddingRefresher:
                 outcome.duplicates += 1
                 continue
             next_offsets[source] = record.offset + 1
-            parsed = parse_event(record.value, record.timestamp_ms, now_ms, self.max_future_skew_ms)
+            parsed = parse_event(record.value, record.timestamp, now_ms, self.max_future_skew_ms)
             if isinstance(parsed, Rejection):
                 outcome.rejected[parsed.reason] = outcome.rejected.get(parsed.reason, 0) + 1
                 outcome.outbox.append(self._dead_letter(record, parsed.reason))
@@ -175,18 +194,17 @@ class EmbeddingRefresher:
     ) -> list[OutgoingMessage]:
         """One ``embeddings.updates`` message per entity written."""
         topic, prefix = self.updates_topic, f"{kind}:".encode()
+        head = b'{"kind":"' + kind.encode() + b'","id":'
+        tail = b',"version":%d,"ts":%d,"event_ts":' % (version, written_at)
+        dumps = orjson.dumps
         return [
             OutgoingMessage(
-                topic,
-                prefix + entity_id.encode(),
-                orjson.dumps(
-                    {"kind": kind, "id": entity_id, "version": version, "ts": written_at, "event_ts": ts}
-                ),
+                topic, prefix + entity_id.encode(), b"%s%s%s%d}" % (head, dumps(entity_id), tail, ts)
             )
             for entity_id, ts in zip(ids, event_ts.tolist(), strict=True)
         ]
 
-    def _dead_letter(self, record: ConsumedRecord, reason: str) -> OutgoingMessage:
+    def _dead_letter(self, record: SourceRecord, reason: str) -> OutgoingMessage:
         value = record.value or b""
         headers = [
             ("error", reason.encode()),

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from store.vector_store import VersionedVectorStore
 from stream.metrics import Metrics
 from stream.outbox import OutgoingMessage, decode_outbox
-from stream.refresher import BatchOutcome, ConsumedRecord, EmbeddingRefresher
+from stream.refresher import BatchOutcome, EmbeddingRefresher
 from stream.rollout_plane import RolloutPlane
 from stream.settings import Settings
 
@@ -118,11 +118,7 @@ class StreamWorker:
             self.metrics.tick()
             if not fetched:
                 continue
-            records = [
-                ConsumedRecord(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
-                for messages in fetched.values()
-                for m in messages
-            ]
+            records = [record for messages in fetched.values() for record in messages]
             outcome = await loop.run_in_executor(self._executor, refresher.process, records)
             self._count(outcome)
             if outcome.outbox:
