@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
@@ -24,12 +25,16 @@ from stream.producer import send_records, synthetic_records
 from stream.service import RunningService, run_service
 from stream.settings import Settings
 
+__all__ = ["produce_events", "run_ingest"]
 
-async def _measure(settings: Settings, expected: int) -> dict[str, float]:
+
+async def _measure(settings: Settings, expected: int) -> dict[str, Any]:
     stop = asyncio.Event()
     holder: dict[str, RunningService] = {}
     task = asyncio.create_task(run_service(settings, stop, on_ready=lambda s: holder.update(s=s)))
     while "s" not in holder:
+        if task.done():
+            task.result()  # the service failed to start: raise its error
         await asyncio.sleep(0.01)
     metrics = holder["s"].metrics
     while metrics.events_consumed == 0:
@@ -48,7 +53,34 @@ async def _measure(settings: Settings, expected: int) -> dict[str, float]:
         "events_per_second": round((expected - first) / elapsed),
         "embeddings_written": written,
         "batches": metrics.batches,
+        "note": "timed from the end of the first batch to the last event applied",
     }
+
+
+def produce_events(bootstrap: str, topic: str, events: int, partitions: int) -> float:
+    """Create ``topic`` and fill it with ``events`` synthetic events; returns the seconds taken."""
+    ensure_topics([bootstrap], {topic: partitions})
+    started = time.perf_counter()
+    send_records([bootstrap], topic, synthetic_records(events))
+    return time.perf_counter() - started
+
+
+def run_ingest(
+    bootstrap: str, topic: str, events: int, *, partitions: int, registry: Path, work_dir: Path
+) -> dict[str, Any]:
+    """Our worker (default settings, default encoder) over ``events`` already in ``topic``."""
+    settings = Settings(
+        broker=bootstrap,
+        data_dir=work_dir / "embstream-data",
+        registry=registry,
+        topic=topic,
+        api_port=0,
+        partitions=partitions,
+        group_id=f"bench-embstream-{time.time_ns()}",
+        updates_topic=f"{topic}.updates",
+        control_topic=f"{topic}.control",
+    )
+    return asyncio.run(_measure(settings, events))
 
 
 def main() -> None:
@@ -61,21 +93,10 @@ def main() -> None:
     ensure_default_encoder(EncoderRegistry(registry))
     with EmbeddedBroker() as broker:
         topic = "bench-interactions"
-        ensure_topics([broker.bootstrap], {topic: args.partitions})
-        produced_at = time.perf_counter()
-        send_records([broker.bootstrap], topic, synthetic_records(args.events))
-        produce_seconds = time.perf_counter() - produced_at
-        settings = Settings(
-            broker=broker.bootstrap,
-            data_dir=work / "data",
-            registry=registry,
-            topic=topic,
-            api_port=0,
-            partitions=args.partitions,
-            group_id="bench",
-            updates_topic="bench-updates",
+        produce_seconds = produce_events(broker.bootstrap, topic, args.events, args.partitions)
+        result = run_ingest(
+            broker.bootstrap, topic, args.events, partitions=args.partitions, registry=registry, work_dir=work
         )
-        result = asyncio.run(_measure(settings, args.events))
     result.update({"produce_seconds": round(produce_seconds, 2), "cores": os.cpu_count()})
     print(json.dumps(result, indent=2))
 
