@@ -114,9 +114,10 @@ def _summary(results: dict[str, Any]) -> str:
     for name, ratio in results.get("ratios", {}).items():
         lines.append(f"| {name} | {ratio}x |")
     for run in results.get("freshness", {}).get("runs", []):
+        saturated = " (saturated)" if run.get("saturated") else ""
         lines.append(
-            f"| freshness at {run['achieved_rate']:,} events/s | p50 {run['p50_ms']} ms, p95 {run['p95_ms']} ms,"
-            f" p99 {run['p99_ms']} ms{' (saturated)' if run.get('saturated') else ''} |"
+            f"| freshness at {run['achieved_rate']:,} events/s | p50 {run['p50_ms']} ms,"
+            f" p95 {run['p95_ms']} ms, p99 {run['p99_ms']} ms{saturated} |"
         )
     return "\n".join(lines)
 
@@ -141,7 +142,11 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "commit": _commit(),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "system": platform.platform(),
+        },
         "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     with tempfile.TemporaryDirectory(prefix="embstream-bench-") as scratch:
