@@ -12,6 +12,7 @@ from store.errors import (
 from store.keys import KINDS, Kind, entity_key, parse_entity_key
 from store.lookup import CarryProvider, ResolvedVector, lookup_many, lookup_one, resolve_entry, resolve_many
 from store.record import (
+    COMPACT_RECORD_FORMAT,
     RECORD_FORMAT,
     RecordFormatError,
     VersionedVector,
@@ -22,6 +23,7 @@ from store.record import (
 from store.vector_store import StoreWriter, VersionedVectorStore
 
 __all__ = [
+    "COMPACT_RECORD_FORMAT",
     "KINDS",
     "RECORD_FORMAT",
     "CarryProvider",

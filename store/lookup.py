@@ -21,7 +21,8 @@ CarryProvider = Callable[[int, int], Callable[[np.ndarray], np.ndarray]]
 
 @dataclass(frozen=True)
 class ResolvedVector:
-    """A vector as served: which version it is, when it was written, and where it came from."""
+    """A vector as served (float32): which version it is, when it was written, and where it
+    came from."""
 
     kind: str
     id: str
@@ -29,6 +30,11 @@ class ResolvedVector:
     vector: np.ndarray
     updated_at_ms: int
     source: str = "native"
+
+
+def _served(vector: np.ndarray) -> np.ndarray:
+    """Vectors are served as float32 whatever the store holds (float16 entries are upcast)."""
+    return vector.astype(np.float32, copy=False)
 
 
 def resolve_entry(entries: list[VersionedVector], version: int) -> VersionedVector:
@@ -53,7 +59,7 @@ def lookup_one(store: VersionedVectorStore, kind: str, entity_id: str, version: 
     if entries is None:
         return None
     entry = resolve_entry(entries, version)
-    return ResolvedVector(kind, entity_id, entry.version, entry.vector, entry.updated_at_ms)
+    return ResolvedVector(kind, entity_id, entry.version, _served(entry.vector), entry.updated_at_ms)
 
 
 def lookup_many(
@@ -90,13 +96,15 @@ def resolve_many(
         held = {entry.version: entry for entry in entries or []}
         if target in held:
             entry = held[target]
-            resolved.append(ResolvedVector(kind, entity_id, target, entry.vector, entry.updated_at_ms))
+            resolved.append(
+                ResolvedVector(kind, entity_id, target, _served(entry.vector), entry.updated_at_ms)
+            )
             continue
         resolved.append(None)
         if carry is not None and serving is not None and target < serving and serving in held:
             to_carry.append((row, held[serving]))
     if to_carry and carry is not None and serving is not None:
-        carried = carry(serving, target)(np.stack([entry.vector.astype(np.float32) for _, entry in to_carry]))
+        carried = carry(serving, target)(np.stack([_served(entry.vector) for _, entry in to_carry]))
         for (row, entry), vector in zip(to_carry, carried, strict=True):
             resolved[row] = ResolvedVector(kind, ids[row], target, vector, entry.updated_at_ms, "aligned")
     return target, resolved

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from store.vector_store import VECTOR_DTYPES
+
 __all__ = ["Settings", "SettingsError"]
 
 
@@ -39,6 +41,13 @@ class Settings:
     heartbeat_interval_ms: int = 1_000
     seed: int = 0
     backfill_rate: int = 0  # entities per second; 0 = as fast as batches allow
+    vector_dtype: str = "float32"  # how the store keeps new vectors: float32 or float16
+
+    def __post_init__(self) -> None:
+        if self.vector_dtype not in VECTOR_DTYPES:
+            raise SettingsError(
+                f"EMBSTREAM_VECTOR_DTYPE={self.vector_dtype!r} is not one of {', '.join(VECTOR_DTYPES)}"
+            )
 
     @property
     def dlq_topic(self) -> str:
