@@ -142,6 +142,11 @@ def _reopen_case(path: str, entities: int, dtype: str) -> dict[str, Any]:
     }
 
 
+def _imports_only() -> dict[str, Any]:
+    """The peak RSS of a child that only imported this module (torch included), for reference."""
+    return {"peak_rss_mb_of_a_child_that_only_imports": _peak_rss_mb()}
+
+
 def _in_child(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
@@ -178,6 +183,7 @@ def run_storage(work_dir: Path, entities: int = 1_000_000) -> dict[str, Any]:
     rng = np.random.default_rng(42)
     recall = _recall_at_10(_unit_rows(rng, 1_000), _unit_rows(rng, 100_000))
     return {
+        **_in_child(_imports_only),
         "raw_float32_vector_bytes": RAW_VECTOR_BYTES,
         "cases": cases,
         "float16_recall_at_10": {
