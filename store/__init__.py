@@ -21,6 +21,7 @@ from store.lookup import (
     resolve_matrix,
 )
 from store.record import (
+    COMPACT_RECORD_FORMAT,
     RECORD_FORMAT,
     RecordFormatError,
     VersionedVector,
@@ -31,6 +32,7 @@ from store.record import (
 from store.vector_store import StoreWriter, VersionedVectorStore
 
 __all__ = [
+    "COMPACT_RECORD_FORMAT",
     "KINDS",
     "RECORD_FORMAT",
     "CarryProvider",

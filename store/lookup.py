@@ -67,6 +67,11 @@ class ResolvedMatrix:
         return int(self.vectors.shape[1])
 
 
+def _served(vector: np.ndarray) -> np.ndarray:
+    """Vectors are served as float32 whatever the store holds (float16 entries are upcast)."""
+    return vector.astype(np.float32, copy=False)
+
+
 def resolve_entry(entries: list[VersionedVector], version: int) -> VersionedVector:
     """The entry of exactly ``version``; raises :class:`VersionNotFoundError` otherwise.
 
@@ -89,7 +94,7 @@ def lookup_one(store: VersionedVectorStore, kind: str, entity_id: str, version: 
     if entries is None:
         return None
     entry = resolve_entry(entries, version)
-    return ResolvedVector(kind, entity_id, entry.version, entry.vector, entry.updated_at_ms)
+    return ResolvedVector(kind, entity_id, entry.version, _served(entry.vector), entry.updated_at_ms)
 
 
 def lookup_many(
@@ -112,14 +117,14 @@ def resolve_many(
     serving one and with a ``carry`` provider, the serving vector carried back
     (``source="aligned"``). The serving version is read once, so every vector of one call
     comes from one version. Returns the version answered and one entry per id (``None``
-    where there is nothing to give). Native vectors keep their stored dtype. Raises
+    where there is nothing to give). Vectors are float32 whatever the store holds. Raises
     :class:`NoServingVersionError` and, when a vector would have to be carried but cannot,
     :class:`VersionUnreachableError`.
     """
     found = _locate(store, kind, ids, version, carry is not None)
     resolved: list[ResolvedVector | None] = [None] * len(ids)
     for row, raw, span in found.native:
-        vector = span_vector(raw, span)
+        vector = _served(span_vector(raw, span))
         resolved[row] = ResolvedVector(kind, ids[row], found.target, vector, span.updated_at_ms)
     for (row, _, span), vector in zip(found.to_carry, _carried(found, carry), strict=True):
         resolved[row] = ResolvedVector(kind, ids[row], found.target, vector, span.updated_at_ms, "aligned")

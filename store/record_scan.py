@@ -14,12 +14,24 @@ from typing import NamedTuple
 
 import numpy as np
 
-from store.record import _DTYPES, _ENTRY, _HEADER, _MAGIC, RECORD_FORMAT, RecordFormatError
+from store.record import (
+    _COMPACT_TAIL,
+    _DTYPES,
+    _ENTRY,
+    _HEADER,
+    _MAGIC,
+    _MAX_COMPACT_DIM,
+    COMPACT_RECORD_FORMAT,
+    RECORD_FORMAT,
+    _raw_entries,
+)
 
 __all__ = ["EntrySpan", "locate_entry", "span_vector"]
 
 #: The record header and the first entry's header, read in one go.
 _FIRST = struct.Struct("<" + _HEADER.format.lstrip("<") + _ENTRY.format.lstrip("<"))
+#: Format 2: where the first entry's vector starts when its version takes one varint byte.
+_COMPACT_FIRST_END = 2 + _COMPACT_TAIL.size
 
 
 class EntrySpan(NamedTuple):
@@ -36,15 +48,34 @@ class EntrySpan(NamedTuple):
 
 
 def locate_entry(data: bytes, version: int) -> EntrySpan | None:
-    """The span of ``version``'s vector in record ``data``, or ``None`` if it holds none.
+    """The span of ``version``'s vector in record ``data`` (either record format), or ``None``
+    if it holds none.
 
     Raises :class:`RecordFormatError` on a bad header or an entry that runs past the end.
     """
-    return _newest_entry(data, version) or _walk_entries(data, version)
+    found = _newest_compact_entry(data, version) or _newest_entry(data, version)
+    if found is not None:
+        return found
+    for held, updated_at, dim, code, _, start, _ in _raw_entries(data):
+        if held == version:
+            return EntrySpan(updated_at, start, dim, _DTYPES[code])
+    return None
+
+
+def _newest_compact_entry(data: bytes, version: int) -> EntrySpan | None:
+    """Format 2, the newest entry asked for and a version below 128 (one varint byte)."""
+    if len(data) < _COMPACT_FIRST_END or data[0] != COMPACT_RECORD_FORMAT or data[1] != version:
+        return None
+    low, high, shape = _COMPACT_TAIL.unpack_from(data, 2)
+    dtype = _DTYPES.get(shape >> 15)
+    dim = shape & _MAX_COMPACT_DIM
+    if dtype is None or _COMPACT_FIRST_END + dim * dtype.itemsize > len(data):
+        return None
+    return EntrySpan(low | (high << 32), _COMPACT_FIRST_END, dim, dtype)
 
 
 def _newest_entry(data: bytes, version: int) -> EntrySpan | None:
-    """The common case, the newest entry asked for, in one unpack; ``None`` if it is not."""
+    """Format 1, the newest entry asked for, in one unpack; ``None`` if it is not."""
     if len(data) < _FIRST.size:
         return None
     magic, fmt, count, held, updated_at, dim, code = _FIRST.unpack_from(data, 0)
@@ -56,30 +87,6 @@ def _newest_entry(data: bytes, version: int) -> EntrySpan | None:
         if _FIRST.size + dim * dtype.itemsize <= len(data)
         else None
     )
-
-
-def _walk_entries(data: bytes, version: int) -> EntrySpan | None:
-    if len(data) < _HEADER.size:
-        raise RecordFormatError("record shorter than its header")
-    magic, fmt, count = _HEADER.unpack_from(data, 0)
-    if magic != _MAGIC or fmt != RECORD_FORMAT:
-        raise RecordFormatError(f"unknown record header {magic!r} format {fmt}")
-    offset = _HEADER.size
-    for _ in range(count):
-        if offset + _ENTRY.size > len(data):
-            raise RecordFormatError("record truncated inside an entry header")
-        held, updated_at, dim, code = _ENTRY.unpack_from(data, offset)
-        offset += _ENTRY.size
-        dtype = _DTYPES.get(code)
-        if dtype is None:
-            raise RecordFormatError(f"unknown dtype code {code}")
-        end = offset + dim * dtype.itemsize
-        if end > len(data):
-            raise RecordFormatError("record truncated inside a vector")
-        if held == version:
-            return EntrySpan(updated_at, offset, dim, dtype)
-        offset = end
-    return None
 
 
 def span_vector(data: bytes, span: EntrySpan) -> np.ndarray:

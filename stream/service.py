@@ -120,7 +120,9 @@ async def run_service(
                 settings.control_topic: 1,
             },
         )
-        store = VersionedVectorStore(settings.data_dir, keep_versions=settings.versions_kept)
+        store = VersionedVectorStore(
+            settings.data_dir, keep_versions=settings.versions_kept, vector_dtype=settings.vector_dtype
+        )
         stack.callback(store.close)
         if store.ensure_broker_incarnation(incarnation):
             say("the broker changed since the last run: source offsets reset, entity state kept")

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from store.vector_store import VECTOR_DTYPES
+
 __all__ = ["Settings", "SettingsError"]
 
 
@@ -42,6 +44,13 @@ class Settings:
     # Threads torch may use to encode. One is fastest for the batch sizes the worker sees:
     # more threads spin against the broker and the consumer for the same cores.
     torch_threads: int = 1
+    vector_dtype: str = "float32"  # how the store keeps new vectors: float32 or float16
+
+    def __post_init__(self) -> None:
+        if self.vector_dtype not in VECTOR_DTYPES:
+            raise SettingsError(
+                f"EMBSTREAM_VECTOR_DTYPE={self.vector_dtype!r} is not one of {', '.join(VECTOR_DTYPES)}"
+            )
 
     @property
     def dlq_topic(self) -> str:

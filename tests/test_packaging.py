@@ -77,6 +77,7 @@ EXPORTS = {
         "train_version",
     },
     "store": {
+        "COMPACT_RECORD_FORMAT",
         "KINDS",
         "RECORD_FORMAT",
         "CarryProvider",

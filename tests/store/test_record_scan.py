@@ -9,7 +9,14 @@ import pytest
 
 from store.errors import VersionNotFoundError
 from store.lookup import resolve_many, resolve_matrix
-from store.record import RecordFormatError, VersionedVector, decode_record, encode_record
+from store.record import (
+    COMPACT_RECORD_FORMAT,
+    RECORD_FORMAT,
+    RecordFormatError,
+    VersionedVector,
+    decode_record,
+    encode_record,
+)
 from store.record_scan import locate_entry, span_vector
 from store.vector_store import VersionedVectorStore
 
@@ -19,8 +26,10 @@ def _entry(version: int, dim: int, dtype: str) -> VersionedVector:
     return VersionedVector(version, 1_000 * version, vector)
 
 
-def test_locate_entry_finds_each_version_as_decode_record_does() -> None:
-    record = encode_record([_entry(5, 3, "<f4"), _entry(4, 8, "<f2"), _entry(2, 64, "<f4")])
+@pytest.mark.parametrize("record_format", [RECORD_FORMAT, COMPACT_RECORD_FORMAT])
+def test_locate_entry_finds_each_version_as_decode_record_does(record_format: int) -> None:
+    entries = [_entry(300, 3, "<f4"), _entry(5, 3, "<f4"), _entry(4, 8, "<f2"), _entry(2, 64, "<f4")]
+    record = encode_record(entries, record_format=record_format)
     for entry in decode_record(record):
         span = locate_entry(record, entry.version)
         assert span is not None and span.updated_at_ms == entry.updated_at_ms
@@ -29,8 +38,9 @@ def test_locate_entry_finds_each_version_as_decode_record_does() -> None:
     assert locate_entry(record, 3) is None
 
 
-def test_locate_entry_rejects_broken_records() -> None:
-    record = encode_record([_entry(1, 4, "<f4")])
+@pytest.mark.parametrize("record_format", [RECORD_FORMAT, COMPACT_RECORD_FORMAT])
+def test_locate_entry_rejects_broken_records(record_format: int) -> None:
+    record = encode_record([_entry(1, 4, "<f4")], record_format=record_format)
     for broken in (b"EV", b"XX\x01\x01", record[:-1], record[:8]):
         with pytest.raises(RecordFormatError):
             locate_entry(broken, 1)
@@ -49,7 +59,7 @@ def test_resolve_matrix_matches_resolve_many_including_float16_rows(tmp_path: Pa
         version, rows = resolve_many(store, "item", ids, None)
         matrix = resolve_matrix(store, "item", ids, None)
         assert version == matrix.version == 1
-        assert rows[2] is not None and rows[2].vector.dtype == np.float16  # stored dtype kept
+        assert rows[2] is not None and rows[2].vector.dtype == np.float32  # served as float32
         assert matrix.ids == ["c", "a", "b"] and matrix.missing == ["zz"] and matrix.all_native
         assert matrix.updated_at_ms == [20, 10, 10] and matrix.vectors.dtype == np.float32
         expected = np.stack([row.vector.astype(np.float32) for row in rows if row is not None])

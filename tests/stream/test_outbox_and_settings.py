@@ -40,3 +40,12 @@ def test_bad_settings_are_clear_errors() -> None:
         _ = Settings(broker="localhost").broker_servers
     with pytest.raises(SettingsError, match="no broker"):
         _ = Settings().broker_servers
+
+
+def test_vector_dtype_is_float32_unless_set_to_float16() -> None:
+    assert Settings().vector_dtype == "float32"
+    assert Settings.from_env({"EMBSTREAM_VECTOR_DTYPE": "float16"}).vector_dtype == "float16"
+    with pytest.raises(
+        SettingsError, match="EMBSTREAM_VECTOR_DTYPE='float64' is not one of float32, float16"
+    ):
+        Settings.from_env({"EMBSTREAM_VECTOR_DTYPE": "float64"})
