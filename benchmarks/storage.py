@@ -29,6 +29,7 @@ from typing import Any, cast
 
 import numpy as np
 import orjson
+import torch
 
 from models.bootstrap import ensure_default_encoder
 from models.encoder import TorchEncoder
@@ -268,7 +269,11 @@ def _encoder_recall(path: Path) -> dict[str, Any]:
 
 
 def run_backfill(work_dir: Path, entities: int = 200_000) -> dict[str, Any]:
-    """Backfill throughput (entities re-encoded per second) on a store filled by the refresher."""
+    """Backfill throughput (entities re-encoded per second) on a store filled by the refresher.
+
+    Torch runs on one thread, as in the worker (``EMBSTREAM_TORCH_THREADS`` defaults to 1).
+    """
+    torch.set_num_threads(1)
     registry = EncoderRegistry(work_dir / "registry")
     ensure_default_encoder(registry)
     filled = work_dir / "filled"

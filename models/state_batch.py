@@ -241,10 +241,13 @@ def apply_user_events(
     hashes_all, id_start, id_length = hashes_all[keep], id_start[keep], id_length[keep]
     position = _rank_in_group(kept_per_user)
 
-    states = _encode_user_states(
-        kept_per_user, count, last_ts, row, position, ts, codes, values, hashes_all, id_length,
-        id_start, source,
-    )  # fmt: skip
+    if events is None:  # nothing applied: the stored states stand (in the current format)
+        states = [UserState(window=window).to_bytes() if raw is None else raw for raw in raws]
+    else:
+        states = _encode_user_states(
+            kept_per_user, count, last_ts, row, position, ts, codes, values, hashes_all, id_length,
+            id_start, source,
+        )  # fmt: skip
     histories = UserHistories(
         user_ids, kept_per_user, row, position, hashes_all, codes, values, ts, joined,
         id_start, id_length,

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from models.encoder import Encoder
-from models.features import ItemState, UserState
+from models.state_batch import apply_item_events, apply_user_events
 from store.vector_store import VersionedVectorStore
 
 __all__ = ["BackfillProgress", "Backfiller"]
@@ -72,14 +72,13 @@ class Backfiller:
             writer = self.store.writer()
             if chunk:
                 ids = [entity_id for entity_id, _ in chunk]
+                states = [raw for _, raw in chunk]
                 if kind == "user":
-                    vectors = self.encoder.encode_users(
-                        [UserState.from_bytes(raw, self.user_window).to_input(i) for i, raw in chunk]
-                    )
+                    _, histories = apply_user_events(ids, states, self.user_window)
+                    vectors = self.encoder.encode_users(histories)
                 else:
-                    vectors = self.encoder.encode_items(
-                        [ItemState.from_bytes(raw).to_input(i) for i, raw in chunk]
-                    )
+                    _, counts = apply_item_events(ids, states)
+                    vectors = self.encoder.encode_items(counts)
                 writer.put_vectors(kind, ids, self.encoder.version, vectors, int(time.time() * 1000))
                 raw_done = self.store.get_meta(self._done_name(kind))
                 done = (_U64.unpack(raw_done)[0] if raw_done else 0) + len(chunk)
