@@ -26,7 +26,7 @@ from stream.progress import progress_bar
 from stream.refresher import EmbeddingRefresher
 from stream.rollout import RolloutController
 from stream.rollout_plane import RolloutPlane
-from stream.settings import Settings, SettingsError
+from stream.settings import Settings
 from stream.worker import StreamWorker
 
 __all__ = ["RunningService", "prepare_registry", "run_service"]
@@ -96,8 +96,6 @@ async def run_service(
     ``on_ready`` is called once the worker has started; a callable it returns runs first at
     shutdown (before the worker, the API and the broker stop).
     """
-    if settings.torch_threads < 1:
-        raise SettingsError("torch_threads must be at least 1")
     torch.set_num_threads(settings.torch_threads)
     async with AsyncExitStack() as stack:
         incarnation = f"external:{settings.broker}"
@@ -121,7 +119,10 @@ async def run_service(
             },
         )
         store = VersionedVectorStore(
-            settings.data_dir, keep_versions=settings.versions_kept, vector_dtype=settings.vector_dtype
+            settings.data_dir,
+            keep_versions=settings.versions_kept,
+            vector_dtype=settings.vector_dtype,
+            block_cache_mb=settings.block_cache_mb,
         )
         stack.callback(store.close)
         if store.ensure_broker_incarnation(incarnation):

@@ -45,12 +45,17 @@ class Settings:
     # more threads spin against the broker and the consumer for the same cores.
     torch_threads: int = 1
     vector_dtype: str = "float32"  # how the store keeps new vectors: float32 or float16
+    block_cache_mb: int = 256  # RocksDB block cache for vectors and state (0: RocksDB's default)
 
     def __post_init__(self) -> None:
         if self.vector_dtype not in VECTOR_DTYPES:
             raise SettingsError(
                 f"EMBSTREAM_VECTOR_DTYPE={self.vector_dtype!r} is not one of {', '.join(VECTOR_DTYPES)}"
             )
+        if self.torch_threads < 1:
+            raise SettingsError(f"EMBSTREAM_TORCH_THREADS={self.torch_threads} must be at least 1")
+        if self.block_cache_mb < 0:
+            raise SettingsError(f"EMBSTREAM_BLOCK_CACHE_MB={self.block_cache_mb} must be 0 or more")
 
     @property
     def dlq_topic(self) -> str:

@@ -159,3 +159,15 @@ def test_compaction_and_sst_sizes_per_column_family(tmp_path: Path) -> None:
 def test_an_unknown_vector_dtype_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="vector_dtype"):
         VersionedVectorStore(tmp_path / "db", vector_dtype="float64")
+
+
+def test_the_block_cache_size_is_an_open_option(tmp_path) -> None:
+    for cache_mb in (0, 1):
+        store = VersionedVectorStore(tmp_path / f"db{cache_mb}", block_cache_mb=cache_mb)
+        writer = store.writer()
+        writer.put_vectors("user", ["a"], 1, np.ones((1, 4), dtype=np.float32), 5)
+        writer.commit()
+        assert store.get_record("user", "a")[0].vector.tolist() == [1.0] * 4
+        store.close()
+    with pytest.raises(ValueError, match="block_cache_mb"):
+        VersionedVectorStore(tmp_path / "bad", block_cache_mb=-1)

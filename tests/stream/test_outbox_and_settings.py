@@ -49,3 +49,17 @@ def test_vector_dtype_is_float32_unless_set_to_float16() -> None:
         SettingsError, match="EMBSTREAM_VECTOR_DTYPE='float64' is not one of float32, float16"
     ):
         Settings.from_env({"EMBSTREAM_VECTOR_DTYPE": "float64"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("EMBSTREAM_TORCH_THREADS", "0", "must be at least 1"),
+        ("EMBSTREAM_BLOCK_CACHE_MB", "-1", "must be 0 or more"),
+    ],
+)
+def test_thread_and_cache_settings_are_checked(name: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env({name: value})
+    defaults = Settings.from_env({})
+    assert (defaults.torch_threads, defaults.block_cache_mb) == (1, 256)
