@@ -85,9 +85,16 @@ class TwoTowerModel(nn.Module):
 
     def encode_users(self, batch: UserBatch) -> torch.Tensor:
         own = self.user_ids(batch.user_buckets).sum(dim=1)
-        history = self.item_ids(batch.item_buckets).sum(dim=2)
         weights = functional.softplus(self.type_weight)[batch.type_codes] * batch.weights
-        pooled = (weights.unsqueeze(-1) * history).sum(dim=1) / (weights.sum(dim=1, keepdim=True) + 1e-6)
+        # The weighted sum of the history's item embeddings (both buckets of each item), in
+        # one embedding_bag: no [users, history, 2, id_dim] tensor is materialised.
+        size, length, pair = batch.item_buckets.shape
+        pooled = functional.embedding_bag(
+            batch.item_buckets.reshape(size, length * pair),
+            self.item_ids.weight,
+            per_sample_weights=weights.repeat_interleave(pair, dim=1),
+            mode="sum",
+        ) / (weights.sum(dim=1, keepdim=True) + 1e-6)
         return functional.normalize(self.user_mlp(torch.cat([own, pooled], dim=1)), dim=1)
 
     def encode_items(self, batch: ItemBatch) -> torch.Tensor:

@@ -147,3 +147,23 @@ def test_encoder_tensors_are_the_same_from_both_paths() -> None:
     model = TwoTowerModel(config).eval()
     with torch.inference_mode():
         assert torch.equal(model.encode_users(fast), model.encode_users(slow))
+
+
+def test_the_user_tower_pools_the_history_as_the_explicit_weighted_mean() -> None:
+    config = EncoderConfig(dim=8, id_dim=4, buckets=64, hidden=8, history=5)
+    model = TwoTowerModel(config).eval()
+    with torch.no_grad():
+        model.type_weight.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0, 1.0]))
+    rng = random.Random(5)
+    events = _random_events(rng, ["a", "b", "c"], [f"i{n}" for n in range(9)], 20)
+    columns = _columns(events)
+    users = list(dict.fromkeys(columns.user_ids))
+    _, histories = apply_user_events(users, [None] * len(users), 8, columns, _rows(users, columns.user_ids))
+    batch = user_batch(histories, config)
+    weights = torch.nn.functional.softplus(model.type_weight)[batch.type_codes] * batch.weights
+    history = model.item_ids(batch.item_buckets).sum(dim=2)
+    pooled = (weights.unsqueeze(-1) * history).sum(dim=1) / (weights.sum(dim=1, keepdim=True) + 1e-6)
+    own = model.user_ids(batch.user_buckets).sum(dim=1)
+    expected = torch.nn.functional.normalize(model.user_mlp(torch.cat([own, pooled], dim=1)), dim=1)
+    with torch.inference_mode():
+        assert torch.allclose(model.encode_users(batch), expected, atol=1e-6)
