@@ -260,6 +260,10 @@ def splice_entry(
     """
     if keep < 1:
         raise ValueError("keep must be at least 1")
+    if raw and record_format == COMPACT_RECORD_FORMAT and raw[0] == COMPACT_RECORD_FORMAT:
+        spliced = _splice_newest_compact(raw, version, entry, keep)
+        if spliced is not None:
+            return spliced
     entries: list[tuple[int, bytes]] = [(version, entry)]
     added = True
     if raw:
@@ -272,6 +276,25 @@ def splice_entry(
     evicted = [held for held, _ in entries[keep:]]
     kept = entries[:keep]
     return _record_header(record_format, len(kept)) + b"".join(e for _, e in kept), added, evicted
+
+
+def _splice_newest_compact(
+    raw: bytes, version: int, entry: bytes, keep: int
+) -> tuple[bytes, bool, list[int]] | None:
+    """The two common writes into a format-2 record whose newest entry has a one-byte
+    version: replacing that newest entry, or putting a newer version in front of it (when
+    the cap evicts nothing). ``None`` for anything else (the general path handles it)."""
+    newest = raw[1]
+    if newest >= 0x80 or version < newest:
+        return None
+    spans = _compact_spans(raw)
+    if len(spans) > keep:  # the cap shrank since the record was written
+        return None
+    if version == newest:
+        return _COMPACT_HEADER + entry + b"".join(span for _, span in spans[1:]), False, []
+    if len(spans) >= keep:
+        return None
+    return _COMPACT_HEADER + entry + raw[1:], True, []
 
 
 def _version_of(entry: tuple[int, bytes]) -> int:

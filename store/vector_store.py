@@ -267,16 +267,21 @@ class StoreWriter:
         keys = [entity_key(kind, entity_id) for entity_id in ids]
         stored: list[bytes | None] = self._store._cf["vectors"].get(keys)
         entries = encode_entries(version, updated_at_ms, vectors, COMPACT_RECORD_FORMAT)
+        pending, put = self._pending, self._batch.put
+        added_count = 0
+        evicted_counts: Counter[int] = Counter()
         for key, old, entry in zip(keys, stored, entries, strict=True):
             record, added, evicted = splice_entry(
-                self._pending.get(key, old), version, entry, keep, COMPACT_RECORD_FORMAT
+                pending.get(key, old), version, entry, keep, COMPACT_RECORD_FORMAT
             )
-            self._pending[key] = record
-            if added:
-                self._count_delta[(kind, version)] += 1
-            for gone in evicted:
-                self._count_delta[(kind, gone)] -= 1
-            self._batch.put(key, record, handle)
+            pending[key] = record
+            added_count += added
+            if evicted:
+                evicted_counts.update(evicted)
+            put(key, record, handle)
+        self._count_delta[(kind, version)] += added_count
+        for gone, count in evicted_counts.items():
+            self._count_delta[(kind, gone)] -= count
         self.vectors_written[(kind, version)] += len(ids)
 
     def set_offset(self, topic: str, partition: int, next_offset: int) -> None:

@@ -61,17 +61,22 @@ def test_a_format_1_record_upserted_in_format_2_keeps_its_entries() -> None:
     assert record == encode_record(expected, COMPACT_RECORD_FORMAT)
 
 
-def test_format_2_upsert_on_bytes_matches_upsert_on_entries() -> None:
-    rng = np.random.default_rng(7)
+@pytest.mark.parametrize("keep", [1, 2, 4])
+@pytest.mark.parametrize("ascending", [False, True])
+def test_format_2_upsert_on_bytes_matches_upsert_on_entries(keep: int, ascending: bool) -> None:
+    rng = np.random.default_rng(7 + keep)
     raw: bytes | None = None
     entries: list[VersionedVector] = []
     for step in range(60):
-        version = int(rng.choice([1, 2, 3, 127, 128, 20_000, 2**31]))
+        if ascending:  # as versions are rolled out: mostly the newest again, sometimes the next
+            version = 1 + step // 4 if rng.random() < 0.9 else int(rng.integers(1, 1 + step // 4 + 1))
+        else:
+            version = int(rng.choice([1, 2, 3, 127, 128, 20_000, 2**31]))
         dtype = "float16" if step % 3 == 0 else "float32"
         new = _entry(version, seed=step, dim=int(rng.integers(1, 20)), dtype=dtype)
-        entries, added, evicted = upsert_entry(entries, new, keep=4)
+        entries, added, evicted = upsert_entry(entries, new, keep=keep)
         raw, raw_added, raw_evicted = upsert_record(
-            raw, new.version, new.updated_at_ms, new.vector, 4, COMPACT_RECORD_FORMAT
+            raw, new.version, new.updated_at_ms, new.vector, keep, COMPACT_RECORD_FORMAT
         )
         assert (raw_added, raw_evicted) == (added, evicted)
         assert raw == encode_record(entries, COMPACT_RECORD_FORMAT)
