@@ -129,8 +129,8 @@ def _entry_header(record_format: int, version: int, updated_at_ms: int, dim: int
 
 
 def _varint(value: int) -> bytes:
-    if value < 0:
-        raise RecordFormatError("versions are not negative")
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise RecordFormatError("versions are between 0 and 2**32 - 1")
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -284,6 +284,8 @@ def _splice_newest_compact(
     """The two common writes into a format-2 record whose newest entry has a one-byte
     version: replacing that newest entry, or putting a newer version in front of it (when
     the cap evicts nothing). ``None`` for anything else (the general path handles it)."""
+    if len(raw) < 2:
+        return None
     newest = raw[1]
     if newest >= 0x80 or version < newest:
         return None

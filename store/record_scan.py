@@ -64,7 +64,9 @@ def locate_entry(data: bytes, version: int) -> EntrySpan | None:
 
 def _newest_compact_entry(data: bytes, version: int) -> EntrySpan | None:
     """Format 2, the newest entry asked for and a version below 128 (one varint byte)."""
-    if len(data) < _COMPACT_FIRST_END or data[0] != COMPACT_RECORD_FORMAT or data[1] != version:
+    if version >= 0x80 or len(data) < _COMPACT_FIRST_END:
+        return None
+    if data[0] != COMPACT_RECORD_FORMAT or data[1] != version:
         return None
     low, high, shape = _COMPACT_TAIL.unpack_from(data, 2)
     dtype = _DTYPES.get(shape >> 15)

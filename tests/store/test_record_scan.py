@@ -70,3 +70,22 @@ def test_resolve_matrix_matches_resolve_many_including_float16_rows(tmp_path: Pa
             lookup_one(store, "item", "c", 2)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("dim", [64, 128, 256])
+@pytest.mark.parametrize("newest", [127, 130, 200, 328])
+def test_versions_past_one_varint_byte_are_located_exactly(newest: int, dim: int) -> None:
+    """A version of 128 or more takes two varint bytes: its first byte must never be
+    mistaken for a one-byte version (200 is stored as C8 01, and 0xC8 == 200)."""
+    entries = [
+        VersionedVector(newest, 1_800_000_000_000, np.full(dim, 1.5, dtype=np.float32)),
+        VersionedVector(3, 1_700_000_000_000, np.full(dim, 2.5, dtype=np.float32)),
+    ]
+    record = encode_record(entries, record_format=COMPACT_RECORD_FORMAT)
+    for entry in decode_record(record):
+        span = locate_entry(record, entry.version)
+        assert span is not None and span.updated_at_ms == entry.updated_at_ms
+        assert np.array_equal(span_vector(record, span), entry.vector)
+    for absent in (200, 72, 128 + 72):
+        if absent not in (newest, 3):
+            assert locate_entry(record, absent) is None
