@@ -16,6 +16,8 @@ format 1). ``tests/models/test_state_batch.py`` checks the two against each othe
 
 from __future__ import annotations
 
+import logging
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -49,6 +51,9 @@ _ITEM_STATE = np.dtype(
     ]
 )
 _TAUS = np.array(WINDOWS_SECONDS, dtype=np.float64)
+_USER_HEADER_STRUCT = struct.Struct("<BIQH")
+_EMPTY_ITEM = ItemState().to_bytes()
+log = logging.getLogger("embstream.state")
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,8 @@ def _gather(buffer: np.ndarray, offsets: np.ndarray, dtype: str) -> np.ndarray:
 
 def _scatter(buffer: np.ndarray, offsets: np.ndarray, values: np.ndarray) -> None:
     """Write ``values`` (one per offset, fixed width) into ``buffer`` at byte ``offsets``."""
+    if not len(offsets):
+        return
     raw = np.ascontiguousarray(values).view(np.uint8).reshape(len(offsets), -1)
     buffer[offsets[:, None] + np.arange(raw.shape[1])] = raw
 
@@ -152,11 +159,41 @@ def _rank_in_group(counts: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) - np.repeat(_group_starts(counts), counts)
 
 
-def _as_current_format(raw: bytes | None, window: int) -> bytes | None:
-    """User state in format 3 (older formats are rewritten once, through the reference class)."""
-    if raw is None or raw[0] == USER_STATE_FORMAT:
+def _readable_user_state(user_id: str, raw: bytes | None, window: int) -> bytes | None:
+    """The stored state in format 3, or ``None`` (start afresh) if it is damaged.
+
+    Formats 1 and 2 are rewritten once, through the reference class. A damaged state (cut
+    short, lengths that do not add up) is logged and replaced rather than stopping the
+    worker on every batch; a format this release does not know (a newer release wrote it)
+    raises, since starting afresh would destroy state that is readable elsewhere.
+    """
+    if raw is None:
+        return None
+    if raw and raw[0] > USER_STATE_FORMAT:
+        raise ValueError(f"unknown user state format {raw[0]} (written by a newer release?)")
+    try:
+        if raw[0] != USER_STATE_FORMAT:
+            return UserState.from_bytes(raw, window=window).to_bytes()
+        entries = _USER_HEADER_STRUCT.unpack_from(raw, 0)[3]
+        columns_end = _USER_HEADER.itemsize + _ENTRY_BYTES * entries
+        lengths = struct.unpack_from(f"<{entries}H", raw, _USER_HEADER.itemsize + 13 * entries)
+        if len(raw) == columns_end + sum(lengths):
+            return raw
+    except (ValueError, IndexError, struct.error):
+        pass
+    log.warning("user %r: stored state is damaged (%d bytes); starting it afresh", user_id, len(raw))
+    return None
+
+
+def _readable_item_state(item_id: str, raw: bytes | None) -> bytes:
+    if raw is None:
+        return _EMPTY_ITEM
+    if raw and raw[0] > 1:
+        raise ValueError(f"unknown item state format {raw[0]} (written by a newer release?)")
+    if len(raw) == _ITEM_STATE.itemsize and raw[0] == 1:
         return raw
-    return UserState.from_bytes(raw, window=window).to_bytes()
+    log.warning("item %r: stored state is damaged (%d bytes); starting it afresh", item_id, len(raw))
+    return _EMPTY_ITEM
 
 
 def apply_user_events(
@@ -172,7 +209,7 @@ def apply_user_events(
     :meth:`UserState.add` for each event in order: entries in time order (ties keep
     arrival order), the newest ``window`` kept, lifetime count and last time updated.
     """
-    raws = [_as_current_format(raw, window) for raw in stored]
+    raws = [_readable_user_state(u, raw, window) for u, raw in zip(user_ids, stored, strict=True)]
     present = np.array([raw is not None for raw in raws], dtype=bool)
     sizes = np.array([0 if raw is None else len(raw) for raw in raws], dtype=np.int64)
     n_events = 0 if events is None else len(events)
@@ -307,13 +344,8 @@ def apply_item_events(
     """Apply ``events`` to the stored states of ``item_ids``; same result as
     :meth:`ItemState.add_many` per item (up to the last bit of ``exp``)."""
     items = len(item_ids)
-    empty = ItemState().to_bytes()
-    raw = b"".join(empty if state is None else state for state in stored)
-    if len(raw) != items * _ITEM_STATE.itemsize:
-        raise ValueError("item state of an unknown size")
+    raw = b"".join(_readable_item_state(i, state) for i, state in zip(item_ids, stored, strict=True))
     state = np.frombuffer(raw, dtype=_ITEM_STATE, count=items).copy()
-    if np.any(state["format"] != 1):
-        raise ValueError("unknown item state format")
     if events is not None and len(events):
         assert event_rows is not None
         _update_items(state, events, event_rows.astype(np.int64))

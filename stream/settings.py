@@ -54,6 +54,8 @@ class Settings:
             )
         if self.torch_threads < 1:
             raise SettingsError(f"EMBSTREAM_TORCH_THREADS={self.torch_threads} must be at least 1")
+        if not 1 <= self.user_window <= 65_535:
+            raise SettingsError(f"EMBSTREAM_USER_WINDOW={self.user_window} must be between 1 and 65535")
         if self.block_cache_mb < 0:
             raise SettingsError(f"EMBSTREAM_BLOCK_CACHE_MB={self.block_cache_mb} must be 0 or more")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import struct
 
 import numpy as np
 import pytest
@@ -167,3 +168,66 @@ def test_the_user_tower_pools_the_history_as_the_explicit_weighted_mean() -> Non
     expected = torch.nn.functional.normalize(model.user_mlp(torch.cat([own, pooled], dim=1)), dim=1)
     with torch.inference_mode():
         assert torch.allclose(model.encode_users(batch), expected, atol=1e-6)
+
+
+def _state_with(window: int, events: int, seed: int) -> UserState:
+    rng = random.Random(seed)
+    state = UserState(window=window)
+    for n in range(events):
+        state.add(f"it-{rng.randrange(9)}", rng.randrange(4), None, BASE_TS + rng.randrange(5) * 1000 + n)
+    return state
+
+
+def test_a_smaller_window_keeps_the_newest_entries_and_stored_states_decode_alone() -> None:
+    wide = _state_with(window=8, events=8, seed=1)
+    empty = UserState(window=8)  # stored, but with no entries
+    users, stored = ["wide", "empty", "absent"], [wide.to_bytes(), empty.to_bytes(), None]
+    states, histories = apply_user_events(users, stored, 3)  # backfill form: no events
+    narrow = UserState.from_bytes(wide.to_bytes(), window=3)
+    _assert_same_input(histories[0], narrow.to_input("wide"))
+    assert len(histories[1].item_ids) == 0 and len(histories[2].item_ids) == 0
+    assert states[0] == wide.to_bytes()  # nothing applied: stored bytes stand
+    columns = _columns([("wide", "new-item", 1, None, BASE_TS + 99_000)])
+    states, histories = apply_user_events(["wide"], [wide.to_bytes()], 3, columns, np.array([0]))
+    narrow.add("new-item", 1, None, BASE_TS + 99_000)
+    assert states[0] == narrow.to_bytes()
+
+
+def test_format_1_user_state_is_read() -> None:
+    state = _state_with(window=5, events=7, seed=2)
+    header = struct.pack("<BIQ", 1, state.count, state.last_ts_ms)
+    entries = b"".join(
+        struct.pack("<QBfH", ts, code, value, len(item.encode())) + item.encode()
+        for item, code, value, ts in zip(
+            state.item_ids, state.type_codes, state.values, state.timestamps_ms, strict=True
+        )
+    )
+    states, histories = apply_user_events(["u"], [header + entries], 5)
+    assert states[0] == state.to_bytes()
+    _assert_same_input(histories[0], state.to_input("u"))
+
+
+def test_damaged_stored_states_start_afresh_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    good = _state_with(window=4, events=3, seed=3).to_bytes()
+    damaged = [good[:-1], good + b"x", good[:10], b"", bytes([2]) + good[1:12]]
+    users = [f"d{n}" for n in range(len(damaged))] + ["good"]
+    columns = _columns([(user, "i", 0, None, BASE_TS + 5) for user in users])
+    with caplog.at_level("WARNING", logger="embstream.state"):
+        states, _ = apply_user_events(users, [*damaged, good], 4, columns, np.arange(len(users)))
+    fresh = UserState(window=4)
+    fresh.add("i", 0, None, BASE_TS + 5)
+    assert states[: len(damaged)] == [fresh.to_bytes()] * len(damaged)
+    expected = UserState.from_bytes(good, window=4)
+    expected.add("i", 0, None, BASE_TS + 5)
+    assert states[-1] == expected.to_bytes()
+    assert sum("damaged" in record.message for record in caplog.records) == len(damaged)
+    item_states, counts = apply_item_events(["a", "b"], [ItemState().to_bytes()[:-3], None])
+    assert item_states == [ItemState().to_bytes()] * 2 and counts.counts.sum() == 0
+
+
+def test_a_window_of_one_and_states_from_a_newer_release() -> None:
+    columns = _columns([("u", "i1", 0, None, BASE_TS), ("u", "i2", 0, None, BASE_TS + 1)])
+    _, histories = apply_user_events(["u"], [None], 1, columns, np.array([0, 0]))
+    assert histories[0].item_ids == ("i2",)
+    with pytest.raises(ValueError, match="newer release"):
+        apply_item_events(["a"], [bytes([7]) + ItemState().to_bytes()[1:]])

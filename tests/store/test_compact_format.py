@@ -176,3 +176,20 @@ def test_the_block_cache_size_is_an_open_option(tmp_path) -> None:
         store.close()
     with pytest.raises(ValueError, match="block_cache_mb"):
         VersionedVectorStore(tmp_path / "bad", block_cache_mb=-1)
+
+
+def test_a_smaller_cap_applies_on_the_next_write() -> None:
+    raw: bytes | None = None
+    entries: list[VersionedVector] = []
+    for version in (1, 2, 3, 4):
+        new = _entry(version, seed=version, dim=3, dtype="float32")
+        entries, _, _ = upsert_entry(entries, new, keep=4)
+        raw, _, _ = upsert_record(raw, version, new.updated_at_ms, new.vector, 4, COMPACT_RECORD_FORMAT)
+    for version in (4, 5):  # replacing the newest, then a newer one, with the cap down to 2
+        new = _entry(version, seed=10 + version, dim=3, dtype="float32")
+        entries, added, evicted = upsert_entry(entries, new, keep=2)
+        raw, raw_added, raw_evicted = upsert_record(
+            raw, version, new.updated_at_ms, new.vector, 2, COMPACT_RECORD_FORMAT
+        )
+        assert (raw_added, raw_evicted) == (added, evicted) and evicted
+        assert raw == encode_record(entries, COMPACT_RECORD_FORMAT)

@@ -63,3 +63,9 @@ def test_thread_and_cache_settings_are_checked(name: str, value: str, message: s
         Settings.from_env({name: value})
     defaults = Settings.from_env({})
     assert (defaults.torch_threads, defaults.block_cache_mb) == (1, 256)
+
+
+@pytest.mark.parametrize("window", ["0", "65536"])
+def test_the_user_window_fits_the_state_format(window: str) -> None:
+    with pytest.raises(SettingsError, match="EMBSTREAM_USER_WINDOW"):
+        Settings.from_env({"EMBSTREAM_USER_WINDOW": window})
