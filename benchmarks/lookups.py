@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -246,6 +247,25 @@ def wait_ready(ready: Callable[[], bool], process: subprocess.Popen[bytes], time
         time.sleep(0.05)
 
 
+async def lean_single_client(base: str) -> tuple[Request, Callable[[], None]]:
+    """Single GETs over one keep-alive connection with hand-written HTTP/1.1: the server's
+    latency with as little client cost as Python allows (the aiohttp client adds about as
+    much as the server spends)."""
+    host, _, port = base.removeprefix("http://").partition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    lock = asyncio.Lock()
+
+    async def send(ids: list[str]) -> bool:
+        async with lock:
+            writer.write(f"GET /v1/embeddings/{KIND}/{ids[0]} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+            body = await reader.readexactly(int(length.group(1)) if length else 0)
+        return head.startswith(b"HTTP/1.1 200") and len(orjson.loads(body)["vector"]) == DIM
+
+    return send, writer.close
+
+
 async def measure_api(base: str, entities: int, duration_s: float) -> dict[str, Any]:
     import aiohttp
 
@@ -273,6 +293,11 @@ async def measure_api(base: str, entities: int, duration_s: float) -> dict[str, 
             return send
 
         results = {"get": await scenario(single, entities, 1, SINGLE_RATE, duration_s)}
+        lean, close = await lean_single_client(base)
+        try:
+            results["get_lean_client"] = await scenario(lean, entities, 1, SINGLE_RATE, duration_s)
+        finally:
+            close()
         for size in BATCH_SIZES:
             for binary in (False, True):
                 name = f"batch_{size}_{'binary' if binary else 'json'}"
