@@ -6,6 +6,7 @@ partition assignment, while 2.3's worked (its producer and admin client work in 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Iterator
 from typing import IO
@@ -98,6 +99,11 @@ def send_records(
             if progress is not None and sent % 10_000 == 0:
                 print(f"sent {sent:,}", file=progress, flush=True)
         producer.flush()
-    finally:
-        producer.close()
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM): kafka-python's close can fail half-way through its
+        # own shutdown; the interrupt is what the caller needs to see, not that.
+        with contextlib.suppress(Exception):
+            producer.close(timeout=1)
+        raise
+    producer.close()
     return sent
