@@ -37,7 +37,8 @@ ITEM_FEATURES = len(EVENT_TYPES) * len(WINDOWS_SECONDS) + len(EVENT_TYPES)
 
 _USER_HEADER = struct.Struct("<BIQ")  # format 1: format, lifetime count, last ts
 _USER_ENTRY = struct.Struct("<QBfH")  # format 1: ts, type code, value (NaN if none), id length
-_USER_HEADER_V2 = struct.Struct("<BIQH")  # formats 2 and 3: format, lifetime count, last ts, entries
+#: Header of user state formats 2 and 3: format, lifetime count, last ts, entries.
+USER_STATE_HEADER = struct.Struct("<BIQH")
 USER_STATE_FORMAT = 3
 _ITEM_FORMAT = struct.Struct(f"<BQ{len(EVENT_TYPES) * len(WINDOWS_SECONDS)}d{len(EVENT_TYPES)}IQQ")
 
@@ -107,7 +108,7 @@ class UserState:
         n = len(ids)
         return b"".join(
             (
-                _USER_HEADER_V2.pack(USER_STATE_FORMAT, self.count, self.last_ts_ms, n),
+                USER_STATE_HEADER.pack(USER_STATE_FORMAT, self.count, self.last_ts_ms, n),
                 struct.pack(f"<{n}Q", *self.timestamps_ms),
                 bytes(self.type_codes),
                 struct.pack(f"<{n}f", *self.values),
@@ -121,10 +122,10 @@ class UserState:
     def from_bytes(cls, data: bytes, window: int = 50) -> UserState:
         if data[0] == 1:
             return cls._from_bytes_v1(data, window)
-        fmt, count, last_ts, n = _USER_HEADER_V2.unpack_from(data, 0)
+        fmt, count, last_ts, n = USER_STATE_HEADER.unpack_from(data, 0)
         if fmt not in (2, USER_STATE_FORMAT):
             raise ValueError(f"unknown user state format {fmt}")
-        offset = _USER_HEADER_V2.size
+        offset = USER_STATE_HEADER.size
         stamps = list(struct.unpack_from(f"<{n}Q", data, offset))
         offset += 8 * n
         codes = list(data[offset : offset + n])

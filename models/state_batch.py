@@ -27,6 +27,7 @@ from models.features import (
     EVENT_TYPES,
     ITEM_FEATURES,
     USER_STATE_FORMAT,
+    USER_STATE_HEADER,
     WINDOWS_SECONDS,
     ItemInput,
     ItemState,
@@ -39,6 +40,7 @@ __all__ = ["EventColumns", "ItemCounts", "UserHistories", "apply_item_events", "
 
 _USER_HEADER = np.dtype([("format", "u1"), ("count", "<u4"), ("last_ts", "<u8"), ("entries", "<u2")])
 _ENTRY_BYTES = 8 + 1 + 4 + 2 + 8  # timestamp, code, value, id length, id hash
+assert _USER_HEADER.itemsize == USER_STATE_HEADER.size
 _N_DECAYED = len(EVENT_TYPES) * len(WINDOWS_SECONDS)
 _ITEM_STATE = np.dtype(
     [
@@ -51,7 +53,6 @@ _ITEM_STATE = np.dtype(
     ]
 )
 _TAUS = np.array(WINDOWS_SECONDS, dtype=np.float64)
-_USER_HEADER_STRUCT = struct.Struct("<BIQH")
 _EMPTY_ITEM = ItemState().to_bytes()
 log = logging.getLogger("embstream.state")
 
@@ -174,7 +175,7 @@ def _readable_user_state(user_id: str, raw: bytes | None, window: int) -> bytes 
     try:
         if raw[0] != USER_STATE_FORMAT:
             return UserState.from_bytes(raw, window=window).to_bytes()
-        entries = _USER_HEADER_STRUCT.unpack_from(raw, 0)[3]
+        entries = USER_STATE_HEADER.unpack_from(raw, 0)[3]
         columns_end = _USER_HEADER.itemsize + _ENTRY_BYTES * entries
         lengths = struct.unpack_from(f"<{entries}H", raw, _USER_HEADER.itemsize + 13 * entries)
         if len(raw) == columns_end + sum(lengths):
