@@ -265,9 +265,13 @@ class StoreWriter:
         if self._store.vector_dtype == "float16":
             vectors = vectors.astype(np.float16)
         keys = [entity_key(kind, entity_id) for entity_id in ids]
-        stored: list[bytes | None] = self._store._cf["vectors"].get(keys)
-        entries = encode_entries(version, updated_at_ms, vectors, COMPACT_RECORD_FORMAT)
         pending, put = self._pending, self._batch.put
+        # Records this batch already wrote (dual write: the same ids at a second version)
+        # are taken from the batch, not read again.
+        unread = [key for key in keys if key not in pending]
+        fetched = dict(zip(unread, self._store._cf["vectors"].get(unread), strict=True)) if unread else {}
+        stored = [fetched.get(key) for key in keys]
+        entries = encode_entries(version, updated_at_ms, vectors, COMPACT_RECORD_FORMAT)
         added_count = 0
         evicted_counts: Counter[int] = Counter()
         for key, old, entry in zip(keys, stored, entries, strict=True):

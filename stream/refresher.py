@@ -29,10 +29,6 @@ MAX_DEAD_LETTER_BYTES = 512 * 1024
 _NAN = float("nan")
 
 
-def _value_or_nan(value: float | None) -> float:
-    return _NAN if value is None else value
-
-
 def _distinct(keys: list[str]) -> tuple[list[str], np.ndarray]:
     """The distinct keys in first-seen order, and each key's row among them."""
     index = {key: row for row, key in enumerate(dict.fromkeys(keys))}
