@@ -8,6 +8,10 @@ through the store's writer, version 3 serving), then measures:
 - ``api``: the real aiohttp app from ``create_app`` in a child process (its own interpreter
   and event loop), read over loopback HTTP by an aiohttp ``ClientSession`` (keep-alive
   pool) in this process: single GET, and batches of 100 and 1,000 ids as JSON and binary;
+- both with the worker's default serving cache, warmed (``in_process``, ``api``), and
+  without one, every read from RocksDB (``in_process_rocksdb``, ``api_rocksdb``);
+- ``api_floor``: single GETs against an aiohttp app answering one prepared body of the same
+  size, no store: the cost of aiohttp, loopback and the client, before any lookup work;
 - ``redis``: ``redis-server`` (no persistence, loopback, temp dir) holding the serving
   vectors as raw float32 bytes under the same keys, read by redis-py's asyncio client:
   ``GET`` and ``MGET`` of 100 and 1,000 keys.
@@ -54,6 +58,9 @@ BATCH_RATE = 50.0
 BATCH_SIZES = (100, 1_000)
 WARMUP_S = 0.5
 KIND = "user"
+#: The API and in-process reads run with the worker's default serving cache
+#: (``EMBSTREAM_SERVING_CACHE_MB``) and again without one (``*_rocksdb``: RocksDB only).
+SERVING_CACHE_MB = 512
 ROOT = Path(__file__).resolve().parent.parent
 
 Request = Callable[[list[str]], Awaitable[bool]]
@@ -159,9 +166,11 @@ async def scenario(
     )
 
 
-def measure_in_process(store_path: Path, entities: int, duration_s: float) -> dict[str, Any]:
+def measure_in_process(
+    store_path: Path, entities: int, duration_s: float, serving_cache_mb: int = 0
+) -> dict[str, Any]:
     """The direct read path, back to back, for a share of ``duration_s`` per case."""
-    store = VersionedVectorStore(store_path)
+    store = open_store(store_path, serving_cache_mb)
     cases: dict[str, tuple[Callable[[list[str]], object], int]] = {
         "lookup_many_1": (lambda ids: lookup_many(store, KIND, ids, VERSIONS[-1]), 1),
         "lookup_many_100": (lambda ids: lookup_many(store, KIND, ids, VERSIONS[-1]), 100),
@@ -195,28 +204,78 @@ def time_calls(
 # ----- the API in a child process --------------------------------------------------------
 
 
-def serve(store_path: Path, port: int) -> None:
+def open_store(store_path: Path, serving_cache_mb: int) -> VersionedVectorStore:
+    """The store as a worker opens it, its serving cache (if any) warmed before reads start."""
+    store = VersionedVectorStore(store_path, serving_cache_mb=serving_cache_mb)
+    store.warm_serving_cache()
+    return store
+
+
+#: What a child API process serves: the real app with the serving cache, the real app on
+#: RocksDB only, or aiohttp's floor (one constant answer of a single GET's size, no store).
+SERVE_MODES = ("cache", "rocksdb", "floor")
+
+
+def serve(store_path: Path, port: int, mode: str) -> None:
     """Child process: the real app over the store (no worker, no rollout), until killed."""
     from aiohttp import web
+
+    if mode == "floor":
+        web.run_app(floor_app(), host="127.0.0.1", port=port, access_log=None, print=None)
+        return
 
     from models.registry import EncoderRegistry
     from stream.api import ApiContext, create_app
     from stream.metrics import Metrics
 
-    store = VersionedVectorStore(store_path)
+    store = open_store(store_path, SERVING_CACHE_MB if mode == "cache" else 0)
     registry = EncoderRegistry(Path(tempfile.mkdtemp(prefix="embstream-bench-registry-")))
     context = ApiContext(store=store, metrics=Metrics(), registry=registry, health=lambda: {"store": "ready"})
     web.run_app(create_app(context), host="127.0.0.1", port=port, access_log=None, print=None)
 
 
+def floor_app() -> Any:
+    """An aiohttp app answering every single GET with the same prepared body (a real
+    answer's size): what aiohttp and loopback cost before any lookup work."""
+    from aiohttp import web
+
+    body = orjson.dumps(
+        {
+            "kind": KIND,
+            "id": entity_id(0),
+            "version": VERSIONS[-1],
+            "vector": vectors_of(VERSIONS[-1], 0, 1)[0],
+            "updated_at": 1_000 * VERSIONS[-1],
+            "source": "native",
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/v1/embeddings/{kind}/{id}", answer)
+    app.router.add_get("/healthz", answer)
+    return app
+
+
 @contextmanager
-def api_process(store_path: Path) -> Iterator[str]:
+def api_process(store_path: Path, mode: str) -> Iterator[str]:
     port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    command = [sys.executable, "-m", "benchmarks.lookups", "serve", str(store_path), str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.lookups",
+        "serve",
+        str(store_path),
+        str(port),
+        mode,
+    ]
     process = subprocess.Popen(command, env=env, cwd=ROOT)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -266,7 +325,9 @@ async def lean_single_client(base: str) -> tuple[Request, Callable[[], None]]:
     return send, writer.close
 
 
-async def measure_api(base: str, entities: int, duration_s: float) -> dict[str, Any]:
+async def measure_api(
+    base: str, entities: int, duration_s: float, single_only: bool = False
+) -> dict[str, Any]:
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=60)
@@ -298,6 +359,8 @@ async def measure_api(base: str, entities: int, duration_s: float) -> dict[str, 
             results["get_lean_client"] = await scenario(lean, entities, 1, SINGLE_RATE, duration_s)
         finally:
             close()
+        if single_only:
+            return results
         for size in BATCH_SIZES:
             for binary in (False, True):
                 name = f"batch_{size}_{'binary' if binary else 'json'}"
@@ -410,8 +473,13 @@ def run_lookups(work_dir: Path, entities: int = 200_000, duration_s: float = 5.0
         },
         "build_store_s": build_store(store_path, entities),
     }
-    result["in_process"] = measure_in_process(store_path, entities, duration_s)
-    with api_process(store_path) as base:
+    result["in_process"] = measure_in_process(store_path, entities, duration_s, SERVING_CACHE_MB)
+    result["in_process_rocksdb"] = measure_in_process(store_path, entities, duration_s)
+    with api_process(store_path, "floor") as base:
+        result["api_floor"] = asyncio.run(measure_api(base, entities, duration_s, single_only=True))
+    with api_process(store_path, "rocksdb") as base:
+        result["api_rocksdb"] = asyncio.run(measure_api(base, entities, duration_s))
+    with api_process(store_path, "cache") as base:
         result["api"] = asyncio.run(measure_api(base, entities, duration_s))
         if shutil.which("redis-server") is None:
             result["redis"] = {"skipped": "redis-server is not on PATH"}
@@ -425,7 +493,7 @@ def run_lookups(work_dir: Path, entities: int = 200_000, duration_s: float = 5.0
 
 def main() -> None:
     if sys.argv[1:2] == ["serve"]:
-        serve(Path(sys.argv[2]), int(sys.argv[3]))
+        serve(Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
         return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

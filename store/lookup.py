@@ -11,6 +11,7 @@ import numpy as np
 from store.errors import NoServingVersionError, StoreError, VersionNotFoundError
 from store.record import VersionedVector
 from store.record_scan import EntrySpan, locate_entry, span_vector
+from store.serving_cache import CacheHits
 from store.vector_store import VersionedVectorStore
 
 __all__ = [
@@ -121,6 +122,9 @@ def resolve_many(
     :class:`NoServingVersionError` and, when a vector would have to be carried but cannot,
     :class:`VersionUnreachableError`.
     """
+    cached = _read_cache(store, kind, ids, version)
+    if cached is not None:
+        return cached.target, _many_with_cache(store, kind, ids, cached)
     found = _locate(store, kind, ids, version, carry is not None)
     resolved: list[ResolvedVector | None] = [None] * len(ids)
     for row, raw, span in found.native:
@@ -143,6 +147,9 @@ def resolve_matrix(
     Same version rules and errors. Raises :class:`StoreError` if the rows of the version
     answered do not share one dimension (a matrix cannot hold them).
     """
+    cached = _read_cache(store, kind, ids, version)
+    if cached is not None:
+        return _matrix_with_cache(store, kind, ids, cached)
     found = _locate(store, kind, ids, version, carry is not None)
     native = _native_matrix(found.native, found.target)
     if found.to_carry:
@@ -158,6 +165,101 @@ def resolve_matrix(
         updated_at_ms=[span.updated_at_ms for _, _, span in rows],
         sources=sources,
         missing=[entity_id for row, entity_id in enumerate(ids) if row not in present],
+    )
+
+
+# ----- the serving cache (store.serving_cache) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Cached:
+    """A read answered from the serving cache where it could be: ``missed`` lists the
+    request positions the cache did not hold (read from RocksDB next)."""
+
+    target: int
+    hits: CacheHits
+    missed: list[int]
+
+
+def _read_cache(
+    store: VersionedVectorStore, kind: str, ids: list[str], version: int | None
+) -> _Cached | None:
+    """The cache's part of a read at the serving version; ``None`` when the cache cannot
+    answer (no cache, another version asked, or the cache holds another version)."""
+    cache, serving = store.serving_cache, store.serving_version
+    if cache is None or serving is None or version not in (None, serving):
+        return None
+    hits = cache.read(kind, serving, ids)
+    if hits is None:
+        return None
+    if len(hits.positions) == len(ids):
+        return _Cached(serving, hits, [])
+    held = np.zeros(len(ids), dtype=bool)
+    held[hits.positions] = True
+    return _Cached(serving, hits, np.flatnonzero(~held).tolist())
+
+
+def _read_missed(
+    store: VersionedVectorStore, kind: str, ids: list[str], cached: _Cached
+) -> tuple[list[int], np.ndarray, list[int]]:
+    """The missed ids read from RocksDB at the cache's version, and copied into the cache:
+    request positions found, their float32 rows, their write times."""
+    missed_ids = [ids[at] for at in cached.missed]
+    found = _locate(store, kind, missed_ids, cached.target, may_carry=False)
+    matrix = _native_matrix(found.native, cached.target)
+    stamps = [span.updated_at_ms for _, _, span in found.native]
+    if found.native:
+        assert store.serving_cache is not None
+        store.serving_cache.fill(
+            kind, cached.target, [missed_ids[row] for row, _, _ in found.native], matrix, np.asarray(stamps)
+        )
+    return [cached.missed[row] for row, _, _ in found.native], matrix, stamps
+
+
+def _many_with_cache(
+    store: VersionedVectorStore, kind: str, ids: list[str], cached: _Cached
+) -> list[ResolvedVector | None]:
+    resolved: list[ResolvedVector | None] = [None] * len(ids)
+    hits, target = cached.hits, cached.target
+    for row, (at, stamp) in enumerate(zip(hits.positions.tolist(), hits.updated_at_ms.tolist(), strict=True)):
+        resolved[at] = ResolvedVector(kind, ids[at], target, hits.vectors[row], stamp)
+    if cached.missed:
+        positions, matrix, stamps = _read_missed(store, kind, ids, cached)
+        for row, (at, stamp) in enumerate(zip(positions, stamps, strict=True)):
+            resolved[at] = ResolvedVector(kind, ids[at], target, matrix[row].copy(), stamp)
+    return resolved
+
+
+def _matrix_with_cache(
+    store: VersionedVectorStore, kind: str, ids: list[str], cached: _Cached
+) -> ResolvedMatrix:
+    hits = cached.hits
+    positions, vectors, stamps = hits.positions, hits.vectors, hits.updated_at_ms
+    if cached.missed:
+        found_at, matrix, found_stamps = _read_missed(store, kind, ids, cached)
+        if found_at:
+            if len(positions) and matrix.shape[1] != vectors.shape[1]:
+                raise StoreError(f"vectors of version {cached.target} differ in dimension")
+            positions = np.concatenate([positions, np.asarray(found_at, dtype=np.int64)])
+            order = np.argsort(positions, kind="stable")
+            positions = positions[order]
+            vectors = (np.concatenate([vectors, matrix]) if len(hits.positions) else matrix)[order]
+            stamps = np.concatenate([stamps, np.asarray(found_stamps, dtype=np.int64)])[order]
+    present = positions.tolist()
+    missing: list[str] = []
+    if len(present) != len(ids):
+        held = set(present)
+        missing = [entity_id for at, entity_id in enumerate(ids) if at not in held]
+    if not present:
+        vectors = np.empty((0, 0), dtype=np.float32)
+    return ResolvedMatrix(
+        kind=kind,
+        version=cached.target,
+        ids=[ids[at] for at in present],
+        vectors=vectors,
+        updated_at_ms=stamps.tolist(),
+        sources=["native"] * len(present),
+        missing=missing,
     )
 
 

@@ -17,6 +17,7 @@ Column families:
 from __future__ import annotations
 
 import struct
+import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,6 +29,8 @@ from rocksdict import BlockBasedOptions, Cache, DBCompressionType, Options, Rdic
 from store.errors import StoreError, StoreOpenError
 from store.keys import KINDS, entity_key
 from store.record import COMPACT_RECORD_FORMAT, VersionedVector, decode_record, encode_entries, splice_entry
+from store.record_scan import locate_entry, span_vector
+from store.serving_cache import ServingCache
 
 __all__ = ["StoreWriter", "VersionedVectorStore"]
 
@@ -92,6 +95,7 @@ class VersionedVectorStore:
         keep_versions: int = 5,
         vector_dtype: str = "float32",
         block_cache_mb: int = DEFAULT_BLOCK_CACHE_MB,
+        serving_cache_mb: int = 0,
     ) -> None:
         if not 1 <= keep_versions <= 255:
             raise ValueError("keep_versions must be between 1 and 255")
@@ -104,6 +108,8 @@ class VersionedVectorStore:
         self.path.mkdir(parents=True, exist_ok=True)
         if block_cache_mb < 0:
             raise ValueError("block_cache_mb must be 0 (RocksDB's default) or more")
+        if serving_cache_mb < 0:
+            raise ValueError("serving_cache_mb must be 0 (no serving cache) or more")
         # One LRU block cache shared by vectors and state: reads of a hot set skip the
         # block parse from the page cache (about 2x on multi-gets of 1,000 random ids).
         cache = Cache(block_cache_mb << 20) if block_cache_mb else None
@@ -124,6 +130,14 @@ class VersionedVectorStore:
                 break
             kind, version = key[len(_COUNT_PREFIX) :].decode().split(":")
             self._counts[(kind, int(version))] = _U64.unpack(value)[0]
+        # One process owns the store (RocksDB's lock), so the serving version is kept in
+        # memory too: every lookup reads it.
+        serving = self._db.get(_SERVING_KEY)
+        self._serving: int | None = None if serving is None else _U64.unpack(serving)[0]
+        #: The serving version's vectors in memory (:mod:`store.serving_cache`), or ``None``.
+        self.serving_cache = ServingCache(serving_cache_mb << 20) if serving_cache_mb else None
+        if self.serving_cache is not None:
+            self.serving_cache.reset(self._serving)
 
     # ----- reads -------------------------------------------------------------------------
 
@@ -179,11 +193,51 @@ class VersionedVectorStore:
 
     @property
     def serving_version(self) -> int | None:
-        value = self._db.get(_SERVING_KEY)
-        return None if value is None else _U64.unpack(value)[0]
+        return self._serving
 
     def set_serving_version(self, version: int) -> None:
+        """Serve ``version`` from now on; the serving cache starts afresh if it changed."""
         self._db.put(_SERVING_KEY, _U64.pack(version))
+        changed = version != self._serving
+        self._serving = version
+        if changed and self.serving_cache is not None:
+            self.serving_cache.reset(version)
+
+    def warm_serving_cache(
+        self, kinds: Sequence[str] = KINDS, chunk: int = 10_000, stop: threading.Event | None = None
+    ) -> int:
+        """Copy the serving version's stored vectors into the serving cache (a scan of the
+        vectors column family; safe while the worker writes, see :mod:`store.serving_cache`).
+
+        Stops early when the cache is full, the serving version changes or ``stop`` is set
+        (set it, and wait for the return, before closing the store). Returns how many vectors
+        were copied (0 without a cache or a serving version).
+        """
+        cache, version = self.serving_cache, self._serving
+        if cache is None or version is None:
+            return 0
+        copied = 0
+        for kind in kinds:
+            prefix = entity_key(kind, "")
+            ids: list[str] = []
+            vectors: list[np.ndarray] = []
+            stamps: list[int] = []
+            for key, raw in self._cf["vectors"].items(from_key=prefix):
+                if not key.startswith(prefix):
+                    break
+                span = locate_entry(raw, version)
+                if span is None:
+                    continue
+                ids.append(key[len(prefix) :].decode("utf-8"))
+                vectors.append(span_vector(raw, span))
+                stamps.append(span.updated_at_ms)
+                if len(ids) >= chunk:
+                    copied += _fill(cache, kind, version, ids, vectors, stamps)
+                    ids, vectors, stamps = [], [], []
+                    if cache.full() or cache.version != version or (stop is not None and stop.is_set()):
+                        return copied
+            copied += _fill(cache, kind, version, ids, vectors, stamps)
+        return copied
 
     def compact(self) -> None:
         """Flush memtables and compact every column family fully (e.g. to measure its size)."""
@@ -236,6 +290,19 @@ class VersionedVectorStore:
         self._db.close()
 
 
+def _fill(
+    cache: ServingCache, kind: str, version: int, ids: list[str], vectors: list[np.ndarray], stamps: list[int]
+) -> int:
+    if not ids:
+        return 0
+    try:
+        matrix = np.stack(vectors)
+    except ValueError:  # rows of one version differ in dimension: leave them to RocksDB
+        return 0
+    cache.fill(kind, version, ids, matrix, np.asarray(stamps, dtype=np.int64))
+    return len(ids)
+
+
 class StoreWriter:
     """Accumulates state, vectors and offsets, then writes them in one atomic batch."""
 
@@ -245,6 +312,9 @@ class StoreWriter:
         self._count_delta: Counter[tuple[str, int]] = Counter()
         self._pending: dict[bytes, bytes] = {}
         self.vectors_written: Counter[tuple[str, int]] = Counter()
+        # What the serving cache learns once the batch is written, in write order:
+        # ("upsert", kind, version, ids, vectors, updated_at) or ("discard", kind, version, ids).
+        self._cache_updates: list[tuple[Any, ...]] = []
 
     def put_state(self, kind: str, entity_id: str, state: bytes) -> None:
         self._batch.put(entity_key(kind, entity_id), state, self._store._handles["state"])
@@ -274,7 +344,8 @@ class StoreWriter:
         entries = encode_entries(version, updated_at_ms, vectors, COMPACT_RECORD_FORMAT)
         added_count = 0
         evicted_counts: Counter[int] = Counter()
-        for key, old, entry in zip(keys, stored, entries, strict=True):
+        evicted_ids: dict[int, list[str]] = {}
+        for entity_id, key, old, entry in zip(ids, keys, stored, entries, strict=True):
             record, added, evicted = splice_entry(
                 pending.get(key, old), version, entry, keep, COMPACT_RECORD_FORMAT
             )
@@ -282,7 +353,14 @@ class StoreWriter:
             added_count += added
             if evicted:
                 evicted_counts.update(evicted)
+                for gone in evicted:
+                    evicted_ids.setdefault(gone, []).append(entity_id)
             put(key, record, handle)
+        if self._store.serving_cache is not None:
+            self._cache_updates.append(("upsert", kind, version, list(ids), vectors, updated_at_ms))
+            self._cache_updates.extend(
+                ("discard", kind, gone, gone_ids) for gone, gone_ids in evicted_ids.items()
+            )
         self._count_delta[(kind, version)] += added_count
         for gone, count in evicted_counts.items():
             self._count_delta[(kind, gone)] -= count
@@ -312,3 +390,11 @@ class StoreWriter:
         self._batch = WriteBatch(raw_mode=True)
         self._count_delta.clear()
         self._pending.clear()
+        updates, self._cache_updates = self._cache_updates, []
+        cache = store.serving_cache
+        if cache is not None:
+            for operation, *arguments in updates:
+                if operation == "upsert":
+                    cache.upsert(*arguments)
+                else:
+                    cache.discard(*arguments)

@@ -264,6 +264,7 @@ def create_app(context: ApiContext) -> web.Application:
             context.store.serving_version,
             context.active_version,
             None if context.controller is None else context.controller.describe(),
+            context.store.serving_cache,
         )
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 

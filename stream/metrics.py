@@ -7,7 +7,10 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from store.serving_cache import ServingCache
 
 __all__ = ["LAG_BUCKETS_SECONDS", "Metrics"]
 
@@ -66,6 +69,7 @@ class Metrics:
         serving: int | None,
         active: int | None,
         rollout: dict[str, Any] | None = None,
+        serving_cache: ServingCache | None = None,
     ) -> str:
         """The Prometheus exposition text."""
         lines = [
@@ -113,6 +117,21 @@ class Metrics:
         for kind, progress in ((rollout or {}).get("backfill") or {}).items():
             lines.append(f'embstream_backfill_entities{{kind="{kind}",state="done"}} {progress["done"]}')
             lines.append(f'embstream_backfill_entities{{kind="{kind}",state="total"}} {progress["total"]}')
+        if serving_cache is not None:
+            lines += [
+                "# HELP embstream_serving_cache_vectors Serving-version vectors held in memory, by kind.",
+                "# TYPE embstream_serving_cache_vectors gauge",
+                *(
+                    f'embstream_serving_cache_vectors{{kind="{kind}"}} {serving_cache.held(kind)}'
+                    for kind in entities
+                ),
+                "# HELP embstream_serving_cache_bytes Bytes the serving cache counts against its budget.",
+                "# TYPE embstream_serving_cache_bytes gauge",
+                f"embstream_serving_cache_bytes {serving_cache.used_bytes}",
+                "# HELP embstream_serving_cache_budget_bytes The serving cache's budget.",
+                "# TYPE embstream_serving_cache_budget_bytes gauge",
+                f"embstream_serving_cache_budget_bytes {serving_cache.budget_bytes}",
+            ]
         lines += [
             "# HELP embstream_batches_total Micro-batches processed.",
             "# TYPE embstream_batches_total counter",

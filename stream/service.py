@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -63,6 +64,31 @@ def prepare_registry(registry: EncoderRegistry, settings: Settings, store: Versi
     latest = registry.latest()
     assert latest is not None
     return latest
+
+
+async def _start_warming(store: VersionedVectorStore, stack: AsyncExitStack) -> None:
+    """Copy the serving version's vectors into the serving cache in the background (lookups
+    read RocksDB for what is not copied yet); stopped and awaited before the store closes."""
+    if store.serving_cache is None or store.serving_version is None:
+        return
+    stop = threading.Event()
+
+    def warm() -> None:
+        started = time.monotonic()
+        copied = store.warm_serving_cache(stop=stop)
+        if not stop.is_set():
+            say(
+                f"serving cache: {copied} vectors of version {store.serving_version} in memory "
+                f"({time.monotonic() - started:.1f} s)"
+            )
+
+    warming = asyncio.ensure_future(asyncio.to_thread(warm))
+
+    async def stop_warming() -> None:
+        stop.set()
+        await warming
+
+    stack.push_async_callback(stop_warming)
 
 
 def worker_identity(store: VersionedVectorStore) -> str:
@@ -123,8 +149,10 @@ async def run_service(
             keep_versions=settings.versions_kept,
             vector_dtype=settings.vector_dtype,
             block_cache_mb=settings.block_cache_mb,
+            serving_cache_mb=settings.serving_cache_mb,
         )
         stack.callback(store.close)
+        await _start_warming(store, stack)
         if store.ensure_broker_incarnation(incarnation):
             say("the broker changed since the last run: source offsets reset, entity state kept")
         metrics = Metrics()

@@ -46,6 +46,8 @@ class Settings:
     torch_threads: int = 1
     vector_dtype: str = "float32"  # how the store keeps new vectors: float32 or float16
     block_cache_mb: int = 256  # RocksDB block cache for vectors and state (0: RocksDB's default)
+    # The serving version's vectors in memory for lookups (0: off; reads go to RocksDB).
+    serving_cache_mb: int = 512
 
     def __post_init__(self) -> None:
         if self.vector_dtype not in VECTOR_DTYPES:
@@ -58,6 +60,8 @@ class Settings:
             raise SettingsError(f"EMBSTREAM_USER_WINDOW={self.user_window} must be between 1 and 65535")
         if self.block_cache_mb < 0:
             raise SettingsError(f"EMBSTREAM_BLOCK_CACHE_MB={self.block_cache_mb} must be 0 or more")
+        if self.serving_cache_mb < 0:
+            raise SettingsError(f"EMBSTREAM_SERVING_CACHE_MB={self.serving_cache_mb} must be 0 or more")
 
     @property
     def dlq_topic(self) -> str:

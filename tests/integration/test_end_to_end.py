@@ -172,6 +172,9 @@ def test_versions_and_metrics_describe_the_store(worker: WorkerProcess, broker: 
     assert body["store"]["user"]["1"] >= 1 and body["store"]["item"]["1"] >= 1
     assert worker.metric("embstream_events_consumed_total") >= 1
     assert worker.metric("embstream_refresh_lag_seconds_count") >= 1
+    # The refreshed vectors went into the serving cache as they were committed.
+    assert worker.metric("embstream_serving_cache_vectors") >= 2
+    assert 0 < worker.metric("embstream_serving_cache_bytes") <= 512 << 20
 
 
 def test_topics_can_be_created_twice(broker: EmbeddedBroker) -> None:

@@ -56,13 +56,14 @@ def test_vector_dtype_is_float32_unless_set_to_float16() -> None:
     [
         ("EMBSTREAM_TORCH_THREADS", "0", "must be at least 1"),
         ("EMBSTREAM_BLOCK_CACHE_MB", "-1", "must be 0 or more"),
+        ("EMBSTREAM_SERVING_CACHE_MB", "-5", "SERVING_CACHE_MB=-5 must be 0 or more"),
     ],
 )
 def test_thread_and_cache_settings_are_checked(name: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env({name: value})
     defaults = Settings.from_env({})
-    assert (defaults.torch_threads, defaults.block_cache_mb) == (1, 256)
+    assert (defaults.torch_threads, defaults.block_cache_mb, defaults.serving_cache_mb) == (1, 256, 512)
 
 
 @pytest.mark.parametrize("window", ["0", "65536"])

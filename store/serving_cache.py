@@ -1,0 +1,193 @@
+"""An in-memory copy of the serving version's vectors, so hot reads skip RocksDB.
+
+One float32 matrix per kind with an id -> row index. It holds vectors of exactly one
+version (the store's serving version) and answers only for that version; a reader asking
+for another version, or for an id the copy lacks, reads RocksDB as before.
+
+How it stays equal to the store:
+
+- writes: after a write batch commits, the writer :meth:`~ServingCache.upsert`\\ s the
+  vectors it wrote at the cache's version and :meth:`~ServingCache.discard`\\ s the ones
+  it evicted; a write at another version is ignored;
+- reads that missed and warming scans :meth:`~ServingCache.fill` only ids the copy does
+  not hold yet, so a value read before a later commit can never overwrite that commit's
+  upsert (the copy never evicts, so an upserted id stays held);
+- a change of serving version :meth:`~ServingCache.reset`\\ s it; every call names the
+  version it is for, and a call for any other version does nothing.
+
+It fills until its byte budget is spent and then stops taking new ids (ids it holds are
+still updated); a restart or a version change starts it afresh. Every method takes one
+lock, so a reader never sees a half-written row.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["CacheHits", "ServingCache"]
+
+#: Estimated bytes an id costs beyond its vector: the dict entry, the key string, the
+#: timestamp. Counted against the budget so it bounds memory, not only matrix bytes.
+_ID_OVERHEAD_BYTES = 120
+_FIRST_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class CacheHits:
+    """What the copy held for one read: ``positions[i]`` is the request position of row
+    ``vectors[i]``; ``updated_at_ms[i]`` its write time. Positions are increasing."""
+
+    positions: np.ndarray
+    vectors: np.ndarray
+    updated_at_ms: np.ndarray
+
+
+class _KindTable:
+    """The rows of one kind: an id index over a growable matrix."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.index: dict[str, int] = {}
+        self.matrix = np.empty((0, dim), dtype=np.float32)
+        self.updated = np.empty(0, dtype=np.int64)
+        self.free: list[int] = []
+
+    @property
+    def rows(self) -> int:
+        return len(self.index)
+
+    def slot(self) -> int:
+        """A row to write a new id into, growing the matrix geometrically."""
+        if self.free:
+            return self.free.pop()
+        row = self.rows
+        if row >= self.matrix.shape[0]:
+            grown = max(_FIRST_ROWS, 2 * self.matrix.shape[0])
+            matrix = np.empty((grown, self.dim), dtype=np.float32)
+            matrix[:row] = self.matrix[:row]
+            updated = np.empty(grown, dtype=np.int64)
+            updated[:row] = self.updated[:row]
+            self.matrix, self.updated = matrix, updated
+        return row
+
+
+class ServingCache:
+    """The serving version's vectors in memory, bounded by ``budget_bytes`` (module docs)."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        if budget_bytes <= 0:
+            raise ValueError("a serving cache needs a positive budget")
+        self.budget_bytes = budget_bytes
+        self._lock = threading.Lock()
+        self._version: int | None = None
+        self._tables: dict[str, _KindTable] = {}
+        self._used = 0
+
+    @property
+    def version(self) -> int | None:
+        return self._version
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes counted against the budget (vectors, timestamps and an estimate per id)."""
+        return self._used
+
+    def held(self, kind: str) -> int:
+        """How many ids of ``kind`` the copy holds."""
+        table = self._tables.get(kind)
+        return 0 if table is None else table.rows
+
+    def full(self) -> bool:
+        return self._used >= self.budget_bytes
+
+    def reset(self, version: int | None) -> None:
+        """Drop everything and hold ``version`` from now on (``None``: hold nothing)."""
+        with self._lock:
+            self._version = version
+            self._tables = {}
+            self._used = 0
+
+    def read(self, kind: str, version: int, ids: Sequence[str]) -> CacheHits | None:
+        """The rows held for ``ids`` at ``version``; ``None`` when the copy holds another
+        version (then nothing it has may be served, nor should reads fill it)."""
+        with self._lock:
+            if version != self._version:
+                return None
+            table = self._tables.get(kind)
+            if table is None:
+                empty = np.empty(0, dtype=np.int64)
+                return CacheHits(empty, np.empty((0, 0), dtype=np.float32), empty)
+            get = table.index.get
+            rows = np.fromiter((get(entity_id, -1) for entity_id in ids), dtype=np.int64, count=len(ids))
+            positions = np.flatnonzero(rows >= 0)
+            picked = rows[positions]
+            return CacheHits(positions, table.matrix[picked], table.updated[picked])
+
+    def upsert(
+        self, kind: str, version: int, ids: Sequence[str], vectors: np.ndarray, updated_at_ms: int
+    ) -> None:
+        """Committed writes: replace held ids, add new ones while the budget allows."""
+        self._write(kind, version, ids, vectors, updated_at_ms, replace=True)
+
+    def fill(
+        self, kind: str, version: int, ids: Sequence[str], vectors: np.ndarray, updated_at_ms: np.ndarray
+    ) -> None:
+        """Vectors read from the store: add ids not held yet; never replace a held one."""
+        self._write(kind, version, ids, vectors, updated_at_ms, replace=False)
+
+    def discard(self, kind: str, version: int, ids: Sequence[str]) -> None:
+        """Ids whose vector of ``version`` left the store (evicted by newer versions)."""
+        with self._lock:
+            table = self._tables.get(kind)
+            if version != self._version or table is None:
+                return
+            for entity_id in ids:
+                row = table.index.pop(entity_id, None)
+                if row is not None:
+                    table.free.append(row)
+                    self._used -= table.dim * 4 + 8 + _ID_OVERHEAD_BYTES
+
+    def _write(
+        self,
+        kind: str,
+        version: int,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        updated_at_ms: int | np.ndarray,
+        replace: bool,
+    ) -> None:
+        if not len(ids):
+            return
+        with self._lock:
+            if version != self._version:
+                return
+            dim = int(vectors.shape[1])
+            table = self._tables.get(kind)
+            if table is None:
+                table = self._tables[kind] = _KindTable(dim)
+            elif table.dim != dim:
+                return  # a version has one dimension; a stray row is left to RocksDB
+            per_id = dim * 4 + 8 + _ID_OVERHEAD_BYTES
+            index = table.index
+            stamps = np.broadcast_to(np.asarray(updated_at_ms, dtype=np.int64), (len(ids),))
+            rows: list[int] = []
+            picked: list[int] = []
+            for at, entity_id in enumerate(ids):
+                row = index.get(entity_id)
+                if row is None:
+                    if self._used + per_id > self.budget_bytes:
+                        continue
+                    row = table.slot()
+                    index[entity_id] = row
+                    self._used += per_id
+                elif not replace:
+                    continue
+                rows.append(row)
+                picked.append(at)
+            if rows:
+                table.matrix[rows] = vectors[picked]
+                table.updated[rows] = stamps[picked]
