@@ -79,7 +79,9 @@ class Backfiller:
                 else:
                     _, counts = apply_item_events(ids, states)
                     vectors = self.encoder.encode_items(counts)
-                writer.put_vectors(kind, ids, self.encoder.version, vectors, int(time.time() * 1000))
+                # The chunk is a run of adjacent keys: one range read finds their records.
+                stored = self.store.scan_raw_records(kind, ids[0], ids[-1])
+                writer.put_vectors(kind, ids, self.encoder.version, vectors, int(time.time() * 1000), stored)
                 raw_done = self.store.get_meta(self._done_name(kind))
                 done = (_U64.unpack(raw_done)[0] if raw_done else 0) + len(chunk)
                 writer.put_meta(self._done_name(kind), _U64.pack(done))

@@ -115,7 +115,10 @@ def fill_store(store: VersionedVectorStore, rng: np.random.Generator, versions: 
 
 def assert_same_answers(cached: VersionedVectorStore, plain: VersionedVectorStore, ids: list[str]) -> None:
     for version in (None, 1, 2, 3):
-        left, right = resolve_matrix(cached, "user", ids, version), resolve_matrix(plain, "user", ids, version)
+        left, right = (
+            resolve_matrix(cached, "user", ids, version),
+            resolve_matrix(plain, "user", ids, version),
+        )
         assert (left.version, left.ids, left.missing, left.updated_at_ms) == (
             right.version,
             right.ids,
@@ -128,7 +131,12 @@ def assert_same_answers(cached: VersionedVectorStore, plain: VersionedVectorStor
         for a, b in zip(many_left[1], many_right[1], strict=True):
             assert (a is None) == (b is None)
             if a is not None and b is not None:
-                assert (a.id, a.version, a.updated_at_ms, a.source) == (b.id, b.version, b.updated_at_ms, b.source)
+                assert (a.id, a.version, a.updated_at_ms, a.source) == (
+                    b.id,
+                    b.version,
+                    b.updated_at_ms,
+                    b.source,
+                )
                 np.testing.assert_array_equal(a.vector, b.vector)
 
 

@@ -138,3 +138,32 @@ def test_resolve_carries_the_serving_vector_back_when_the_old_one_is_gone(
 
     with pytest.raises(VersionUnreachableError):
         resolve_many(store, "user", ["new"], 1, unreachable)
+
+
+def test_a_range_read_of_records_writes_what_a_multi_get_writes(tmp_path: Path) -> None:
+    """Backfill's path (records of a key range handed to put_vectors) and the default path
+    (a multi-get) leave byte-identical records, old versions kept, new ids created."""
+    rng = np.random.default_rng(3)
+    ids = [f"u{n:03d}" for n in range(50)]
+    first = rng.standard_normal((50, 4)).astype(np.float32)
+    second = rng.standard_normal((60, 4)).astype(np.float32)
+    new_ids = ids + [f"u{n:03d}" for n in range(50, 60)]
+    records = []
+    for use_range in (False, True):
+        store = VersionedVectorStore(tmp_path / str(use_range), keep_versions=2)
+        try:
+            writer = store.writer()
+            writer.put_vectors("user", ids, 1, first, 10)
+            writer.put_vectors("item", ["u001"], 1, first[:1], 10)  # another kind, inside the range
+            writer.commit()
+            stored = store.scan_raw_records("user", new_ids[0], new_ids[-1]) if use_range else None
+            if stored is not None:
+                assert len(stored) == 50  # the item record is not in the user range
+            writer = store.writer()
+            writer.put_vectors("user", new_ids, 2, second, 20, stored)
+            writer.commit()
+            records.append(store.get_raw_records("user", new_ids))
+            assert store.version_counts()["user"] == {1: 50, 2: 60}
+        finally:
+            store.close()
+    assert records[0] == records[1]
