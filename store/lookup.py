@@ -201,19 +201,24 @@ def _read_cache(
 
 def _read_missed(
     store: VersionedVectorStore, kind: str, ids: list[str], cached: _Cached
-) -> tuple[list[int], np.ndarray, list[int]]:
+) -> tuple[list[int], list[np.ndarray], list[int]]:
     """The missed ids read from RocksDB at the cache's version, and copied into the cache:
-    request positions found, their float32 rows, their write times."""
+    request positions found, their float32 vectors, their write times."""
     missed_ids = [ids[at] for at in cached.missed]
     found = _locate(store, kind, missed_ids, cached.target, may_carry=False)
-    matrix = _native_matrix(found.native, cached.target)
+    vectors = [_served(span_vector(raw, span)) for _, raw, span in found.native]
     stamps = [span.updated_at_ms for _, _, span in found.native]
-    if found.native:
+    if vectors and len({vector.shape[0] for vector in vectors}) == 1:
         assert store.serving_cache is not None
         store.serving_cache.fill(
-            kind, cached.target, [missed_ids[row] for row, _, _ in found.native], matrix, np.asarray(stamps)
+            kind,
+            cached.target,
+            [missed_ids[row] for row, _, _ in found.native],
+            np.stack(vectors),
+            np.asarray(stamps, dtype=np.int64),
+            cached.hits.epoch,
         )
-    return [cached.missed[row] for row, _, _ in found.native], matrix, stamps
+    return [cached.missed[row] for row, _, _ in found.native], vectors, stamps
 
 
 def _many_with_cache(
@@ -224,9 +229,9 @@ def _many_with_cache(
     for row, (at, stamp) in enumerate(zip(hits.positions.tolist(), hits.updated_at_ms.tolist(), strict=True)):
         resolved[at] = ResolvedVector(kind, ids[at], target, hits.vectors[row], stamp)
     if cached.missed:
-        positions, matrix, stamps = _read_missed(store, kind, ids, cached)
-        for row, (at, stamp) in enumerate(zip(positions, stamps, strict=True)):
-            resolved[at] = ResolvedVector(kind, ids[at], target, matrix[row].copy(), stamp)
+        positions, vectors, stamps = _read_missed(store, kind, ids, cached)
+        for at, vector, stamp in zip(positions, vectors, stamps, strict=True):
+            resolved[at] = ResolvedVector(kind, ids[at], target, vector, stamp)
     return resolved
 
 
@@ -236,10 +241,13 @@ def _matrix_with_cache(
     hits = cached.hits
     positions, vectors, stamps = hits.positions, hits.vectors, hits.updated_at_ms
     if cached.missed:
-        found_at, matrix, found_stamps = _read_missed(store, kind, ids, cached)
+        found_at, found_vectors, found_stamps = _read_missed(store, kind, ids, cached)
         if found_at:
-            if len(positions) and matrix.shape[1] != vectors.shape[1]:
+            if len({vector.shape[0] for vector in found_vectors}) != 1 or (
+                len(positions) and found_vectors[0].shape[0] != vectors.shape[1]
+            ):
                 raise StoreError(f"vectors of version {cached.target} differ in dimension")
+            matrix = np.stack(found_vectors)
             positions = np.concatenate([positions, np.asarray(found_at, dtype=np.int64)])
             order = np.argsort(positions, kind="stable")
             positions = positions[order]

@@ -11,13 +11,17 @@ How it stays equal to the store:
   it evicted; a write at another version is ignored;
 - reads that missed and warming scans :meth:`~ServingCache.fill` only ids the copy does
   not hold yet, so a value read before a later commit can never overwrite that commit's
-  upsert (the copy never evicts, so an upserted id stays held);
+  upsert; and a fill carries the :attr:`~ServingCache.epoch` seen before its RocksDB read,
+  which every discard and reset advances, so a value read before an eviction or a version
+  change is dropped instead of coming back;
 - a change of serving version :meth:`~ServingCache.reset`\\ s it; every call names the
   version it is for, and a call for any other version does nothing.
 
 It fills until its byte budget is spent and then stops taking new ids (ids it holds are
-still updated); a restart or a version change starts it afresh. Every method takes one
-lock, so a reader never sees a half-written row.
+still updated); a restart or a version change starts it afresh. The budget bounds the
+allocated matrices (grown geometrically, never past it), not only the rows in use; growing
+briefly holds the old matrix and the new one. Every method takes one lock, so a reader
+never sees a half-written row.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ class CacheHits:
     positions: np.ndarray
     vectors: np.ndarray
     updated_at_ms: np.ndarray
+    #: The cache's epoch at this read: pass it to :meth:`ServingCache.fill`.
+    epoch: int = 0
 
 
 class _KindTable:
@@ -60,13 +66,20 @@ class _KindTable:
     def rows(self) -> int:
         return len(self.index)
 
-    def slot(self) -> int:
-        """A row to write a new id into, growing the matrix geometrically."""
+    @property
+    def capacity(self) -> int:
+        return int(self.matrix.shape[0])
+
+    def slot(self, spare_rows: int) -> int | None:
+        """A row to write a new id into, growing the matrix geometrically by at most
+        ``spare_rows``; ``None`` when it is full and may not grow."""
         if self.free:
             return self.free.pop()
         row = self.rows
-        if row >= self.matrix.shape[0]:
-            grown = max(_FIRST_ROWS, 2 * self.matrix.shape[0])
+        if row >= self.capacity:
+            grown = min(max(_FIRST_ROWS, 2 * self.capacity), self.capacity + spare_rows)
+            if grown <= row:
+                return None
             matrix = np.empty((grown, self.dim), dtype=np.float32)
             matrix[:row] = self.matrix[:row]
             updated = np.empty(grown, dtype=np.int64)
@@ -86,15 +99,30 @@ class ServingCache:
         self._version: int | None = None
         self._tables: dict[str, _KindTable] = {}
         self._used = 0
+        self._epoch = 0
 
     @property
     def version(self) -> int | None:
         return self._version
 
     @property
+    def epoch(self) -> int:
+        """Advanced by every discard and reset: fills read before it are dropped."""
+        return self._epoch
+
+    @property
     def used_bytes(self) -> int:
-        """Bytes counted against the budget (vectors, timestamps and an estimate per id)."""
+        """Bytes of the ids held (vectors, timestamps and an estimate per id)."""
         return self._used
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Bytes of the rows allocated (held or spare), what the budget bounds."""
+        with self._lock:
+            return self._allocated_locked()
+
+    def _allocated_locked(self) -> int:
+        return sum(table.capacity * _row_bytes(table.dim) for table in self._tables.values())
 
     def held(self, kind: str) -> int:
         """How many ids of ``kind`` the copy holds."""
@@ -102,7 +130,13 @@ class ServingCache:
         return 0 if table is None else table.rows
 
     def full(self) -> bool:
-        return self._used >= self.budget_bytes
+        """No room for another id of any kind held so far."""
+        with self._lock:
+            spare = self.budget_bytes - self._allocated_locked()
+            return all(
+                not table.free and table.rows >= table.capacity and spare < _row_bytes(table.dim)
+                for table in self._tables.values()
+            ) and bool(self._tables)
 
     def reset(self, version: int | None) -> None:
         """Drop everything and hold ``version`` from now on (``None``: hold nothing)."""
@@ -110,6 +144,7 @@ class ServingCache:
             self._version = version
             self._tables = {}
             self._used = 0
+            self._epoch += 1
 
     def read(self, kind: str, version: int, ids: Sequence[str]) -> CacheHits | None:
         """The rows held for ``ids`` at ``version``; ``None`` when the copy holds another
@@ -120,74 +155,105 @@ class ServingCache:
             table = self._tables.get(kind)
             if table is None:
                 empty = np.empty(0, dtype=np.int64)
-                return CacheHits(empty, np.empty((0, 0), dtype=np.float32), empty)
+                return CacheHits(empty, np.empty((0, 0), dtype=np.float32), empty, self._epoch)
             get = table.index.get
             rows = np.fromiter((get(entity_id, -1) for entity_id in ids), dtype=np.int64, count=len(ids))
             positions = np.flatnonzero(rows >= 0)
             picked = rows[positions]
-            return CacheHits(positions, table.matrix[picked], table.updated[picked])
+            return CacheHits(positions, table.matrix[picked], table.updated[picked], self._epoch)
 
     def upsert(
         self, kind: str, version: int, ids: Sequence[str], vectors: np.ndarray, updated_at_ms: int
     ) -> None:
         """Committed writes: replace held ids, add new ones while the budget allows."""
-        self._write(kind, version, ids, vectors, updated_at_ms, replace=True)
+        with self._lock:
+            if version != self._version or not len(ids):
+                return
+            table = self._tables.get(kind)
+            if table is not None and table.dim != vectors.shape[1]:
+                # A version has one dimension; rows of another are left to RocksDB, and
+                # the ids' old rows must not outlive the write that replaced them.
+                self._discard_locked(table, ids)
+                return
+            self._write_locked(kind, ids, vectors, updated_at_ms, replace=True)
 
     def fill(
-        self, kind: str, version: int, ids: Sequence[str], vectors: np.ndarray, updated_at_ms: np.ndarray
-    ) -> None:
-        """Vectors read from the store: add ids not held yet; never replace a held one."""
-        self._write(kind, version, ids, vectors, updated_at_ms, replace=False)
-
-    def discard(self, kind: str, version: int, ids: Sequence[str]) -> None:
-        """Ids whose vector of ``version`` left the store (evicted by newer versions)."""
-        with self._lock:
-            table = self._tables.get(kind)
-            if version != self._version or table is None:
-                return
-            for entity_id in ids:
-                row = table.index.pop(entity_id, None)
-                if row is not None:
-                    table.free.append(row)
-                    self._used -= table.dim * 4 + 8 + _ID_OVERHEAD_BYTES
-
-    def _write(
         self,
         kind: str,
         version: int,
         ids: Sequence[str],
         vectors: np.ndarray,
+        updated_at_ms: np.ndarray,
+        epoch: int,
+    ) -> bool:
+        """Vectors read from the store after :attr:`epoch` was ``epoch``: add ids not held
+        yet, never replace a held one. Dropped (returns False) if a discard or a reset came
+        in between, as the values read may be gone from the store by now."""
+        with self._lock:
+            if version != self._version or epoch != self._epoch:
+                return False
+            table = self._tables.get(kind)
+            if len(ids) and (table is None or table.dim == vectors.shape[1]):
+                self._write_locked(kind, ids, vectors, updated_at_ms, replace=False)
+            return True
+
+    def discard(self, kind: str, version: int, ids: Sequence[str]) -> None:
+        """Ids whose vector of ``version`` left the store (evicted by newer versions)."""
+        with self._lock:
+            if version != self._version or not len(ids):
+                return
+            table = self._tables.get(kind)
+            if table is None:
+                self._epoch += 1
+            else:
+                self._discard_locked(table, ids)
+
+    def _discard_locked(self, table: _KindTable, ids: Sequence[str]) -> None:
+        # Held or not: a fill in flight may carry a value read before this discard.
+        self._epoch += 1
+        for entity_id in ids:
+            row = table.index.pop(entity_id, None)
+            if row is not None:
+                table.free.append(row)
+                self._used -= _row_bytes(table.dim)
+
+    def _write_locked(
+        self,
+        kind: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
         updated_at_ms: int | np.ndarray,
         replace: bool,
     ) -> None:
-        if not len(ids):
-            return
-        with self._lock:
-            if version != self._version:
-                return
-            dim = int(vectors.shape[1])
-            table = self._tables.get(kind)
-            if table is None:
-                table = self._tables[kind] = _KindTable(dim)
-            elif table.dim != dim:
-                return  # a version has one dimension; a stray row is left to RocksDB
-            per_id = dim * 4 + 8 + _ID_OVERHEAD_BYTES
-            index = table.index
-            stamps = np.broadcast_to(np.asarray(updated_at_ms, dtype=np.int64), (len(ids),))
-            rows: list[int] = []
-            picked: list[int] = []
-            for at, entity_id in enumerate(ids):
-                row = index.get(entity_id)
+        dim = int(vectors.shape[1])
+        table = self._tables.get(kind)
+        if table is None:
+            table = self._tables[kind] = _KindTable(dim)
+        per_id = _row_bytes(dim)
+        index = table.index
+        stamps = np.broadcast_to(np.asarray(updated_at_ms, dtype=np.int64), (len(ids),))
+        rows: list[int] = []
+        picked: list[int] = []
+        spare_rows: int | None = None
+        for at, entity_id in enumerate(ids):
+            row = index.get(entity_id)
+            if row is None:
+                if spare_rows is None or (not table.free and table.rows >= table.capacity):
+                    spare_rows = max(0, (self.budget_bytes - self._allocated_locked()) // per_id)
+                row = table.slot(spare_rows)
                 if row is None:
-                    if self._used + per_id > self.budget_bytes:
-                        continue
-                    row = table.slot()
-                    index[entity_id] = row
-                    self._used += per_id
-                elif not replace:
                     continue
-                rows.append(row)
-                picked.append(at)
-            if rows:
-                table.matrix[rows] = vectors[picked]
-                table.updated[rows] = stamps[picked]
+                index[entity_id] = row
+                self._used += per_id
+            elif not replace:
+                continue
+            rows.append(row)
+            picked.append(at)
+        if rows:
+            table.matrix[rows] = vectors[picked]
+            table.updated[rows] = stamps[picked]
+
+
+def _row_bytes(dim: int) -> int:
+    """What one id costs: its float32 row, its timestamp and the index's share."""
+    return dim * 4 + 8 + _ID_OVERHEAD_BYTES

@@ -217,12 +217,15 @@ class VersionedVectorStore:
     def warm_serving_cache(
         self, kinds: Sequence[str] = KINDS, chunk: int = 10_000, stop: threading.Event | None = None
     ) -> int:
-        """Copy the serving version's stored vectors into the serving cache (a scan of the
-        vectors column family; safe while the worker writes, see :mod:`store.serving_cache`).
+        """Copy the serving version's stored vectors into the serving cache, safe while the
+        worker writes (see :mod:`store.serving_cache`): ``chunk`` records at a time, each
+        chunk read after noting the cache's epoch and read again if a discard or a reset
+        came in between.
 
         Stops early when the cache is full, the serving version changes or ``stop`` is set
-        (set it, and wait for the return, before closing the store). Returns how many vectors
-        were copied (0 without a cache or a serving version).
+        (checked after every chunk of records scanned; set it, and wait for the return,
+        before closing the store). Returns how many vectors were copied (0 without a cache
+        or a serving version).
         """
         cache, version = self.serving_cache, self._serving
         if cache is None or version is None:
@@ -230,24 +233,31 @@ class VersionedVectorStore:
         copied = 0
         for kind in kinds:
             prefix = entity_key(kind, "")
-            ids: list[str] = []
-            vectors: list[np.ndarray] = []
-            stamps: list[int] = []
-            for key, raw in self._cf["vectors"].items(from_key=prefix):
-                if not key.startswith(prefix):
+            start = prefix
+            while True:
+                if cache.full() or cache.version != version or (stop is not None and stop.is_set()):
+                    return copied
+                epoch = cache.epoch
+                ids: list[str] = []
+                vectors: list[np.ndarray] = []
+                stamps: list[int] = []
+                scanned, last = 0, None
+                for key, raw in self._cf["vectors"].items(from_key=start):
+                    if not key.startswith(prefix) or scanned >= chunk:
+                        break
+                    scanned, last = scanned + 1, key
+                    span = locate_entry(raw, version)
+                    if span is not None:
+                        ids.append(key[len(prefix) :].decode("utf-8"))
+                        vectors.append(span_vector(raw, span))
+                        stamps.append(span.updated_at_ms)
+                filled = _fill(cache, kind, version, ids, vectors, stamps, epoch)
+                if filled is None:
+                    continue  # a discard or reset came in between: read this chunk again
+                copied += filled
+                if last is None or scanned < chunk:
                     break
-                span = locate_entry(raw, version)
-                if span is None:
-                    continue
-                ids.append(key[len(prefix) :].decode("utf-8"))
-                vectors.append(span_vector(raw, span))
-                stamps.append(span.updated_at_ms)
-                if len(ids) >= chunk:
-                    copied += _fill(cache, kind, version, ids, vectors, stamps)
-                    ids, vectors, stamps = [], [], []
-                    if cache.full() or cache.version != version or (stop is not None and stop.is_set()):
-                        return copied
-            copied += _fill(cache, kind, version, ids, vectors, stamps)
+                start = last + b"\x00"
         return copied
 
     def compact(self) -> None:
@@ -302,15 +312,23 @@ class VersionedVectorStore:
 
 
 def _fill(
-    cache: ServingCache, kind: str, version: int, ids: list[str], vectors: list[np.ndarray], stamps: list[int]
-) -> int:
+    cache: ServingCache,
+    kind: str,
+    version: int,
+    ids: list[str],
+    vectors: list[np.ndarray],
+    stamps: list[int],
+    epoch: int,
+) -> int | None:
+    """Fill one scanned chunk; ``None`` if the cache refused it for a newer epoch."""
     if not ids:
         return 0
     try:
         matrix = np.stack(vectors)
     except ValueError:  # rows of one version differ in dimension: leave them to RocksDB
         return 0
-    cache.fill(kind, version, ids, matrix, np.asarray(stamps, dtype=np.int64))
+    if not cache.fill(kind, version, ids, matrix, np.asarray(stamps, dtype=np.int64), epoch):
+        return None if cache.version == version else 0
     return len(ids)
 
 

@@ -13,6 +13,7 @@ type gets JSON, as before. Errors are always JSON, whatever was asked for.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -47,6 +48,8 @@ class ApiContext:
     registry: EncoderRegistry
     health: Callable[[], dict[str, Any]]
     controller: RolloutController | None = None
+    #: When set, every route but ``/healthz`` needs ``Authorization: Bearer <token>``.
+    token: str = field(default="", repr=False)
     _chains: dict[tuple[int, int], list[BackwardAligner]] = field(default_factory=dict)
 
     @property
@@ -70,6 +73,9 @@ class ApiContext:
             return vectors
 
         return apply
+
+
+CONTEXT_KEY: web.AppKey[ApiContext] = web.AppKey("embstream_context", ApiContext)
 
 
 class _ApiError(Exception):
@@ -183,8 +189,27 @@ def _accept_prefers_binary(accept: str) -> bool:
     return quality[VECTORS_MEDIA_TYPE] > 0 and quality[VECTORS_MEDIA_TYPE] >= quality["application/json"]
 
 
+#: Routes answered without a token: liveness probes must not need a secret.
+_OPEN_PATHS = frozenset({"/healthz"})
+
+
+def _authorized(request: web.Request, token: str) -> bool:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _unauthorized() -> web.Response:
+    response = _json({"error": "unauthorized", "message": "a valid bearer token is required"}, status=401)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="embstream"'
+    return response
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    context: ApiContext = request.app[CONTEXT_KEY]
+    if context.token and request.path not in _OPEN_PATHS and not _authorized(request, context.token):
+        context.metrics.unauthorized += 1
+        return _unauthorized()
     try:
         return await handler(request)
     except _ApiError as error:
@@ -269,5 +294,6 @@ def create_app(context: ApiContext) -> web.Application:
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
+    app[CONTEXT_KEY] = context
     app.add_routes(routes)
     return app

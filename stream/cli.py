@@ -173,6 +173,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
             records,
             rate=args.rate,
             progress=sys.stderr if sys.stderr.isatty() else None,
+            **settings.kafka_security.kafka_python(),
         )
     except KeyboardInterrupt:
         print("embstream: producer stopped", file=sys.stderr)
@@ -188,8 +189,12 @@ def _cmd_lookup(args: argparse.Namespace) -> int:
     url = f"{base}/v1/embeddings/{args.kind}/{urllib.parse.quote(args.id, safe='')}"
     if args.version is not None:
         url += f"?version={args.version}"
+    request = urllib.request.Request(url)
+    token = os.environ.get("EMBSTREAM_API_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:
             print(json.dumps(json.loads(response.read())))
             return 0
     except urllib.error.HTTPError as error:

@@ -9,12 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from models.registry import EncoderRegistry
 from stream.broker import ensure_topics
-from stream.control import ControlError, RolloutState, control_message, decode_control
+from stream.control import ControlCodec, ControlError, RolloutState, control_message
 from stream.rollout import check_swappable
 from stream.settings import Settings, SettingsError
 
@@ -49,10 +48,22 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def read_rollout(servers: list[str], topic: str, idle_s: float = 0.5) -> tuple[RolloutState, list[dict]]:
-    """Fold the whole control topic; returns the state and every message read."""
+def read_rollout(
+    servers: list[str],
+    topic: str,
+    idle_s: float = 0.5,
+    codec: ControlCodec | None = None,
+    **client_config: Any,
+) -> tuple[RolloutState, list[dict]]:
+    """Fold the whole control topic; returns the state and every message accepted (with a
+    control key, unsigned and forged messages are left out and counted in ``state.ignored``)."""
+    codec = codec or ControlCodec()
     consumer = KafkaConsumer(
-        bootstrap_servers=servers, enable_auto_commit=False, group_id=None, client_id="embstream-swap"
+        bootstrap_servers=servers,
+        enable_auto_commit=False,
+        group_id=None,
+        client_id="embstream-swap",
+        **client_config,
     )
     try:
         partition = TopicPartition(topic, 0)
@@ -63,10 +74,12 @@ def read_rollout(servers: list[str], topic: str, idle_s: float = 0.5) -> tuple[R
         while time.monotonic() - quiet_since < idle_s:
             for records in consumer.poll(timeout_ms=100).values():
                 for record in records:
-                    message = decode_control(record.value)
+                    message, reason = codec.decode(record.value)
                     if message is not None:
                         state.apply(message)
                         messages.append(message)
+                    else:
+                        state.ignored[reason or "malformed"] += 1
                     quiet_since = time.monotonic()
         return state, messages
     finally:
@@ -74,10 +87,15 @@ def read_rollout(servers: list[str], topic: str, idle_s: float = 0.5) -> tuple[R
 
 
 def _publish(settings: Settings, message: dict[str, Any]) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.broker_servers, client_id="embstream-swap")
+    producer = KafkaProducer(
+        bootstrap_servers=settings.broker_servers,
+        client_id="embstream-swap",
+        **settings.kafka_security.kafka_python(),
+    )
     try:
         # Always partition 0: workers fold the control messages in one total order.
-        producer.send(settings.control_topic, orjson.dumps(message), partition=0).get(timeout=30)
+        encoded = ControlCodec(settings.control_key).encode(message)
+        producer.send(settings.control_topic, encoded, partition=0).get(timeout=30)
     finally:
         producer.close()
 
@@ -86,7 +104,13 @@ def _await_acks(settings: Settings, message: dict[str, Any], wait_s: float) -> i
     """Wait for workers' acks of ``message``; report them; exit status 1 if one refused it."""
     deadline = time.monotonic() + wait_s
     while True:
-        _, messages = read_rollout(settings.broker_servers, settings.control_topic, idle_s=0.3)
+        _, messages = read_rollout(
+            settings.broker_servers,
+            settings.control_topic,
+            idle_s=0.3,
+            codec=ControlCodec(settings.control_key),
+            **settings.kafka_security.kafka_python(),
+        )
         acks = [m for m in messages if m.get("op") == "ack" and m.get("of") == message["id"]]
         if acks or time.monotonic() > deadline:
             break
@@ -128,13 +152,16 @@ def _status(state: RolloutState, messages: list[dict]) -> dict[str, Any]:
         "workers_seen": workers,
         "backfill": progress,
         "backfill_complete": None if staged is None else state.backfill_complete(staged),
+        "ignored_messages": dict(state.ignored),
     }
 
 
 def run_swap(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    ensure_topics(settings.broker_servers, {settings.control_topic: 1})
-    state, messages = read_rollout(settings.broker_servers, settings.control_topic)
+    security = settings.kafka_security.kafka_python()
+    ensure_topics(settings.broker_servers, {settings.control_topic: 1}, **security)
+    codec = ControlCodec(settings.control_key)
+    state, messages = read_rollout(settings.broker_servers, settings.control_topic, codec=codec, **security)
     if args.action == "status":
         status = _status(state, messages)
         if sys.stdout.isatty():
@@ -150,6 +177,11 @@ def run_swap(args: argparse.Namespace) -> int:
         else:
             print(json.dumps(status, indent=2))
         return 0
+    if not codec.signing and any("sig" in m for m in messages):
+        raise ControlError(
+            "the workers sign their control messages: set EMBSTREAM_CONTROL_KEY to their key, "
+            "or they will ignore this command"
+        )
     registry = EncoderRegistry(settings.registry)
     if args.action == "stage":
         if state.serving == args.version:

@@ -13,18 +13,26 @@ state by replaying the topic.
 - ``{"op": "ack", "worker": …, "of": message id}`` and
   ``{"op": "progress", "worker": …, "version": V, "kind": …, "done": n, "total": m}``: what
   workers report back.
+
+With a control key (``EMBSTREAM_CONTROL_KEY``), every message carries ``"sig"``: the
+hex HMAC-SHA256, under the key, of the message without ``sig`` serialised as JSON with
+sorted keys and no spaces. Readers holding the key drop (and count) messages that are
+unsigned or whose signature does not match; see :class:`ControlCodec`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-__all__ = ["ControlError", "RolloutState", "control_message", "decode_control"]
+__all__ = ["ControlCodec", "ControlError", "RolloutState", "control_message", "decode_control"]
 
 
 class ControlError(ValueError):
@@ -46,6 +54,48 @@ def decode_control(raw: bytes | None) -> dict[str, Any] | None:
     return message
 
 
+class ControlCodec:
+    """Control messages to and from bytes, signed and checked when a key is set.
+
+    :meth:`decode` returns ``(message, None)`` or ``(None, reason)`` with reason
+    ``"malformed"``, ``"unsigned"`` or ``"forged"``. Without a key every well-formed message
+    is accepted (and a ``sig`` on it ignored).
+    """
+
+    def __init__(self, key: str | bytes | None = None) -> None:
+        self._key = key.encode() if isinstance(key, str) else key
+        if self._key == b"":
+            self._key = None
+
+    @property
+    def signing(self) -> bool:
+        return self._key is not None
+
+    def _signature(self, message: dict[str, Any]) -> str:
+        assert self._key is not None
+        unsigned = {name: value for name, value in message.items() if name != "sig"}
+        payload = orjson.dumps(unsigned, option=orjson.OPT_SORT_KEYS)
+        return hmac.new(self._key, payload, hashlib.sha256).hexdigest()
+
+    def encode(self, message: dict[str, Any]) -> bytes:
+        if self._key is not None:
+            message = {**message, "sig": self._signature(message)}
+        return orjson.dumps(message)
+
+    def decode(self, raw: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
+        message = decode_control(raw)
+        if message is None:
+            return None, "malformed"
+        if self._key is None:
+            return message, None
+        signature = message.get("sig")
+        if not isinstance(signature, str):
+            return None, "unsigned"
+        if not hmac.compare_digest(signature, self._signature(message)):
+            return None, "forged"
+        return message, None
+
+
 @dataclass
 class RolloutState:
     """Serving, staged and previous versions, folded from the control topic."""
@@ -58,6 +108,8 @@ class RolloutState:
     progress: dict[tuple[str, int, str], tuple[int, int]] = field(default_factory=dict)
     last_command_id: str | None = None
     last_command: dict[str, Any] | None = None
+    #: Messages a reader left out, by reason (malformed, unsigned, forged); not folded.
+    ignored: Counter[str] = field(default_factory=Counter)
 
     def apply(self, message: dict[str, Any]) -> bool:
         """Apply one message; returns True when the serving or staged version changed."""

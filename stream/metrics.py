@@ -27,6 +27,8 @@ class Metrics:
     batches: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     written: Counter[tuple[str, int]] = field(default_factory=Counter)
+    control_rejected: Counter[str] = field(default_factory=Counter)  # by reason
+    unauthorized: int = 0  # API requests refused for a missing or wrong token
     lag_buckets: list[int] = field(default_factory=lambda: [0] * (len(LAG_BUCKETS_SECONDS) + 1))
     lag_sum: float = 0.0
     lag_count: int = 0
@@ -89,6 +91,16 @@ class Metrics:
             label = reason.replace("\\", "\\\\").replace('"', '\\"')
             lines.append(f'embstream_events_rejected_total{{reason="{label}"}} {count}')
         lines += [
+            "# HELP embstream_control_rejected_total Control messages ignored, by reason "
+            "(malformed, unsigned, forged).",
+            "# TYPE embstream_control_rejected_total counter",
+            *(
+                f'embstream_control_rejected_total{{reason="{reason}"}} {count}'
+                for reason, count in sorted(self.control_rejected.items())
+            ),
+            "# HELP embstream_api_unauthorized_total API requests refused for a missing or wrong token.",
+            "# TYPE embstream_api_unauthorized_total counter",
+            f"embstream_api_unauthorized_total {self.unauthorized}",
             "# HELP embstream_embeddings_written_total Embeddings written, by kind and version.",
             "# TYPE embstream_embeddings_written_total counter",
         ]
@@ -125,9 +137,10 @@ class Metrics:
                     f'embstream_serving_cache_vectors{{kind="{kind}"}} {serving_cache.held(kind)}'
                     for kind in entities
                 ),
-                "# HELP embstream_serving_cache_bytes Bytes the serving cache counts against its budget.",
+                "# HELP embstream_serving_cache_bytes Bytes the serving cache has allocated "
+                "(what its budget bounds).",
                 "# TYPE embstream_serving_cache_bytes gauge",
-                f"embstream_serving_cache_bytes {serving_cache.used_bytes}",
+                f"embstream_serving_cache_bytes {serving_cache.allocated_bytes}",
                 "# HELP embstream_serving_cache_budget_bytes The serving cache's budget.",
                 "# TYPE embstream_serving_cache_budget_bytes gauge",
                 f"embstream_serving_cache_budget_bytes {serving_cache.budget_bytes}",

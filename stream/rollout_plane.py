@@ -9,11 +9,11 @@ import time
 from concurrent.futures import Executor
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream.backfill import Backfiller
-from stream.control import decode_control
+from stream.control import ControlCodec
+from stream.metrics import Metrics
 from stream.rollout import RolloutController
 
 __all__ = ["RolloutPlane"]
@@ -30,12 +30,18 @@ class RolloutPlane:
         topic: str,
         producer: AIOKafkaProducer,
         backfill_rate: float | None = None,
+        client_options: dict[str, Any] | None = None,
+        codec: ControlCodec | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.controller = controller
         self.servers = servers
         self.topic = topic
         self.producer = producer
         self.backfill_rate = backfill_rate
+        self.client_options = client_options or {}  # Kafka security (stream/kafka_security.py)
+        self.codec = codec or ControlCodec()  # signs and checks messages when a key is set
+        self.metrics = metrics
         self.consumer: AIOKafkaConsumer | None = None
         self._last_progress = 0.0
         self._last_backfill = time.monotonic()
@@ -50,6 +56,7 @@ class RolloutPlane:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             client_id="embstream-control",
+            **self.client_options,
         )
         await self.consumer.start()
         partition = TopicPartition(self.topic, 0)
@@ -62,7 +69,7 @@ class RolloutPlane:
                 break
             for messages in fetched.values():
                 for record in messages:
-                    message = decode_control(record.value)
+                    message = self._decode(record.value)
                     if message is not None:
                         self.controller.replay(message)
                         replayed += 1
@@ -80,9 +87,8 @@ class RolloutPlane:
         fetched = await self.consumer.getmany(timeout_ms=0)
         for messages in fetched.values():
             for record in messages:
-                message = decode_control(record.value)
+                message = self._decode(record.value)
                 if message is None:
-                    self.controller.rejected_messages += 1
                     continue
                 outgoing = await loop.run_in_executor(executor, self.controller.apply, message)
                 await self._publish(outgoing)
@@ -106,7 +112,18 @@ class RolloutPlane:
                 await self._publish(self.controller.progress_messages())
                 self._reported_complete = complete
 
+    def _decode(self, raw: bytes | None) -> dict[str, Any] | None:
+        """A message to apply, or ``None`` (malformed, or unsigned or forged under a control
+        key): such messages are never applied, only counted and logged."""
+        message, reason = self.codec.decode(raw)
+        if reason is not None:
+            self.controller.rejected_messages += 1
+            if self.metrics is not None:
+                self.metrics.control_rejected[reason] += 1
+            log.warning("control message ignored: %s", reason)
+        return message
+
     async def _publish(self, messages: list[dict[str, Any]]) -> None:
         for message in messages:
             # Always partition 0: the fold depends on one total order of control messages.
-            await self.producer.send_and_wait(self.topic, orjson.dumps(message), partition=0)
+            await self.producer.send_and_wait(self.topic, self.codec.encode(message), partition=0)

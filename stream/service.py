@@ -22,12 +22,13 @@ from models.registry import EncoderRegistry
 from store.vector_store import VersionedVectorStore
 from stream.api import ApiContext, create_app
 from stream.broker import EmbeddedBroker, ensure_topics
+from stream.control import ControlCodec
 from stream.metrics import Metrics
 from stream.progress import progress_bar
 from stream.refresher import EmbeddingRefresher
 from stream.rollout import RolloutController
 from stream.rollout_plane import RolloutPlane
-from stream.settings import Settings
+from stream.settings import Settings, SettingsError
 from stream.worker import StreamWorker
 
 __all__ = ["RunningService", "prepare_registry", "run_service"]
@@ -66,27 +67,34 @@ def prepare_registry(registry: EncoderRegistry, settings: Settings, store: Versi
     return latest
 
 
-async def _start_warming(store: VersionedVectorStore, stack: AsyncExitStack) -> None:
-    """Copy the serving version's vectors into the serving cache in the background (lookups
-    read RocksDB for what is not copied yet); stopped and awaited before the store closes."""
-    if store.serving_cache is None or store.serving_version is None:
+async def _keep_serving_cache_warm(store: VersionedVectorStore, stack: AsyncExitStack) -> None:
+    """Copy the serving version's vectors into the serving cache in the background, at start
+    and again after every change of serving version (lookups read RocksDB for what is not
+    copied yet); stopped and awaited before the store closes."""
+    if store.serving_cache is None:
         return
     stop = threading.Event()
 
-    def warm() -> None:
-        started = time.monotonic()
-        copied = store.warm_serving_cache(stop=stop)
-        if not stop.is_set():
-            say(
-                f"serving cache: {copied} vectors of version {store.serving_version} in memory "
-                f"({time.monotonic() - started:.1f} s)"
-            )
+    async def keep_warm() -> None:
+        warmed: int | None = None
+        while not stop.is_set():
+            version = store.serving_version
+            if version is not None and version != warmed:
+                started = time.monotonic()
+                copied = await asyncio.to_thread(store.warm_serving_cache, stop=stop)
+                if not stop.is_set() and store.serving_version == version:
+                    warmed = version
+                    say(
+                        f"serving cache: {copied} vectors of version {version} copied in "
+                        f"{time.monotonic() - started:.1f} s"
+                    )
+            await asyncio.sleep(0.2)
 
-    warming = asyncio.ensure_future(asyncio.to_thread(warm))
+    task = asyncio.ensure_future(keep_warm())
 
     async def stop_warming() -> None:
         stop.set()
-        await warming
+        await task
 
     stack.push_async_callback(stop_warming)
 
@@ -126,6 +134,11 @@ async def run_service(
     async with AsyncExitStack() as stack:
         incarnation = f"external:{settings.broker}"
         if not settings.broker:
+            if settings.kafka_security.protocol != "PLAINTEXT":
+                raise SettingsError(
+                    f"EMBSTREAM_KAFKA_SECURITY_PROTOCOL={settings.kafka_security.protocol} needs a broker "
+                    "(--broker or EMBSTREAM_BROKER): the embedded broker speaks PLAINTEXT only"
+                )
             broker = EmbeddedBroker().start()
             stack.callback(broker.stop)
             settings = settings.with_overrides(broker=broker.bootstrap)
@@ -143,6 +156,7 @@ async def run_service(
                 settings.updates_topic: settings.partitions,
                 settings.control_topic: 1,
             },
+            **settings.kafka_security.kafka_python(),
         )
         store = VersionedVectorStore(
             settings.data_dir,
@@ -152,7 +166,6 @@ async def run_service(
             serving_cache_mb=settings.serving_cache_mb,
         )
         stack.callback(store.close)
-        await _start_warming(store, stack)
         if store.ensure_broker_incarnation(incarnation):
             say("the broker changed since the last run: source offsets reset, entity state kept")
         metrics = Metrics()
@@ -163,6 +176,7 @@ async def run_service(
             store=store,
             metrics=metrics,
             registry=registry,
+            token=settings.api_token,
             health=lambda: {
                 "assigned_partitions": worker.assigned,
                 "events_consumed": metrics.events_consumed,
@@ -189,9 +203,13 @@ async def run_service(
             settings.control_topic,
             worker.producer,
             backfill_rate=settings.backfill_rate or None,
+            client_options=settings.kafka_security.aiokafka(),
+            codec=ControlCodec(settings.control_key),
+            metrics=metrics,
         )
         await plane.start(serving, override=settings.encoder_version is not None)
         stack.push_async_callback(plane.stop)
+        await _keep_serving_cache_warm(store, stack)
         context.controller = controller
         encoder = controller.serving_encoder
         assert encoder is not None

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from store.vector_store import VECTOR_DTYPES
+from stream.kafka_security import KafkaSecurity, KafkaSecurityError
 
 __all__ = ["Settings", "SettingsError"]
 
@@ -48,6 +49,18 @@ class Settings:
     block_cache_mb: int = 256  # RocksDB block cache for vectors and state (0: RocksDB's default)
     # The serving version's vectors in memory for lookups (0: off; reads go to RocksDB).
     serving_cache_mb: int = 512
+    # Who may do what (README "Security"): a bearer token for every API route but /healthz,
+    # and a shared key signing control messages (HMAC-SHA256). Empty: not required.
+    api_token: str = field(default="", repr=False)
+    control_key: str = field(default="", repr=False)
+    # Kafka connection security, passed to every Kafka client (stream/kafka_security.py).
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_ssl_cafile: str = ""
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
 
     def __post_init__(self) -> None:
         if self.vector_dtype not in VECTOR_DTYPES:
@@ -62,6 +75,22 @@ class Settings:
             raise SettingsError(f"EMBSTREAM_BLOCK_CACHE_MB={self.block_cache_mb} must be 0 or more")
         if self.serving_cache_mb < 0:
             raise SettingsError(f"EMBSTREAM_SERVING_CACHE_MB={self.serving_cache_mb} must be 0 or more")
+        try:
+            self.kafka_security  # noqa: B018 - validates the combination
+        except KafkaSecurityError as error:
+            raise SettingsError(str(error)) from None
+
+    @property
+    def kafka_security(self) -> KafkaSecurity:
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_cafile=self.kafka_ssl_cafile,
+            ssl_certfile=self.kafka_ssl_certfile,
+            ssl_keyfile=self.kafka_ssl_keyfile,
+        )
 
     @property
     def dlq_topic(self) -> str:

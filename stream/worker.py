@@ -77,8 +77,9 @@ class StreamWorker:
     async def start(self) -> None:
         """Connect the producer, re-send any pending outbox, and join the consumer group."""
         servers = self.settings.broker_servers
+        security = self.settings.kafka_security.aiokafka()
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=servers, client_id="embstream-worker", linger_ms=5, acks=1
+            bootstrap_servers=servers, client_id="embstream-worker", linger_ms=5, acks=1, **security
         )
         await self.producer.start()
         await self._flush_pending_outbox()
@@ -95,6 +96,7 @@ class StreamWorker:
             max_poll_interval_ms=300_000,
             fetch_max_wait_ms=self.settings.batch_max_wait_ms,
             max_partition_fetch_bytes=4 << 20,
+            **security,
         )
         self.consumer.subscribe([self.settings.topic], listener=_SeekToStoredOffsets(self))
         await self.consumer.start()

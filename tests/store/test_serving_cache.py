@@ -37,7 +37,7 @@ def test_only_the_held_version_is_read_or_written() -> None:
     cache = ServingCache(1 << 20)
     cache.reset(3)
     cache.upsert("user", 4, ["a"], rows(9), 1)  # a staged version's write: not held
-    cache.fill("user", 2, ["a"], rows(8), np.array([1]))
+    assert not cache.fill("user", 2, ["a"], rows(8), np.array([1]), cache.epoch)
     assert cache.held("user") == 0
     cache.upsert("user", 3, ["a"], rows(1), 1)
     assert cache.read("user", 4, ["a"]) is None
@@ -51,12 +51,50 @@ def test_fill_never_replaces_what_a_commit_wrote() -> None:
     """A reader that read RocksDB before a commit fills after that commit's upsert."""
     cache = ServingCache(1 << 20)
     cache.reset(1)
+    epoch = cache.epoch  # the reader notes it, then reads RocksDB
     cache.upsert("item", 1, ["a"], rows(2), 200)  # the commit
-    cache.fill("item", 1, ["a", "b"], rows(1, 5), np.array([100, 150]))  # the late reader
+    assert cache.fill("item", 1, ["a", "b"], rows(1, 5), np.array([100, 150]), epoch)  # the late reader
     hits = cache.read("item", 1, ["a", "b"])
     assert hits is not None
     assert hits.vectors[:, 0].tolist() == [2, 5]
     assert hits.updated_at_ms.tolist() == [200, 150]
+
+
+def test_a_fill_read_before_a_discard_or_reset_is_dropped() -> None:
+    """An eviction (or a version change) between a reader's RocksDB read and its fill: the
+    value read may be gone from the store, so it must not enter the cache."""
+    cache = ServingCache(1 << 20)
+    cache.reset(1)
+    epoch = cache.epoch
+    cache.discard("user", 1, ["x"])  # x was not even held
+    assert not cache.fill("user", 1, ["x"], rows(1), np.array([1]), epoch)
+    epoch = cache.epoch
+    cache.reset(2)
+    cache.reset(1)
+    assert not cache.fill("user", 1, ["x"], rows(1), np.array([1]), epoch)
+    assert cache.read("user", 1, ["x"]).positions.tolist() == []  # type: ignore[union-attr]
+    assert cache.fill("user", 1, ["x"], rows(1), np.array([1]), cache.epoch)
+    assert cache.held("user") == 1
+
+
+def test_a_write_of_another_dimension_drops_the_held_row() -> None:
+    cache = ServingCache(1 << 20)
+    cache.reset(1)
+    cache.upsert("user", 1, ["a", "b"], rows(1, 2), 1)
+    cache.upsert("user", 1, ["a"], np.ones((1, DIM + 2), np.float32), 2)
+    hits = cache.read("user", 1, ["a", "b"])
+    assert hits is not None and hits.positions.tolist() == [1]
+
+
+def test_the_budget_bounds_allocated_rows_not_only_used_ones() -> None:
+    per_id = DIM * 4 + 8 + 120
+    cache = ServingCache(3_000 * per_id)
+    cache.reset(1)
+    ids = [f"u{n}" for n in range(5_000)]
+    cache.upsert("user", 1, ids, np.zeros((5_000, DIM), np.float32), 1)
+    assert cache.held("user") == 3_000
+    assert cache.allocated_bytes <= cache.budget_bytes
+    assert cache.full()
 
 
 def test_budget_stops_new_ids_but_held_ones_stay_current() -> None:
@@ -197,8 +235,16 @@ def test_warm_stops_when_asked(tmp_path: Path) -> None:
         fill_store(store, np.random.default_rng(0), (1,))
         store.set_serving_version(1)
         stop = threading.Event()
-        stop.set()
+        assert store.serving_cache is not None
+        original_fill = store.serving_cache.fill
+
+        def fill_then_stop(*args: object) -> bool:
+            stop.set()  # asked to stop while the first chunk is being copied
+            return original_fill(*args)  # type: ignore[arg-type]
+
+        store.serving_cache.fill = fill_then_stop  # type: ignore[method-assign]
         assert store.warm_serving_cache(chunk=50, stop=stop) == 50
+        store.serving_cache.fill = original_fill  # type: ignore[method-assign]
         assert store.warm_serving_cache() == 300
     finally:
         store.close()
@@ -240,8 +286,100 @@ def test_concurrent_reads_never_see_a_torn_or_foreign_row(tmp_path: Path) -> Non
             thread.start()
         for thread in threads:
             thread.join(timeout=60)
+            assert not thread.is_alive()
         assert not problems, problems[:3]
         final = resolve_matrix(store, "user", ids, None)
         assert (final.vectors == 39).all()
     finally:
         store.close()
+
+
+def commit(store: VersionedVectorStore, ids: list[str], version: int, vectors: np.ndarray, at: int) -> None:
+    writer = store.writer()
+    writer.put_vectors("user", ids, version, vectors, at)
+    writer.commit()
+
+
+def test_a_read_racing_an_eviction_does_not_bring_the_evicted_vector_back(tmp_path: Path) -> None:
+    """Reader misses x and reads x@1 from RocksDB; a commit of x@2 evicts x@1 (keep 1);
+    then the reader fills. Afterwards the cache must answer as RocksDB does: x lacks v1."""
+    store = VersionedVectorStore(tmp_path / "db", keep_versions=1, serving_cache_mb=8)
+    try:
+        commit(store, ["x"], 1, rows(1), 10)
+        store.set_serving_version(1)  # an empty cache: x is read through
+        read = store.get_raw_records
+
+        def read_then_evict(kind: str, ids: list[str]) -> list[bytes | None]:
+            raw = read(kind, ids)
+            store.get_raw_records = read  # type: ignore[method-assign]
+            commit(store, ["x"], 2, rows(2), 20)  # the writer thread, in between
+            return raw
+
+        store.get_raw_records = read_then_evict  # type: ignore[method-assign]
+        assert resolve_matrix(store, "user", ["x"], None).ids == ["x"]  # what it read, then
+        assert resolve_matrix(store, "user", ["x"], None).missing == ["x"]  # and from now on
+    finally:
+        store.close()
+
+
+def test_a_warm_scan_racing_an_eviction_reads_its_chunk_again(tmp_path: Path) -> None:
+    store = VersionedVectorStore(tmp_path / "db", keep_versions=1, serving_cache_mb=8)
+    try:
+        store.set_serving_version(1)
+        commit(store, ["w", "x"], 1, rows(1, 1), 10)
+        assert store.serving_cache is not None
+        store.serving_cache.reset(1)  # forget the commit's upsert: the scan must find them
+        original_fill = store.serving_cache.fill
+        calls = []
+
+        def evict_then_fill(*args: object) -> bool:
+            if not calls:
+                commit(store, ["x"], 2, rows(2), 20)  # evicts x@1 after the chunk was read
+            calls.append(args)
+            return original_fill(*args)  # type: ignore[arg-type]
+
+        store.serving_cache.fill = evict_then_fill  # type: ignore[method-assign]
+        assert store.warm_serving_cache(kinds=("user",)) == 1
+        assert len(calls) == 2  # refused once, read again
+        answer = resolve_matrix(store, "user", ["w", "x"], None)
+        assert (answer.ids, answer.missing) == (["w"], ["x"])
+    finally:
+        store.close()
+
+
+def test_a_promote_and_rollback_during_a_read_leave_no_stale_row(tmp_path: Path) -> None:
+    store = VersionedVectorStore(tmp_path / "db", serving_cache_mb=8)
+    try:
+        commit(store, ["x"], 1, rows(1), 10)
+        store.set_serving_version(1)
+        assert store.serving_cache is not None
+        store.serving_cache.reset(1)
+        read = store.get_raw_records
+
+        def read_then_write_and_flip(kind: str, ids: list[str]) -> list[bytes | None]:
+            raw = read(kind, ids)
+            store.get_raw_records = read  # type: ignore[method-assign]
+            commit(store, ["x"], 1, rows(5), 50)
+            store.set_serving_version(2)
+            store.set_serving_version(1)
+            return raw
+
+        store.get_raw_records = read_then_write_and_flip  # type: ignore[method-assign]
+        resolve_matrix(store, "user", ["x"], None)
+        assert resolve_matrix(store, "user", ["x"], None).vectors[0, 0] == 5
+    finally:
+        store.close()
+
+
+def test_rows_of_two_dimensions_in_one_version_answer_as_without_the_cache(tmp_path: Path) -> None:
+    answers = []
+    for cache_mb in (0, 8):
+        store = VersionedVectorStore(tmp_path / str(cache_mb), serving_cache_mb=cache_mb)
+        try:
+            store.set_serving_version(1)
+            commit(store, ["a"], 1, np.ones((1, 4), np.float32), 1)
+            commit(store, ["b"], 1, np.ones((1, 6), np.float32), 1)
+            answers.append([r.vector.shape for r in resolve_many(store, "user", ["a", "b"], None)[1] if r])
+        finally:
+            store.close()
+    assert answers == [[(4,), (6,)], [(4,), (6,)]]
