@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from store.errors import (
     NoServingVersionError,
+    StoreDamagedError,
     StoreError,
+    StoreInUseError,
     StoreOpenError,
     VersionNotFoundError,
     VersionUnreachableError,
@@ -20,6 +22,7 @@ from store.lookup import (
     resolve_many,
     resolve_matrix,
 )
+from store.maintenance import describe_store, restore_store, verify_store
 from store.record import (
     COMPACT_RECORD_FORMAT,
     RECORD_FORMAT,
@@ -41,7 +44,9 @@ __all__ = [
     "RecordFormatError",
     "ResolvedMatrix",
     "ResolvedVector",
+    "StoreDamagedError",
     "StoreError",
+    "StoreInUseError",
     "StoreOpenError",
     "StoreWriter",
     "VersionNotFoundError",
@@ -49,6 +54,7 @@ __all__ = [
     "VersionedVector",
     "VersionedVectorStore",
     "decode_record",
+    "describe_store",
     "encode_record",
     "entity_key",
     "lookup_many",
@@ -57,5 +63,7 @@ __all__ = [
     "resolve_entry",
     "resolve_many",
     "resolve_matrix",
+    "restore_store",
     "upsert_entry",
+    "verify_store",
 ]

@@ -2,6 +2,8 @@
 
 StoreError
 ├── StoreOpenError       the database cannot be opened (locked, corrupt, unreadable)
+│   ├── StoreInUseError  another process holds it
+│   └── StoreDamagedError its files are damaged (the message names the ways out)
 └── VersionNotFoundError a requested version is not held for an entity
 """
 
@@ -9,7 +11,9 @@ from __future__ import annotations
 
 __all__ = [
     "NoServingVersionError",
+    "StoreDamagedError",
     "StoreError",
+    "StoreInUseError",
     "StoreOpenError",
     "VersionNotFoundError",
     "VersionUnreachableError",
@@ -22,6 +26,14 @@ class StoreError(Exception):
 
 class StoreOpenError(StoreError):
     """The RocksDB database cannot be opened."""
+
+
+class StoreInUseError(StoreOpenError):
+    """Another process holds the database (RocksDB's lock)."""
+
+
+class StoreDamagedError(StoreOpenError):
+    """The database's files are damaged; restore a backup or rebuild from the topic."""
 
 
 class VersionNotFoundError(StoreError):

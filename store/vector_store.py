@@ -16,17 +16,28 @@ Column families:
 
 from __future__ import annotations
 
+import os
+import shutil
 import struct
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rocksdict import BlockBasedOptions, Cache, DBCompressionType, Options, Rdict, WriteBatch
+from rocksdict import (
+    AccessType,
+    BlockBasedOptions,
+    Cache,
+    Checkpoint,
+    DBCompressionType,
+    Options,
+    Rdict,
+    WriteBatch,
+)
 
-from store.errors import StoreError, StoreOpenError
+from store.errors import StoreDamagedError, StoreError, StoreInUseError, StoreOpenError
 from store.keys import KINDS, entity_key
 from store.record import COMPACT_RECORD_FORMAT, VersionedVector, decode_record, encode_entries, splice_entry
 from store.record_scan import locate_entry, span_vector
@@ -96,7 +107,11 @@ class VersionedVectorStore:
         vector_dtype: str = "float32",
         block_cache_mb: int = DEFAULT_BLOCK_CACHE_MB,
         serving_cache_mb: int = 0,
+        read_only: bool = False,
     ) -> None:
+        """Open (or create) the store at ``path``. ``read_only`` opens an existing store
+        for reading only, even while a worker holds it (RocksDB's read-only mode: a view
+        as of the moment it opened); writes then fail."""
         if not 1 <= keep_versions <= 255:
             raise ValueError("keep_versions must be between 1 and 255")
         if vector_dtype not in VECTOR_DTYPES:
@@ -105,7 +120,10 @@ class VersionedVectorStore:
         self.keep_versions = keep_versions
         #: How new vectors are stored; reads return whatever each entry holds.
         self.vector_dtype = vector_dtype
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        _check_openable(self.path, read_only)
+        if not read_only:
+            self.path.mkdir(parents=True, exist_ok=True)
         if block_cache_mb < 0:
             raise ValueError("block_cache_mb must be 0 (RocksDB's default) or more")
         if serving_cache_mb < 0:
@@ -116,16 +134,19 @@ class VersionedVectorStore:
         column_families = {name: Options(raw_mode=True) for name in _COLUMN_FAMILIES}
         column_families["vectors"] = _vectors_options(vector_dtype, cache)
         column_families["state"] = _state_options(cache)
+        access = AccessType.read_only() if read_only else AccessType.read_write()
         try:
-            self._db = Rdict(str(self.path), options=_raw_options(), column_families=column_families)
+            self._db = Rdict(
+                str(self.path), options=_raw_options(), column_families=column_families, access_type=access
+            )
         except Exception as exc:  # rocksdict raises a bare Exception on lock or corruption
-            raise StoreOpenError(f"cannot open the store at {self.path}: {exc}") from exc
+            raise _open_error(self.path, exc) from exc
         # Raw mode: keys and values are bytes (rocksdict's annotations assume pickled values).
         self._cf: dict[str, Any] = {name: self._db.get_column_family(name) for name in _COLUMN_FAMILIES}
         self._handles = {name: self._db.get_column_family_handle(name) for name in _COLUMN_FAMILIES}
         self._counts: Counter[tuple[str, int]] = Counter()
         db: Any = self._db
-        for key, value in db.items(from_key=_COUNT_PREFIX):
+        for key, value in scan(db, _COUNT_PREFIX, self.path):
             if not key.startswith(_COUNT_PREFIX):
                 break
             kind, version = key[len(_COUNT_PREFIX) :].decode().split(":")
@@ -143,35 +164,45 @@ class VersionedVectorStore:
 
     def get_records(self, kind: str, ids: Sequence[str]) -> list[list[VersionedVector] | None]:
         """The decoded records of ``ids`` (multi-get), ``None`` where an id has none."""
-        raw: list[bytes | None] = self._cf["vectors"].get([entity_key(kind, e) for e in ids])
+        raw = self._multi_get("vectors", [entity_key(kind, e) for e in ids])
         return [None if value is None else decode_record(value) for value in raw]
 
     def get_raw_records(self, kind: str, ids: Sequence[str]) -> list[bytes | None]:
         """The encoded records of ``ids`` (multi-get), for readers that decode one entry only."""
-        return self._cf["vectors"].get([entity_key(kind, e) for e in ids])
+        return self._multi_get("vectors", [entity_key(kind, e) for e in ids])
 
     def scan_raw_records(self, kind: str, first_id: str, last_id: str) -> dict[bytes, bytes]:
         """Every encoded record with a key from ``first_id``'s to ``last_id``'s, by key: one
         sequential read, cheaper than a multi-get when the ids of a batch are adjacent."""
         end = entity_key(kind, last_id)
         found: dict[bytes, bytes] = {}
-        for key, raw in self._cf["vectors"].items(from_key=entity_key(kind, first_id)):
+        for key, raw in scan(self._cf["vectors"], entity_key(kind, first_id), self.path):
             if key > end:
                 break
             found[key] = raw
+        return found
+
+    def _multi_get(self, column_family: str, keys: list[bytes]) -> list[bytes | None]:
+        """One multi-get; a block failing its checksum is a :class:`StoreDamagedError`."""
+        try:
+            found: list[bytes | None] = self._cf[column_family].get(keys)
+        except Exception as exc:  # rocksdict raises a bare Exception
+            if "corrupt" in str(exc).lower():
+                raise StoreDamagedError(damaged_message(self.path, str(exc))) from exc
+            raise
         return found
 
     def get_record(self, kind: str, entity_id: str) -> list[VersionedVector] | None:
         return self.get_records(kind, [entity_id])[0]
 
     def get_states(self, kind: str, ids: Sequence[str]) -> list[bytes | None]:
-        return self._cf["state"].get([entity_key(kind, entity_id) for entity_id in ids])
+        return self._multi_get("state", [entity_key(kind, entity_id) for entity_id in ids])
 
     def iter_states(self, kind: str, after: str | None = None) -> Iterable[tuple[str, bytes]]:
         """Every (id, state bytes) of one kind in key order, optionally after id ``after``."""
         prefix = entity_key(kind, "")
         start = prefix if after is None else entity_key(kind, after) + b"\x00"
-        for key, value in self._cf["state"].items(from_key=start):
+        for key, value in scan(self._cf["state"], start, self.path):
             if not key.startswith(prefix):
                 break
             yield key[len(prefix) :].decode("utf-8"), value
@@ -179,7 +210,7 @@ class VersionedVectorStore:
     def count_states(self, kind: str) -> int:
         prefix = entity_key(kind, "")
         count = 0
-        for key in self._cf["state"].keys(from_key=prefix):
+        for key, _ in scan(self._cf["state"], prefix, self.path):
             if not key.startswith(prefix):
                 break
             count += 1
@@ -242,7 +273,7 @@ class VersionedVectorStore:
                 vectors: list[np.ndarray] = []
                 stamps: list[int] = []
                 scanned, last = 0, None
-                for key, raw in self._cf["vectors"].items(from_key=start):
+                for key, raw in scan(self._cf["vectors"], start, self.path):
                     if not key.startswith(prefix) or scanned >= chunk:
                         break
                     scanned, last = scanned + 1, key
@@ -259,6 +290,26 @@ class VersionedVectorStore:
                     break
                 start = last + b"\x00"
         return copied
+
+    def checkpoint(self, target: str | Path) -> Path:
+        """A consistent copy of the whole store in ``target`` (a new directory), taken while
+        it is in use: a RocksDB checkpoint, whose hard links to the store's files are then
+        replaced by copies, so damage to one cannot reach the other. Every write batch is in
+        it entirely or not at all, so state, vectors and source offsets agree."""
+        target = Path(target)
+        if target.exists():
+            raise StoreError(f"{target} already exists; a backup goes into a new directory")
+        if not target.parent.is_dir():
+            raise StoreError(f"{target.parent} is not a directory")
+        checkpoint = Checkpoint(self._db)
+        try:
+            checkpoint.create_checkpoint(str(target))
+        except Exception as exc:  # rocksdict raises a bare Exception
+            raise StoreError(f"cannot write a backup to {target}: {exc}") from exc
+        finally:
+            del checkpoint  # it holds the database open
+        _unshare_files(target)
+        return target
 
     def compact(self) -> None:
         """Flush memtables and compact every column family fully (e.g. to measure its size)."""
@@ -285,7 +336,7 @@ class VersionedVectorStore:
         current = self._db.get(_INCARNATION_KEY)
         if current == incarnation.encode():
             return False
-        for key in list(self._cf["offsets"].keys()):
+        for key in [key for key, _ in scan(self._cf["offsets"], None, self.path)]:
             self._cf["offsets"].delete(key)
         self._db.put(_INCARNATION_KEY, incarnation.encode())
         return current is not None
@@ -309,6 +360,71 @@ class VersionedVectorStore:
         self._cf.clear()
         self._handles.clear()
         self._db.close()
+
+
+def scan(view: Any, start: bytes | None, path: Path) -> Iterator[tuple[bytes, bytes]]:
+    """Keys and values of a column family (or the default one) from ``start`` on.
+
+    rocksdict's ``items()`` ends quietly when a block fails its checksum; this checks the
+    iterator's status at the end and raises :class:`StoreDamagedError` instead, so a scan
+    (backfill, cache warm-up, check) never mistakes damage for the end of the data.
+    """
+    iterator = view.iter()
+    if start is None:
+        iterator.seek_to_first()
+    else:
+        iterator.seek(start)
+    while iterator.valid():
+        yield iterator.key(), iterator.value()
+        iterator.next()
+    try:
+        iterator.status()
+    except Exception as exc:  # rocksdict raises a bare Exception
+        raise StoreDamagedError(damaged_message(path, str(exc))) from exc
+
+
+def _unshare_files(directory: Path) -> None:
+    """Replace every hard-linked file in ``directory`` by a copy of its own."""
+    for file in directory.iterdir():
+        if file.is_file() and file.stat().st_nlink > 1:
+            copy = file.with_name(file.name + ".copying")
+            shutil.copyfile(file, copy)
+            os.replace(copy, file)
+
+
+def _check_openable(path: Path, read_only: bool) -> None:
+    """Refuse, with a way out, directories RocksDB would misread: a missing store opened
+    for reading, or a store whose ``CURRENT`` file is gone (RocksDB would start a new,
+    empty database next to the old files)."""
+    if read_only and not (path / "CURRENT").is_file():
+        raise StoreOpenError(f"there is no store at {path}")
+    if path.is_dir() and not (path / "CURRENT").exists():
+        leftovers = [p.name for p in path.iterdir() if p.name.startswith("MANIFEST-") or p.suffix == ".sst"]
+        if leftovers:
+            raise StoreDamagedError(damaged_message(path, "its CURRENT file is missing"))
+
+
+def _open_error(path: Path, exc: Exception) -> StoreOpenError:
+    text = str(exc)
+    if "lock" in text.lower():
+        return StoreInUseError(
+            f"the store at {path} is in use by another process (an `embstream run` on this "
+            f"directory?); stop it first, or use `embstream store backup` to copy it while it runs "
+            f"({text})"
+        )
+    if "corrupt" in text.lower():
+        return StoreDamagedError(damaged_message(path, text))
+    return StoreOpenError(f"cannot open the store at {path}: {text}")
+
+
+def damaged_message(path: Path, detail: str) -> str:
+    """What to say about a damaged store: what is wrong and the two ways out."""
+    return (
+        f"the store at {path} is damaged ({detail}). Ways out: restore a backup with "
+        f"`embstream store restore BACKUP_DIR --data-dir {path}`; or move the directory away and "
+        "start the worker again, which rebuilds state and vectors from the events the "
+        "interactions topic still retains"
+    )
 
 
 def _fill(
@@ -379,7 +495,9 @@ class StoreWriter:
             stored: list[bytes | None] = [stored_records.get(key) for key in keys]
         else:
             unread = [key for key in keys if key not in pending]
-            fetched = dict(zip(unread, self._store._cf["vectors"].get(unread), strict=True)) if unread else {}
+            fetched = (
+                dict(zip(unread, self._store._multi_get("vectors", unread), strict=True)) if unread else {}
+            )
             stored = [fetched.get(key) for key in keys]
         entries = encode_entries(version, updated_at_ms, vectors, COMPACT_RECORD_FORMAT)
         added_count = 0

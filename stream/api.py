@@ -13,7 +13,9 @@ type gets JSON, as before. Errors are always JSON, whatever was asked for.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,7 +28,7 @@ from aiohttp import web
 from models.aligners import BackwardAligner
 from models.errors import IncompatibleVersionsError, VersionMissingError
 from models.registry import EncoderRegistry
-from store.errors import NoServingVersionError, VersionUnreachableError
+from store.errors import NoServingVersionError, StoreError, VersionUnreachableError
 from store.keys import KINDS
 from store.lookup import ResolvedMatrix, ResolvedVector, resolve_many, resolve_matrix
 from store.vector_store import VersionedVectorStore
@@ -275,6 +277,30 @@ def create_app(context: ApiContext) -> web.Application:
                 "registry_versions": context.registry.versions(),
                 "rollout": None if context.controller is None else context.controller.describe(),
                 "store": {kind: {str(v): n for v, n in per.items()} for kind, per in counts.items()},
+            }
+        )
+
+    @routes.post("/v1/admin/backup")
+    async def backup(request: web.Request) -> web.Response:
+        """A consistent copy of the store, written by this worker to ``{"dir": PATH}`` (a new
+        directory on this machine), while it keeps running."""
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            raise _ApiError(400, "bad_body", "the body must be JSON") from None
+        target = body.get("dir") if isinstance(body, dict) else None
+        if not isinstance(target, str) or not target or "\x00" in target:
+            raise _ApiError(400, "bad_body", 'the body must be {"dir": "/path/to/new/directory"}')
+        started = time.monotonic()
+        try:
+            written = await asyncio.to_thread(context.store.checkpoint, target)
+        except StoreError as error:
+            raise _ApiError(409, "backup_failed", str(error)) from None
+        return _json(
+            {
+                "path": str(written),
+                "serving_version": context.store.serving_version,
+                "seconds": round(time.monotonic() - started, 3),
             }
         )
 

@@ -1,4 +1,4 @@
-"""The ``embstream`` command line: run, demo, produce, lookup, train, models, swap."""
+"""The ``embstream`` command line: run, demo, produce, lookup, train, models, swap, store."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from models.errors import ModelError
 from store.errors import StoreError
 from stream.broker import BrokerError
 from stream.cli_models import add_model_commands, run_models, run_train
+from stream.cli_store import add_store_commands, run_store
 from stream.cli_swap import add_swap_commands, run_swap
 from stream.control import ControlError
 from stream.settings import Settings, SettingsError
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model_commands(commands)
     add_swap_commands(commands)
+    add_store_commands(commands)
 
     lookup = commands.add_parser("lookup", help="fetch one embedding from a running API")
     lookup.add_argument("kind", choices=["user", "item"])
@@ -220,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": run_train,
         "models": run_models,
         "swap": run_swap,
+        "store": run_store,
     }
     try:
         return handlers[args.command](args)

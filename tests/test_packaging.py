@@ -86,7 +86,9 @@ EXPORTS = {
         "RecordFormatError",
         "ResolvedMatrix",
         "ResolvedVector",
+        "StoreDamagedError",
         "StoreError",
+        "StoreInUseError",
         "StoreOpenError",
         "StoreWriter",
         "VersionNotFoundError",
@@ -94,6 +96,7 @@ EXPORTS = {
         "VersionedVector",
         "VersionedVectorStore",
         "decode_record",
+        "describe_store",
         "encode_record",
         "entity_key",
         "lookup_many",
@@ -102,7 +105,9 @@ EXPORTS = {
         "resolve_entry",
         "resolve_many",
         "resolve_matrix",
+        "restore_store",
         "upsert_entry",
+        "verify_store",
     },
 }
 

@@ -91,7 +91,7 @@ def test_serving_version_outbox_and_incarnation(store: VersionedVectorStore) -> 
 
 
 def test_a_locked_store_gives_a_clear_error(store: VersionedVectorStore) -> None:
-    with pytest.raises(StoreOpenError, match="cannot open the store"):
+    with pytest.raises(StoreOpenError, match="in use by another process"):
         VersionedVectorStore(store.path)
 
 

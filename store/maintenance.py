@@ -1,0 +1,82 @@
+"""Looking after a store: describe it, verify every byte of it, restore it from a backup.
+
+Backups are RocksDB checkpoints (:meth:`VersionedVectorStore.checkpoint`), themselves
+complete stores: ``restore`` checks one opens and reads, moves the current data directory
+aside (nothing is deleted) and copies the backup in its place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from store.errors import StoreDamagedError, StoreError
+from store.keys import KINDS
+from store.vector_store import VersionedVectorStore, damaged_message, scan
+
+__all__ = ["describe_store", "restore_store", "verify_store"]
+
+
+def describe_store(store: VersionedVectorStore) -> dict[str, Any]:
+    """Serving version, entities per kind and version, states per kind, source offsets."""
+    offsets = {
+        key.decode(): int.from_bytes(value, "little")
+        for key, value in scan(store._cf["offsets"], None, store.path)
+    }
+    return {
+        "path": str(store.path),
+        "serving_version": store.serving_version,
+        "entities": {
+            kind: {str(v): n for v, n in per.items()} for kind, per in store.version_counts().items()
+        },
+        "states": {kind: store.count_states(kind) for kind in KINDS},
+        "source_offsets": offsets,
+    }
+
+
+def verify_store(store: VersionedVectorStore) -> dict[str, int]:
+    """Read every key and value of every column family (RocksDB checks each block's
+    checksum on the way). Returns the keys per column family; raises
+    :class:`StoreDamagedError` naming the damage and the ways out on the first bad block."""
+    views: dict[str, Any] = {"default": store._db, **store._cf}
+    counts = {}
+    for name, view in views.items():
+        count = 0
+        try:
+            for _ in scan(view, None, store.path):  # reading the values checks their blocks
+                count += 1
+        except StoreDamagedError as error:
+            detail = f"column family {name!r}, after {count} keys: {error.__cause__}"
+            raise StoreDamagedError(damaged_message(store.path, detail)) from error
+        counts[name] = count
+    return counts
+
+
+def restore_store(backup: str | Path, data_dir: str | Path) -> dict[str, Any]:
+    """Make ``data_dir`` a copy of ``backup``. The backup is checked first (it must open and
+    read through); an existing ``data_dir`` must not be in use and is moved aside to
+    ``<data_dir>.replaced-<time>``. Returns the backup's description and where the old
+    directory went (``None`` if there was none)."""
+    backup, data_dir = Path(backup), Path(data_dir)
+    if not backup.is_dir():
+        raise StoreError(f"there is no backup at {backup}")
+    checked = VersionedVectorStore(backup, read_only=True, block_cache_mb=0)
+    try:
+        verify_store(checked)
+        described = describe_store(checked)
+    finally:
+        checked.close()
+    moved_to = None
+    if data_dir.exists():
+        # Refused (StoreInUseError) while a worker holds it. A damaged store is what a
+        # restore is for: it is moved aside below, not deleted.
+        with contextlib.suppress(StoreDamagedError):
+            VersionedVectorStore(data_dir, block_cache_mb=0).close()
+        moved_to = data_dir.with_name(f"{data_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        data_dir.rename(moved_to)
+    shutil.copytree(backup, data_dir)
+    (data_dir / "LOCK").unlink(missing_ok=True)
+    return {**described, "path": str(data_dir), "replaced": None if moved_to is None else str(moved_to)}

@@ -1,0 +1,115 @@
+"""``embstream store``: backup, restore, info and check of a worker's RocksDB store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from store.errors import StoreError, StoreInUseError
+from store.maintenance import describe_store, restore_store, verify_store
+from store.vector_store import VersionedVectorStore
+from stream.settings import Settings
+
+__all__ = ["add_store_commands", "run_store"]
+
+
+def add_store_commands(commands: Any) -> None:
+    store = commands.add_parser("store", help="back up, restore, describe or check the store")
+    actions = store.add_subparsers(dest="action", required=True, metavar="ACTION")
+    backup = actions.add_parser(
+        "backup", help="copy the store to a new directory (consistent, also while the worker runs)"
+    )
+    backup.add_argument("dir", type=Path, help="where the backup goes (must not exist)")
+    backup.add_argument(
+        "--api",
+        help="the running worker's API, used when the store is in use "
+        "(default: EMBSTREAM_API_URL or http://127.0.0.1:8080)",
+    )
+    restore = actions.add_parser("restore", help="replace the store with a backup (worker stopped)")
+    restore.add_argument("dir", type=Path, help="a directory written by `embstream store backup`")
+    actions.add_parser("info", help="serving version, entities, states and offsets (also while running)")
+    actions.add_parser("check", help="read every byte of the store, verifying checksums")
+    for action in actions.choices.values():
+        action.add_argument("--data-dir", type=Path, help="RocksDB directory (default: embstream-data)")
+
+
+def run_store(args: argparse.Namespace) -> int:
+    data_dir = Settings.from_env().with_overrides(data_dir=args.data_dir).data_dir
+    if args.action == "backup":
+        return _backup(data_dir, args.dir, args.api)
+    if args.action == "restore":
+        restored = restore_store(args.dir, data_dir)
+        _say(f"restored {args.dir} into {data_dir}")
+        if restored["replaced"]:
+            _say(f"the previous store was moved to {restored['replaced']} (delete it when satisfied)")
+        print(json.dumps(restored, indent=2))
+        return 0
+    if not (data_dir / "CURRENT").is_file():
+        raise StoreError(f"there is no store at {data_dir} (pass --data-dir or set EMBSTREAM_DATA_DIR)")
+    store = VersionedVectorStore(data_dir, read_only=True, block_cache_mb=0)
+    try:
+        if args.action == "info":
+            print(json.dumps(describe_store(store), indent=2))
+        else:
+            counts = verify_store(store)
+            _say(f"store at {data_dir} is readable end to end")
+            print(json.dumps({"path": str(data_dir), "keys": counts}, indent=2))
+    finally:
+        store.close()
+    return 0
+
+
+def _backup(data_dir: Path, target: Path, api: str | None) -> int:
+    target = target.absolute()
+    if not (data_dir / "CURRENT").is_file():
+        raise StoreError(f"there is no store at {data_dir} (pass --data-dir or set EMBSTREAM_DATA_DIR)")
+    try:
+        store = VersionedVectorStore(data_dir, block_cache_mb=0)
+    except StoreInUseError:
+        return _backup_through_api(target, api)
+    try:
+        store.checkpoint(target)
+        described = describe_store(store)
+    finally:
+        store.close()
+    _say(f"backup of {data_dir} written to {target}")
+    print(json.dumps({**described, "path": str(target)}, indent=2))
+    return 0
+
+
+def _backup_through_api(target: Path, api: str | None) -> int:
+    """The store is held by a running worker: ask it to write the checkpoint."""
+    base = (api or os.environ.get("EMBSTREAM_API_URL") or "http://127.0.0.1:8080").rstrip("/")
+    request = urllib.request.Request(
+        f"{base}/v1/admin/backup",
+        data=json.dumps({"dir": str(target)}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    token = os.environ.get("EMBSTREAM_API_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        message = json.loads(error.read() or b"{}").get("message", error.reason)
+        raise StoreError(f"the running worker refused the backup: {error.code} {message}") from None
+    except urllib.error.URLError as error:
+        raise StoreError(
+            f"the store is in use and the worker's API at {base} cannot be reached ({error.reason}); "
+            "pass --api with the running worker's address"
+        ) from None
+    _say(f"backup written by the running worker to {body['path']}")
+    print(json.dumps(body, indent=2))
+    return 0
+
+
+def _say(message: str) -> None:
+    print(f"embstream: {message}", file=sys.stderr)
