@@ -1,87 +1,19 @@
-"""Restarts and versions on the real broker and RocksDB: no event lost or applied twice
-after a kill -9, and the per-id cap of K versions."""
+"""Versions across restarts on the real broker and RocksDB: the per-id cap of K versions.
+(The kill -9 scenario is in ``tests/faults``.)"""
 
 from __future__ import annotations
 
-import json
 import shutil
-import signal
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
-from kafka import KafkaProducer
 
-from models.features import UserState
 from models.registry import EncoderRegistry
-from store.vector_store import VersionedVectorStore
-from stream.broker import EmbeddedBroker, ensure_topics
+from stream.broker import EmbeddedBroker
 from tests.conftest import WorkerProcess, http_json, produce, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _events(topic_users: int, count: int, start: int) -> list[dict]:
-    now = int(time.time() * 1000)
-    return [
-        {"user_id": f"r{(start + n) % topic_users}", "item_id": f"it{n % 17}", "type": "view", "ts": now}
-        for n in range(count)
-    ]
-
-
-def _send_sentinels(bootstrap: str, topic: str, round_: int, partitions: int = 4) -> list[str]:
-    """One event per partition, so that its arrival proves everything before it was applied."""
-    producer = KafkaProducer(bootstrap_servers=[bootstrap])
-    names = []
-    for partition in range(partitions):
-        name = f"sentinel-{round_}-{partition}"
-        body = {"user_id": name, "item_id": "s", "type": "view", "ts": int(time.time() * 1000)}
-        producer.send(topic, json.dumps(body).encode(), key=name.encode(), partition=partition)
-        names.append(name)
-    producer.flush()
-    producer.close()
-    return names
-
-
-def _wait_users(worker: WorkerProcess, names: list[str]) -> None:
-    for name in names:
-        wait_until(
-            lambda n=name: http_json("GET", f"{worker.api}/v1/embeddings/user/{n}")[0] == 200, timeout_s=30
-        )
-
-
-def test_kill_minus_9_mid_stream_loses_nothing_and_counts_nothing_twice(
-    broker: EmbeddedBroker, trained_registry: Path, tmp_path: Path
-) -> None:
-    topic = "restart-interactions"
-    ensure_topics([broker.bootstrap], {topic: 4})
-    data = tmp_path / "data"
-    with WorkerProcess(data, trained_registry, broker.bootstrap, topic).start() as worker:
-        first = _events(25, 3_000, 0)
-        produce(broker.bootstrap, topic, first)
-        time.sleep(0.3)  # let it be mid-way through the stream
-        assert worker.process is not None
-        worker.process.send_signal(signal.SIGKILL)
-        worker.process.wait()
-        worker.process = None
-        second = _events(25, 1_000, 7)
-        produce(broker.bootstrap, topic, second)
-        worker.start()
-        _wait_users(worker, _send_sentinels(broker.bootstrap, topic, 1))
-        assert worker.stop() == 0
-    expected = Counter(str(e["user_id"]) for e in first + second)
-    store = VersionedVectorStore(data)
-    try:
-        ids = sorted(expected)
-        counts = {
-            uid: UserState.from_bytes(raw).count
-            for uid, raw in zip(ids, store.get_states("user", ids), strict=True)
-        }
-        assert counts == dict(expected)
-        assert all(record is not None for record in store.get_records("user", ids))
-    finally:
-        store.close()
 
 
 def test_records_keep_the_k_most_recent_versions(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -182,29 +181,6 @@ def test_stage_promote_rollback_under_load_never_fail_or_mix(worker: WorkerProce
     assert load.reads > 10 and load.versions_seen == {1, 2}
     status_code, _ = http_json("GET", f"{worker.api}/v1/embeddings/user/u3?version=3")
     assert status_code == 404  # v3 was never written: not held, and newer than serving
-
-
-def test_a_worker_killed_mid_backfill_resumes_and_promote_waits_for_it(worker: WorkerProcess) -> None:
-    staged = _swap(worker, "stage", "2", "--rate", "150")
-    assert staged.returncode == 0, staged.stderr
-    time.sleep(1.5)
-    refused = _swap(worker, "promote")
-    assert refused.returncode == 2 and "has not finished" in refused.stderr
-    assert worker.process is not None
-    worker.process.send_signal(signal.SIGKILL)
-    worker.process.wait()
-    worker.process = None
-    state, _ = read_rollout([worker.broker], f"{worker.topic}.control")
-    done_before = {kind: d for (_, v, kind), (d, _) in state.progress.items() if v == 2}
-    assert 0 < sum(done_before.values()) < 1100  # stopped part-way
-    worker.start()
-    wait_until(lambda: _backfilled(worker, 2), timeout_s=90)
-    assert _swap(worker, "promote").returncode == 0
-    wait_until(lambda: _serving(worker) == 2, timeout_s=20)
-    status_code, body = http_json(
-        "POST", f"{worker.api}/v1/embeddings/user/batch", {"ids": [f"u{n}" for n in range(600)]}
-    )
-    assert status_code == 200 and all(r is not None and r["version"] == 2 for r in body["results"])
 
 
 def test_gate_and_hash_failures_are_refused_and_change_nothing(worker: WorkerProcess, tmp_path: Path) -> None:
