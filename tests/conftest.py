@@ -37,11 +37,12 @@ def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def http_json(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+def http_json(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             raw = response.read()
@@ -107,6 +108,7 @@ class WorkerProcess:
     broker: str
     topic: str
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     api_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
@@ -140,6 +142,7 @@ class WorkerProcess:
             "EMBSTREAM_GROUP_ID": f"group-{self.topic}",
             "EMBSTREAM_UPDATES_TOPIC": f"{self.topic}.updates",
             "EMBSTREAM_CONTROL_TOPIC": f"{self.topic}.control",
+            **self.env,
         }
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -176,7 +179,7 @@ class WorkerProcess:
         return code
 
     def metric(self, name: str) -> float:
-        _, text = http_json("GET", f"{self.api}/metrics")
+        _, text = http_json("GET", f"{self.api}/metrics", token=self.env.get("EMBSTREAM_API_TOKEN"))
         total = 0.0
         for line in text.splitlines():
             if line.startswith(name) and (line[len(name)] in " {"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -38,7 +39,9 @@ def swap_registry(trained_registry: Path, tmp_path_factory: pytest.TempPathFacto
     return root
 
 
-def _swap(worker: WorkerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+def _swap(
+    worker: WorkerProcess, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -56,6 +59,7 @@ def _swap(worker: WorkerProcess, *args: str) -> subprocess.CompletedProcess[str]
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -215,3 +219,35 @@ def test_gate_and_hash_failures_are_refused_and_change_nothing(worker: WorkerPro
     assert state.staged is None and state.serving == 1
     assert not any(m.get("op") == "stage" for m in messages)
     assert _serving(worker) == 1
+
+
+def test_with_a_control_key_signed_commands_apply_and_forged_ones_do_not(
+    broker: EmbeddedBroker, swap_registry: Path, tmp_path: Path
+) -> None:
+    from kafka import KafkaProducer
+
+    from stream.control import ControlCodec, control_message
+
+    key = {"EMBSTREAM_CONTROL_KEY": "swap-key"}
+    topic = "swap-signed"
+    with WorkerProcess(
+        tmp_path / "data", swap_registry, broker.bootstrap, topic, ["--encoder-version", "1"], env=key
+    ).start() as worker:
+        send_records([broker.bootstrap], topic, _events(range(0, 50), 20, 0))
+        wait_until(lambda: http_json("GET", f"{worker.api}/v1/embeddings/user/u49")[0] == 200, timeout_s=30)
+        staged = _swap(worker, "stage", "2", env=key)
+        assert staged.returncode == 0 and "applied" in staged.stderr, staged.stderr
+        wait_until(lambda: _backfilled(worker, 2), timeout_s=60)
+        producer = KafkaProducer(bootstrap_servers=[broker.bootstrap])
+        forged = ControlCodec("wrong").encode(control_message("promote", version=2, force=True))
+        producer.send(f"{topic}.control", forged, partition=0)
+        producer.flush()
+        producer.close()
+        wait_until(
+            lambda: worker.metric('embstream_control_rejected_total{reason="forged"}') == 1, timeout_s=30
+        )
+        assert _serving(worker) == 1
+        promoted = _swap(worker, "promote", env=key)
+        assert promoted.returncode == 0, promoted.stderr
+        wait_until(lambda: _serving(worker) == 2, timeout_s=20)
+        assert worker.stop() == 0
