@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import msgspec
+import numpy as np
 import orjson
 
 from models.features import EVENT_TYPES, TYPE_CODES
@@ -51,12 +52,17 @@ class _WireEvent(msgspec.Struct):
 _decode_wire = msgspec.json.Decoder(_WireEvent).decode
 
 
+#: Values are stored as float32: a larger magnitude would become infinity there.
+MAX_VALUE = float(np.finfo(np.float32).max)
+
+
 def _finite_float(number: int | float) -> float | None:
+    """``number`` as a float if it is finite within float32's range, else ``None``."""
     try:
         value = float(number)
     except OverflowError:
         return None
-    return value if math.isfinite(value) else None
+    return value if math.isfinite(value) and abs(value) <= MAX_VALUE else None
 
 
 def _check_id(event: dict[str, object], name: str) -> str | Rejection:
@@ -118,7 +124,7 @@ def _parse_checked(
             return Rejection("value must be a number")
         value = _finite_float(value)
         if value is None:
-            return Rejection("value must be finite")
+            return Rejection("value must be finite and within float32 range (|value| <= 3.4e38)")
     ts = event.get("ts", broker_ts_ms)
     if ts is None:
         ts = broker_ts_ms

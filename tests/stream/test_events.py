@@ -99,3 +99,17 @@ def _mutations(seed: int, count: int) -> list[bytes]:
 def test_the_fast_decoder_agrees_with_the_field_checks(raw: bytes | None) -> None:
     args = (1_800_000_000_000, 1_800_000_000_500, 86_400_000)
     assert parse_event(raw, *args) == _parse_checked(raw, *args)
+
+
+@pytest.mark.parametrize("value", ["3.4e38", "-3.4e38", "4.5"])
+def test_values_within_float32_are_kept(value: str) -> None:
+    raw = b'{"user_id": "u", "item_id": "i", "type": "rating", "value": ' + value.encode() + b"}"
+    parsed = parse_event(raw, NOW, NOW, SKEW)
+    assert isinstance(parsed, Interaction) and parsed.value == float(value)
+
+
+@pytest.mark.parametrize("value", ["3.5e38", "-1e300", "100000000000000000000000000000000000000000"])
+def test_values_beyond_float32_are_rejected_not_stored_as_infinity(value: str) -> None:
+    raw = b'{"user_id": "u", "item_id": "i", "type": "rating", "value": ' + value.encode() + b"}"
+    parsed = parse_event(raw, NOW, NOW, SKEW)
+    assert isinstance(parsed, Rejection) and "float32" in parsed.reason
