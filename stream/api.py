@@ -34,6 +34,7 @@ from store.lookup import ResolvedMatrix, ResolvedVector, resolve_many, resolve_m
 from store.vector_store import VersionedVectorStore
 from stream.events import MAX_ID_LENGTH
 from stream.metrics import Metrics
+from stream.openapi import openapi_document
 from stream.rollout import RolloutController
 from stream.vector_format import VECTORS_MEDIA_TYPE, encode_vectors
 
@@ -303,6 +304,12 @@ def create_app(context: ApiContext) -> web.Application:
                 "seconds": round(time.monotonic() - started, 3),
             }
         )
+
+    document = orjson.dumps(openapi_document(MAX_BATCH_IDS, MAX_BODY_BYTES))
+
+    @routes.get("/openapi.json")
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=document, headers=_JSON_HEADERS)
 
     @routes.get("/healthz")
     async def healthz(request: web.Request) -> web.Response:
