@@ -110,12 +110,19 @@ class EncoderRegistry:
         return versions[-1] if versions else None
 
     def path_of(self, version: int) -> Path:
-        if not isinstance(version, int) or version < 1:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise RegistryError(f"versions are positive integers, got {version!r}")
         return self.root / f"v{version}"
 
+    def _inside(self, path: Path) -> Path:
+        """``path`` if it resolves (symlinks followed) to a place inside the registry."""
+        resolved, root = path.resolve(), self.root.resolve()
+        if not resolved.is_relative_to(root):
+            raise IntegrityError(f"{path} leads outside the registry ({resolved}); refusing to read it")
+        return path
+
     def manifest(self, version: int) -> Manifest:
-        path = self.path_of(version) / "manifest.json"
+        path = self._inside(self.path_of(version) / "manifest.json")
         if not path.is_file():
             raise VersionMissingError(
                 f"version {version} is not in the registry at {self.root} (has {self.versions()})"
@@ -134,7 +141,7 @@ class EncoderRegistry:
         return manifest
 
     def _check_hash(self, version: int, name: str, expected: str) -> Path:
-        path = self.path_of(version) / name
+        path = self._inside(self.path_of(version) / name)
         if not path.is_file():
             raise IntegrityError(f"version {version} has no {name} at {path}")
         actual = _sha256(path)
@@ -199,7 +206,7 @@ class EncoderRegistry:
         return chain
 
     def report(self, version: int) -> dict[str, Any] | None:
-        path = self.path_of(version) / "report.json"
+        path = self._inside(self.path_of(version) / "report.json")
         if not path.is_file():
             return None
         return dict(json.loads(path.read_text()))
@@ -243,6 +250,9 @@ class EncoderRegistry:
                     f"aligner maps {aligner.source_dim}->{aligner.target_dim}, expected "
                     f"{model.config.dim}->{parent_dim}"
                 )
+        for name in files or {}:
+            if Path(name).name != name or name in ("", ".", ".."):
+                raise RegistryError(f"extra registry files are plain names, not paths: {name!r}")
         self.root.mkdir(parents=True, exist_ok=True)
         version = (self.latest() or 0) + 1
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))

@@ -73,3 +73,30 @@ def test_missing_and_malformed_versions_are_clear_errors(tmp_path: Path) -> None
     (tmp_path / "v4" / "manifest.json").write_text("{not json")
     with pytest.raises(RegistryError, match="not valid JSON"):
         registry.manifest(4)
+
+
+def test_registry_paths_cannot_lead_outside_the_registry(tmp_path: Path) -> None:
+    root = tmp_path / "registry"
+    registry = EncoderRegistry(root)
+    registry.save(TwoTowerModel(CONFIG))
+    # A weights file swapped for a link to a file elsewhere (even one with the right hash).
+    outside = tmp_path / "elsewhere.pt"
+    weights = root / "v1" / "weights.pt"
+    outside.write_bytes(weights.read_bytes())
+    weights.unlink()
+    weights.symlink_to(outside)
+    with pytest.raises(IntegrityError, match="outside the registry"):
+        registry.load(1)
+    # A whole version directory that is a link to another place.
+    registry.save(TwoTowerModel(CONFIG))
+    moved = tmp_path / "v2-moved"
+    (root / "v2").rename(moved)
+    (root / "v2").symlink_to(moved, target_is_directory=True)
+    with pytest.raises(IntegrityError, match="outside the registry"):
+        registry.manifest(2)
+    with pytest.raises(RegistryError, match="plain names"):
+        registry.save(TwoTowerModel(CONFIG), files={"../escape.json": b"{}"})
+    assert not (root / "escape.json").exists() and not (tmp_path / "escape.json").exists()
+    assert not list(root.glob(".staging-*"))
+    with pytest.raises(RegistryError, match="positive integers"):
+        registry.path_of(True)  # type: ignore[arg-type]
