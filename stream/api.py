@@ -36,6 +36,7 @@ from stream.events import MAX_ID_LENGTH
 from stream.metrics import Metrics
 from stream.openapi import openapi_document
 from stream.rollout import RolloutController
+from stream.status_page import STATUS_PAGE
 from stream.vector_format import VECTORS_MEDIA_TYPE, encode_vectors
 
 __all__ = ["MAX_BATCH_IDS", "ApiContext", "create_app"]
@@ -193,7 +194,7 @@ def _accept_prefers_binary(accept: str) -> bool:
 
 
 #: Routes answered without a token: liveness probes must not need a secret.
-_OPEN_PATHS = frozenset({"/healthz"})
+_OPEN_PATHS = frozenset({"/healthz", "/"})  # "/": the status page's HTML, no data in it
 
 
 def _authorized(request: web.Request, token: str) -> bool:
@@ -306,6 +307,32 @@ def create_app(context: ApiContext) -> web.Application:
         )
 
     document = orjson.dumps(openapi_document(MAX_BATCH_IDS, MAX_BODY_BYTES))
+
+    @routes.get("/")
+    async def status_page(request: web.Request) -> web.Response:
+        return web.Response(text=STATUS_PAGE, content_type="text/html", charset="utf-8")
+
+    @routes.get("/v1/status")
+    async def status(request: web.Request) -> web.Response:
+        """What the status page shows: versions, rollout, rate, freshness, dead letters."""
+        metrics = context.metrics
+        rollout = None if context.controller is None else context.controller.describe()
+        p50, p99 = metrics.lag_percentile(0.5), metrics.lag_percentile(0.99)
+        return _json(
+            {
+                "serving_version": context.store.serving_version,
+                "staged_version": None if rollout is None else rollout.get("staged_version"),
+                "rollout": rollout,
+                "events_per_second": round(metrics.events_per_second(), 1),
+                "events_consumed": metrics.events_consumed,
+                "freshness_ms": {
+                    "p50": None if p50 is None else round(p50 * 1000, 1),
+                    "p99": None if p99 is None else round(p99 * 1000, 1),
+                },
+                "dead_letters": metrics.dead_letters,
+                "history": list(metrics.history),
+            }
+        )
 
     @routes.get("/openapi.json")
     async def openapi(request: web.Request) -> web.Response:

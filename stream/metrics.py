@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from store.serving_cache import ServingCache
 
-__all__ = ["LAG_BUCKETS_SECONDS", "Metrics"]
+__all__ = ["LAG_BUCKETS_SECONDS", "STATUS_SAMPLES", "Metrics"]
+
+STATUS_SAMPLES = 150  # 5 minutes at one row every 2 s
 
 LAG_BUCKETS_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -34,6 +36,9 @@ class Metrics:
     lag_count: int = 0
     recent_lags: deque[float] = field(default_factory=lambda: deque(maxlen=5_000))
     consumed_history: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=120))
+    #: One row per :meth:`sample` (every few seconds): what the status page plots.
+    history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=STATUS_SAMPLES))
+    _interval_lags: list[float] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def observe_lags(self, lags_seconds: list[float]) -> None:
@@ -43,6 +48,31 @@ class Metrics:
                 self.lag_sum += lag
             self.lag_count += len(lags_seconds)
             self.recent_lags.extend(lags_seconds)
+            self._interval_lags.extend(lags_seconds)
+
+    @property
+    def dead_letters(self) -> int:
+        return sum(self.rejected.values())
+
+    def sample(self, now: float | None = None, wall_ms: int | None = None) -> dict[str, Any]:
+        """Record one row of the status history: events/s now, the freshness percentiles of
+        the refreshes since the previous row (``None`` when there were none), dead letters."""
+        wall_ms = int(time.time() * 1000) if wall_ms is None else wall_ms
+        with self._lock:
+            lags, self._interval_lags = sorted(self._interval_lags), []
+
+        def percentile_ms(fraction: float) -> float | None:
+            return None if not lags else round(lags[min(len(lags) - 1, int(fraction * len(lags)))] * 1000, 1)
+
+        row: dict[str, Any] = {
+            "t": wall_ms,
+            "events_per_second": round(self.events_per_second(now), 1),
+            "freshness_p50_ms": percentile_ms(0.5),
+            "freshness_p99_ms": percentile_ms(0.99),
+            "dead_letters": self.dead_letters,
+        }
+        self.history.append(row)
+        return row
 
     def lag_percentile(self, fraction: float) -> float | None:
         with self._lock:

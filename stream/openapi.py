@@ -219,6 +219,46 @@ def openapi_document(max_batch_ids: int, max_body_bytes: int) -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/status": {
+                "get": {
+                    "operationId": "getStatus",
+                    "responses": {
+                        "200": {
+                            "description": "versions, rollout, events/s, freshness, dead letters, history",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["serving_version", "events_per_second", "history"],
+                                        "properties": {
+                                            "serving_version": {"type": "integer", "nullable": True},
+                                            "staged_version": {"type": "integer", "nullable": True},
+                                            "events_per_second": {"type": "number"},
+                                            "events_consumed": {"type": "integer"},
+                                            "dead_letters": {"type": "integer"},
+                                            "freshness_ms": {"type": "object"},
+                                            "history": {"type": "array", "items": {"type": "object"}},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "401": _COMMON_ERRORS["401"],
+                    },
+                }
+            },
+            "/": {
+                "get": {
+                    "operationId": "statusPage",
+                    "security": [{}],
+                    "responses": {
+                        "200": {
+                            "description": "the status page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "operationId": "health",

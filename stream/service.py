@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import sys
@@ -99,6 +100,24 @@ async def _keep_serving_cache_warm(store: VersionedVectorStore, stack: AsyncExit
     stack.push_async_callback(stop_warming)
 
 
+async def _sample_status(metrics: Metrics, stack: AsyncExitStack, every_s: float = 2.0) -> None:
+    """One row of the status page's history every ``every_s`` seconds."""
+
+    async def sample() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            metrics.sample()
+
+    task = asyncio.ensure_future(sample())
+
+    async def stop_sampling() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop_sampling)
+
+
 def worker_identity(store: VersionedVectorStore) -> str:
     """A worker's name, kept in its store: a restarted worker reports as the same worker."""
     stored = store.get_meta("worker_id")
@@ -169,6 +188,7 @@ async def run_service(
         if store.ensure_broker_incarnation(incarnation):
             say("the broker changed since the last run: source offsets reset, entity state kept")
         metrics = Metrics()
+        await _sample_status(metrics, stack)
         worker = StreamWorker(settings, store, metrics)
         started_at = time.monotonic()
         registry = EncoderRegistry(settings.registry)
