@@ -16,6 +16,7 @@ Weights and aligners are loaded only after their sha256 matches the manifest.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -140,24 +141,27 @@ class EncoderRegistry:
             self._check_hash(version, "backward.pt", str(manifest.aligner.get("sha256")))
         return manifest
 
-    def _check_hash(self, version: int, name: str, expected: str) -> Path:
+    def _check_hash(self, version: int, name: str, expected: str) -> bytes:
+        """The bytes of ``name`` in ``version``, read once and returned only if their sha256
+        matches the manifest: what is loaded is exactly what was checked."""
         path = self._inside(self.path_of(version) / name)
         if not path.is_file():
             raise IntegrityError(f"version {version} has no {name} at {path}")
-        actual = _sha256(path)
+        data = path.read_bytes()
+        actual = hashlib.sha256(data).hexdigest()
         if actual != expected:
             raise IntegrityError(
                 f"version {version}: {name} sha256 {actual[:12]}… does not match the "
                 f"manifest's {expected[:12]}…"
             )
-        return path
+        return data
 
     def load(self, version: int) -> TorchEncoder:
         """Verify and load one version for inference."""
         manifest = self.manifest(version)
-        path = self._check_hash(version, "weights.pt", manifest.weights_sha256)
+        weights = self._check_hash(version, "weights.pt", manifest.weights_sha256)
         model = TwoTowerModel(manifest.architecture)
-        model.load_state_dict(torch.load(path, weights_only=True))
+        model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
         return TorchEncoder(model, version)
 
     def load_aligner(self, version: int) -> BackwardAligner | None:
@@ -165,9 +169,9 @@ class EncoderRegistry:
         manifest = self.manifest(version)
         if manifest.aligner is None:
             return None
-        path = self._check_hash(version, "backward.pt", str(manifest.aligner["sha256"]))
+        data = self._check_hash(version, "backward.pt", str(manifest.aligner["sha256"]))
         aligner = BackwardAligner(int(manifest.aligner["source_dim"]), int(manifest.aligner["target_dim"]))
-        aligner.load_state_dict(torch.load(path, weights_only=True))
+        aligner.load_state_dict(torch.load(io.BytesIO(data), weights_only=True))
         return aligner.eval()
 
     def lineage(self, version: int) -> list[int]:

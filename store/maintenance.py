@@ -56,27 +56,49 @@ def verify_store(store: VersionedVectorStore) -> dict[str, int]:
 
 
 def restore_store(backup: str | Path, data_dir: str | Path) -> dict[str, Any]:
-    """Make ``data_dir`` a copy of ``backup``. The backup is checked first (it must open and
-    read through); an existing ``data_dir`` must not be in use and is moved aside to
-    ``<data_dir>.replaced-<time>``. Returns the backup's description and where the old
-    directory went (``None`` if there was none)."""
-    backup, data_dir = Path(backup), Path(data_dir)
+    """Make ``data_dir`` a copy of ``backup``.
+
+    The backup is checked first (it must open and read through). ``data_dir`` must not
+    exist, be empty, or be a store (a directory with RocksDB's ``CURRENT``) that no process
+    holds; neither directory may contain the other. The copy is made next to ``data_dir``
+    and renamed into place, so a failed copy leaves the old store where it was; the old
+    store is moved to ``<data_dir>.replaced-<time>``, never deleted. Returns the backup's
+    description and where the old directory went (``None`` if there was none).
+    """
+    backup, data_dir = Path(backup).absolute(), Path(data_dir).absolute()
     if not backup.is_dir():
         raise StoreError(f"there is no backup at {backup}")
+    if _contains(backup, data_dir) or _contains(data_dir, backup):
+        raise StoreError(f"the backup {backup} and the store {data_dir} must not contain one another")
+    existing = data_dir.exists() and any(data_dir.iterdir())
+    if existing and not (data_dir / "CURRENT").is_file():
+        raise StoreError(
+            f"{data_dir} is not a store (no CURRENT file) and not empty: refusing to move it aside; "
+            "pass the store's directory with --data-dir"
+        )
     checked = VersionedVectorStore(backup, read_only=True, block_cache_mb=0)
     try:
         verify_store(checked)
         described = describe_store(checked)
     finally:
         checked.close()
-    moved_to = None
-    if data_dir.exists():
+    if existing:
         # Refused (StoreInUseError) while a worker holds it. A damaged store is what a
         # restore is for: it is moved aside below, not deleted.
         with contextlib.suppress(StoreDamagedError):
             VersionedVectorStore(data_dir, block_cache_mb=0).close()
-        moved_to = data_dir.with_name(f"{data_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    staging = data_dir.with_name(f"{data_dir.name}.restoring-{time.time_ns()}")
+    shutil.copytree(backup, staging)
+    (staging / "LOCK").unlink(missing_ok=True)
+    moved_to = None
+    if data_dir.exists():
+        moved_to = data_dir.with_name(
+            f"{data_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns()}"
+        )
         data_dir.rename(moved_to)
-    shutil.copytree(backup, data_dir)
-    (data_dir / "LOCK").unlink(missing_ok=True)
+    staging.rename(data_dir)
     return {**described, "path": str(data_dir), "replaced": None if moved_to is None else str(moved_to)}
+
+
+def _contains(outer: Path, inner: Path) -> bool:
+    return inner.resolve().is_relative_to(outer.resolve())

@@ -301,14 +301,17 @@ class VersionedVectorStore:
             raise StoreError(f"{target} already exists; a backup goes into a new directory")
         if not target.parent.is_dir():
             raise StoreError(f"{target.parent} is not a directory")
+        if target.absolute().resolve().is_relative_to(self.path.absolute().resolve()):
+            raise StoreError(f"{target} is inside the store; a backup goes elsewhere")
         checkpoint = Checkpoint(self._db)
         try:
             checkpoint.create_checkpoint(str(target))
-        except Exception as exc:  # rocksdict raises a bare Exception
+            _unshare_files(target)
+        except Exception as exc:  # rocksdict raises a bare Exception; OSError from the copies
+            shutil.rmtree(target, ignore_errors=True)  # no half backup left behind
             raise StoreError(f"cannot write a backup to {target}: {exc}") from exc
         finally:
             del checkpoint  # it holds the database open
-        _unshare_files(target)
         return target
 
     def compact(self) -> None:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from aiohttp import web
 from models.aligners import BackwardAligner
 from models.errors import IncompatibleVersionsError, VersionMissingError
 from models.registry import EncoderRegistry
-from store.errors import NoServingVersionError, StoreError, VersionUnreachableError
+from store.errors import NoServingVersionError, StoreDamagedError, StoreError, VersionUnreachableError
 from store.keys import KINDS
 from store.lookup import ResolvedMatrix, ResolvedVector, resolve_many, resolve_matrix
 from store.vector_store import VersionedVectorStore
@@ -54,6 +55,10 @@ class ApiContext:
     controller: RolloutController | None = None
     #: When set, every route but ``/healthz`` needs ``Authorization: Bearer <token>``.
     token: str = field(default="", repr=False)
+    #: Where ``POST /v1/admin/backup`` may write (``None``: the route is off), and whether
+    #: it may be used at all (a token is set, or the API listens on loopback only).
+    backup_root: Path | None = None
+    admin_allowed: bool = False
     _chains: dict[tuple[int, int], list[BackwardAligner]] = field(default_factory=dict)
 
     @property
@@ -199,7 +204,8 @@ _OPEN_PATHS = frozenset({"/healthz", "/"})  # "/": the status page's HTML, no da
 
 def _authorized(request: web.Request, token: str) -> bool:
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+    presented = given.strip().encode("utf-8", "surrogateescape")  # any header bytes: no 500
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented, token.encode())
 
 
 def _unauthorized() -> web.Response:
@@ -222,6 +228,8 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return _json({"error": "version_unreachable", "message": str(error)}, status=409)
     except NoServingVersionError as error:
         return _json({"error": "no_serving_version", "message": str(error)}, status=503)
+    except StoreDamagedError as error:
+        return _json({"error": "store_damaged", "message": str(error)}, status=503)
     except web.HTTPRequestEntityTooLarge:
         return _json(
             {"error": "body_too_large", "message": f"bodies are limited to {MAX_BODY_BYTES} bytes"}, 413
@@ -284,19 +292,33 @@ def create_app(context: ApiContext) -> web.Application:
 
     @routes.post("/v1/admin/backup")
     async def backup(request: web.Request) -> web.Response:
-        """A consistent copy of the store, written by this worker to ``{"dir": PATH}`` (a new
-        directory on this machine), while it keeps running."""
+        """A consistent copy of the store, written by this worker into ``{"dir": PATH}``: a new
+        directory inside its backup directory (``EMBSTREAM_BACKUP_DIR``; a relative PATH is
+        taken from there), while it keeps running."""
+        if context.backup_root is None or not context.admin_allowed:
+            raise _ApiError(
+                403,
+                "admin_disabled",
+                "backups through the API need EMBSTREAM_API_TOKEN when the API listens beyond loopback",
+            )
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
             raise _ApiError(400, "bad_body", "the body must be JSON") from None
-        target = body.get("dir") if isinstance(body, dict) else None
-        if not isinstance(target, str) or not target or "\x00" in target:
-            raise _ApiError(400, "bad_body", 'the body must be {"dir": "/path/to/new/directory"}')
+        raw = body.get("dir") if isinstance(body, dict) else None
+        if not isinstance(raw, str) or not raw or "\x00" in raw:
+            raise _ApiError(
+                400, "bad_body", 'the body must be {"dir": "name or path in the backup directory"}'
+            )
+        root = context.backup_root.absolute().resolve()
+        target = (root / raw).absolute().resolve()
+        if target == root or not target.is_relative_to(root):
+            raise _ApiError(400, "bad_dir", f"backups go into a new directory inside {root}")
         started = time.monotonic()
         try:
+            root.mkdir(parents=True, exist_ok=True)
             written = await asyncio.to_thread(context.store.checkpoint, target)
-        except StoreError as error:
+        except (StoreError, OSError) as error:
             raise _ApiError(409, "backup_failed", str(error)) from None
         return _json(
             {

@@ -66,13 +66,13 @@ def run_store(args: argparse.Namespace) -> int:
 
 
 def _backup(data_dir: Path, target: Path, api: str | None) -> int:
-    target = target.absolute()
     if not (data_dir / "CURRENT").is_file():
         raise StoreError(f"there is no store at {data_dir} (pass --data-dir or set EMBSTREAM_DATA_DIR)")
     try:
         store = VersionedVectorStore(data_dir, block_cache_mb=0)
-    except StoreInUseError:
+    except StoreInUseError:  # the worker writes it, inside its EMBSTREAM_BACKUP_DIR
         return _backup_through_api(target, api)
+    target = target.absolute()
     try:
         store.checkpoint(target)
         described = describe_store(store)
@@ -99,7 +99,11 @@ def _backup_through_api(target: Path, api: str | None) -> int:
         with urllib.request.urlopen(request, timeout=600) as response:
             body = json.loads(response.read())
     except urllib.error.HTTPError as error:
-        message = json.loads(error.read() or b"{}").get("message", error.reason)
+        raw = error.read()
+        try:
+            message = json.loads(raw).get("message", error.reason)
+        except (ValueError, AttributeError):
+            message = raw[:200].decode(errors="replace") or error.reason
         raise StoreError(f"the running worker refused the backup: {error.code} {message}") from None
     except urllib.error.URLError as error:
         raise StoreError(

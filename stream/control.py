@@ -89,11 +89,21 @@ class ControlCodec:
         if self._key is None:
             return message, None
         signature = message.get("sig")
-        if not isinstance(signature, str):
+        if signature is None:
             return None, "unsigned"
-        if not hmac.compare_digest(signature, self._signature(message)):
+        try:
+            expected = self._signature(message)
+        except (TypeError, orjson.JSONEncodeError):  # e.g. nested deeper than orjson writes
+            return None, "malformed"
+        if not isinstance(signature, str) or not hmac.compare_digest(
+            signature.encode("utf-8", "surrogateescape"), expected.encode()
+        ):
             return None, "forged"
         return message, None
+
+
+#: Operator commands (as opposed to workers' acks, progress and hellos).
+COMMANDS = frozenset({"stage", "promote", "rollback", "cancel"})
 
 
 @dataclass
@@ -108,6 +118,9 @@ class RolloutState:
     progress: dict[tuple[str, int, str], tuple[int, int]] = field(default_factory=dict)
     last_command_id: str | None = None
     last_command: dict[str, Any] | None = None
+    #: Ids of every command seen: a command is acted on once, so re-sending an old (even
+    #: signed) command changes nothing. Deterministic, since every reader folds the whole topic.
+    seen_commands: set[str] = field(default_factory=set)
     #: Messages a reader left out, by reason (malformed, unsigned, forged); not folded.
     ignored: Counter[str] = field(default_factory=Counter)
 
@@ -116,6 +129,11 @@ class RolloutState:
         op = message.get("op")
         version = message.get("version")
         before = (self.serving, self.staged)
+        if op in COMMANDS:
+            command_id = str(message.get("id"))
+            if command_id in self.seen_commands:
+                return False  # a re-sent command: acted on (or refused) the first time
+            self.seen_commands.add(command_id)
         if op == "ack":
             self.acks.setdefault(str(message.get("of")), set()).add(str(message.get("worker")))
             return False

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
+from store.errors import StoreDamagedError
 from store.vector_store import VersionedVectorStore
 from stream.api import ApiContext, create_app
 from stream.broker import EmbeddedBroker, ensure_topics
@@ -82,7 +83,11 @@ async def _keep_serving_cache_warm(store: VersionedVectorStore, stack: AsyncExit
             version = store.serving_version
             if version is not None and version != warmed:
                 started = time.monotonic()
-                copied = await asyncio.to_thread(store.warm_serving_cache, stop=stop)
+                try:
+                    copied = await asyncio.to_thread(store.warm_serving_cache, stop=stop)
+                except StoreDamagedError as error:  # lookups will say so too; keep running
+                    say(f"serving cache not warmed: {error}")
+                    return
                 if not stop.is_set() and store.serving_version == version:
                     warmed = version
                     say(
@@ -197,6 +202,8 @@ async def run_service(
             metrics=metrics,
             registry=registry,
             token=settings.api_token,
+            backup_root=settings.backup_dir,
+            admin_allowed=bool(settings.api_token) or settings.api_host in ("127.0.0.1", "localhost", "::1"),
             health=lambda: {
                 "assigned_partitions": worker.assigned,
                 "events_consumed": metrics.events_consumed,

@@ -53,6 +53,8 @@ class Settings:
     # and a shared key signing control messages (HMAC-SHA256). Empty: not required.
     api_token: str = field(default="", repr=False)
     control_key: str = field(default="", repr=False)
+    # Where the running worker writes backups asked for through the API (embstream store backup).
+    backup_dir: Path = Path("embstream-backups")
     # Kafka connection security, passed to every Kafka client (stream/kafka_security.py).
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = ""

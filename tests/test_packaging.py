@@ -135,7 +135,7 @@ def test_compose_file_has_kafka_and_a_worker_whose_command_the_cli_accepts() -> 
         args = parser.parse_args(services[name]["command"])
         assert args.broker == "kafka:9092"
     assert services["worker"]["depends_on"]["kafka"]["condition"] == "service_healthy"
-    assert "8080:8080" in services["worker"]["ports"]
+    assert "127.0.0.1:8080:8080" in services["worker"]["ports"]
 
 
 def _exported_metric_names() -> set[str]:

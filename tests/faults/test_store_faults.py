@@ -51,7 +51,8 @@ def test_backup_under_load_then_restore_replays_exactly_what_it_lacked(
     ensure_topics([broker.bootstrap], {topic: 4})
     data, backup = tmp_path / "data", tmp_path / "backup"
     produced: list[dict] = []
-    with WorkerProcess(data, trained_registry, broker.bootstrap, topic).start() as worker:
+    backups = {"EMBSTREAM_BACKUP_DIR": str(tmp_path)}
+    with WorkerProcess(data, trained_registry, broker.bootstrap, topic, env=backups).start() as worker:
         stop = threading.Event()
 
         def load() -> None:

@@ -239,3 +239,21 @@ def test_scans_stop_with_an_error_at_a_bad_block_not_quietly(tmp_path: Path) -> 
             opened.get_raw_records("user", [f"u{n}-0" for n in range(50)])
     finally:
         opened.close()
+
+
+def test_restore_refuses_nested_directories_and_folders_that_are_not_stores(tmp_path: Path) -> None:
+    store = _filled(tmp_path / "db")
+    store.checkpoint(tmp_path / "backup")
+    with pytest.raises(StoreError, match="inside the store"):
+        store.checkpoint(tmp_path / "db" / "inside")
+    store.close()
+    with pytest.raises(StoreError, match="must not contain one another"):
+        restore_store(tmp_path / "db", tmp_path / "db" / "sub")
+    folder = tmp_path / "home"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not a store"):
+        restore_store(tmp_path / "backup", folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]  # untouched
+    restored = restore_store(tmp_path / "backup", tmp_path / "fresh")  # a new directory is fine
+    assert restored["replaced"] is None and (tmp_path / "fresh" / "CURRENT").is_file()

@@ -22,7 +22,7 @@ from models.encoder import Encoder
 from models.features import EVENT_TYPES, UserState
 from models.registry import EncoderRegistry
 from store.vector_store import VersionedVectorStore
-from stream.events import MAX_ID_LENGTH, MIN_TIMESTAMP_MS, Interaction, parse_event
+from stream.events import MAX_ID_LENGTH, MAX_VALUE, MIN_TIMESTAMP_MS, Interaction, parse_event
 from stream.outbox import decode_outbox
 from stream.refresher import ConsumedRecord, EmbeddingRefresher
 
@@ -153,6 +153,6 @@ def test_parse_event_never_raises_and_what_it_accepts_is_within_the_contract(raw
     if isinstance(parsed, Interaction):
         assert 1 <= len(parsed.user_id) <= MAX_ID_LENGTH and 1 <= len(parsed.item_id) <= MAX_ID_LENGTH
         assert MIN_TIMESTAMP_MS <= parsed.ts_ms <= NOW + SKEW
-        assert parsed.value is None or np.isfinite(parsed.value)
+        assert parsed.value is None or (np.isfinite(parsed.value) and abs(parsed.value) <= MAX_VALUE)
     else:
         assert parsed.reason

@@ -219,3 +219,88 @@ def test_a_missing_tls_file_is_named() -> None:
     security = KafkaSecurity(protocol="SSL", ssl_cafile="/nonexistent/ca.pem")
     with pytest.raises(KafkaSecurityError, match="EMBSTREAM_KAFKA_SSL_CAFILE"):
         security.aiokafka()
+
+
+def test_hostile_signatures_are_refused_not_raised() -> None:
+    codec = ControlCodec("shared-key")
+    message = control_message("promote", version=2)
+    assert codec.decode(orjson.dumps({**message, "sig": "é" * 64})) == (None, "forged")
+    assert codec.decode(orjson.dumps({**message, "sig": 7})) == (None, "forged")
+    deep = b'{"op": "promote", "id": "x", "sig": "00", "a": ' + b"[" * 300 + b"]" * 300 + b"}"
+    assert codec.decode(deep) == (None, "malformed")
+
+
+def test_a_re_sent_signed_command_changes_nothing() -> None:
+    """stage 2, promote 2, rollback to 1; then the old signed stage and promote sent again."""
+    codec = ControlCodec("shared-key")
+    history = [
+        codec.encode(control_message("stage", version=2, rate=None)),
+        codec.encode(control_message("promote", version=2)),
+    ]
+    state = RolloutState(serving=1)
+    for raw in history:
+        state.apply(codec.decode(raw)[0])  # type: ignore[arg-type]
+    state.apply(codec.decode(codec.encode(control_message("rollback", **{"from": 2, "to": 1})))[0])  # type: ignore[arg-type]
+    assert state.serving == 1
+    for raw in history:  # replayed by someone without the key
+        assert state.apply(codec.decode(raw)[0]) is False  # type: ignore[arg-type]
+    assert (state.serving, state.staged) == (1, None)
+
+
+def test_more_routes_need_the_token_and_odd_headers_are_a_401(store: VersionedVectorStore) -> None:
+    calls = [
+        ("GET", "/v1/status", {}),
+        ("GET", "/openapi.json", {}),
+        ("POST", "/v1/admin/backup", {}),
+        ("GET", "/v1/embeddings/user/u1", {"Authorization": "Bearer \udcff"}),
+    ]
+    assert _ask(store, TOKEN, calls) == [401, 401, 401, 401]
+    assert _ask(store, TOKEN, [("GET", "/", {})]) == [200]  # the status page's HTML holds no data
+
+
+def _backup_answer(
+    store: VersionedVectorStore, root: Path | None, allowed: bool, body: bytes
+) -> tuple[int, Any]:
+    context = ApiContext(
+        store=store,
+        metrics=Metrics(),
+        registry=NoAligners(),
+        health=dict,
+        backup_root=root,
+        admin_allowed=allowed,
+    )  # type: ignore[arg-type]
+
+    async def run() -> tuple[int, Any]:
+        async with TestClient(TestServer(create_app(context))) as client:
+            response = await client.post("/v1/admin/backup", data=body)
+            return response.status, await response.json()
+
+    return asyncio.run(run())
+
+
+def test_backups_through_the_api_stay_inside_the_backup_directory(
+    store: VersionedVectorStore, tmp_path: Path
+) -> None:
+    root = tmp_path / "backups"
+    status, body = _backup_answer(store, root, True, b'{"dir": "nightly"}')
+    assert status == 200 and Path(body["path"]) == (root / "nightly").resolve()
+    copy = VersionedVectorStore(body["path"], read_only=True)
+    try:
+        assert copy.get_records("user", ["u1"])[0] is not None
+    finally:
+        copy.close()
+    assert all(f.stat().st_nlink == 1 for f in Path(body["path"]).iterdir())  # no file shared
+    for escape in (
+        b'{"dir": "../elsewhere"}',
+        b'{"dir": "/tmp"}',
+        b'{"dir": "."}',
+        ('{"dir": "' + str(store.path) + '"}').encode(),
+    ):
+        status, body = _backup_answer(store, root, True, escape)
+        assert status == 400 and body["error"] == "bad_dir", escape
+    status, body = _backup_answer(store, root, True, b'{"dir": "nightly"}')
+    assert status == 409 and body["error"] == "backup_failed"
+    status, body = _backup_answer(store, root, True, b'{"dir": "' + b"n" * 5000 + b'"}')
+    assert status == 409 and not list(root.glob("nnn*"))  # an OS error: a 409, no half backup
+    status, body = _backup_answer(store, root, False, b'{"dir": "other"}')
+    assert status == 403 and body["error"] == "admin_disabled"
