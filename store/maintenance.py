@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from store.errors import StoreDamagedError, StoreError
 from store.keys import KINDS
 from store.vector_store import VersionedVectorStore, damaged_message, scan
 
-__all__ = ["describe_store", "restore_store", "verify_store"]
+__all__ = ["describe_store", "estimated_keys", "restore_store", "verify_store"]
 
 
 def describe_store(store: VersionedVectorStore) -> dict[str, Any]:
@@ -37,9 +38,18 @@ def describe_store(store: VersionedVectorStore) -> dict[str, Any]:
     }
 
 
-def verify_store(store: VersionedVectorStore) -> dict[str, int]:
+def estimated_keys(store: VersionedVectorStore) -> int:
+    """RocksDB's estimate of the keys in every column family (for a progress bar)."""
+    views: dict[str, Any] = {"default": store._db, **store._cf}
+    return sum(int(view.property_int_value("rocksdb.estimate-num-keys") or 0) for view in views.values())
+
+
+def verify_store(
+    store: VersionedVectorStore, progress: Callable[[int], None] | None = None
+) -> dict[str, int]:
     """Read every key and value of every column family (RocksDB checks each block's
-    checksum on the way). Returns the keys per column family; raises
+    checksum on the way); ``progress(n)`` hears of every 10,000 keys read. Returns the keys
+    per column family; raises
     :class:`StoreDamagedError` naming the damage and the ways out on the first bad block."""
     views: dict[str, Any] = {"default": store._db, **store._cf}
     counts = {}
@@ -48,6 +58,8 @@ def verify_store(store: VersionedVectorStore) -> dict[str, int]:
         try:
             for _ in scan(view, None, store.path):  # reading the values checks their blocks
                 count += 1
+                if progress is not None and count % 10_000 == 0:
+                    progress(10_000)
         except StoreDamagedError as error:
             detail = f"column family {name!r}, after {count} keys: {error.__cause__}"
             raise StoreDamagedError(damaged_message(store.path, detail)) from error
@@ -55,7 +67,9 @@ def verify_store(store: VersionedVectorStore) -> dict[str, int]:
     return counts
 
 
-def restore_store(backup: str | Path, data_dir: str | Path) -> dict[str, Any]:
+def restore_store(
+    backup: str | Path, data_dir: str | Path, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Make ``data_dir`` a copy of ``backup``.
 
     The backup is checked first (it must open and read through). ``data_dir`` must not
@@ -78,7 +92,7 @@ def restore_store(backup: str | Path, data_dir: str | Path) -> dict[str, Any]:
         )
     checked = VersionedVectorStore(backup, read_only=True, block_cache_mb=0)
     try:
-        verify_store(checked)
+        verify_store(checked, progress)
         described = describe_store(checked)
     finally:
         checked.close()

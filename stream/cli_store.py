@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from store.errors import StoreError, StoreInUseError
-from store.maintenance import describe_store, restore_store, verify_store
+from store.maintenance import describe_store, estimated_keys, restore_store, verify_store
 from store.vector_store import VersionedVectorStore
+from stream.progress import progress_bar
 from stream.settings import Settings
 
 __all__ = ["add_store_commands", "run_store"]
@@ -44,7 +45,8 @@ def run_store(args: argparse.Namespace) -> int:
     if args.action == "backup":
         return _backup(data_dir, args.dir, args.api)
     if args.action == "restore":
-        restored = restore_store(args.dir, data_dir)
+        with progress_bar(None, "checking the backup", unit=" keys") as bar:
+            restored = restore_store(args.dir, data_dir, bar.update)
         _say(f"restored {args.dir} into {data_dir}")
         if restored["replaced"]:
             _say(f"the previous store was moved to {restored['replaced']} (delete it when satisfied)")
@@ -57,7 +59,8 @@ def run_store(args: argparse.Namespace) -> int:
         if args.action == "info":
             print(json.dumps(describe_store(store), indent=2))
         else:
-            counts = verify_store(store)
+            with progress_bar(estimated_keys(store), "checking", unit=" keys") as bar:
+                counts = verify_store(store, bar.update)
             _say(f"store at {data_dir} is readable end to end")
             print(json.dumps({"path": str(data_dir), "keys": counts}, indent=2))
     finally:

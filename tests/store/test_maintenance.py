@@ -257,3 +257,13 @@ def test_restore_refuses_nested_directories_and_folders_that_are_not_stores(tmp_
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]  # untouched
     restored = restore_store(tmp_path / "backup", tmp_path / "fresh")  # a new directory is fine
     assert restored["replaced"] is None and (tmp_path / "fresh" / "CURRENT").is_file()
+
+
+def test_check_reports_progress_as_it_reads(tmp_path: Path) -> None:
+    store = _filled(tmp_path / "db", 600)  # 12,000 states and vectors
+    try:
+        heard: list[int] = []
+        counts = verify_store(store, heard.append)
+        assert sum(heard) == 10_000 * sum(n // 10_000 for n in counts.values()) > 0
+    finally:
+        store.close()
