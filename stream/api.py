@@ -40,9 +40,11 @@ from stream.rollout import RolloutController
 from stream.status_page import STATUS_PAGE
 from stream.vector_format import VECTORS_MEDIA_TYPE, encode_vectors
 
-__all__ = ["MAX_BATCH_IDS", "ApiContext", "create_app"]
+__all__ = ["MAX_BATCH_IDS", "MAX_VERSION", "ApiContext", "create_app"]
 
 MAX_BATCH_IDS = 10_000
+#: Encoder versions are small positive integers; anything larger is a bad request, not a 500.
+MAX_VERSION = 2**31 - 1
 MAX_BODY_BYTES = 4 << 20
 
 
@@ -138,14 +140,15 @@ def _kind(request: web.Request) -> str:
 def _version(raw: Any) -> int | None:
     if raw is None:
         return None
+    message = f"version must be an integer from 1 to {MAX_VERSION}"
     if isinstance(raw, bool):
-        raise _ApiError(400, "bad_version", "version must be a positive integer")
+        raise _ApiError(400, "bad_version", message)
     try:
         version = int(raw)
-    except (TypeError, ValueError):
-        raise _ApiError(400, "bad_version", "version must be a positive integer") from None
-    if version < 1 or (isinstance(raw, float) and not raw.is_integer()):
-        raise _ApiError(400, "bad_version", "version must be a positive integer")
+    except (TypeError, ValueError, OverflowError):  # OverflowError: float("inf")
+        raise _ApiError(400, "bad_version", message) from None
+    if not 1 <= version <= MAX_VERSION or (isinstance(raw, float) and not raw.is_integer()):
+        raise _ApiError(400, "bad_version", message)
     return version
 
 

@@ -84,10 +84,8 @@ class KafkaSecurity:
             if value and not Path(value).is_file():
                 raise KafkaSecurityError(f"{name}={value!r}: no such file")
 
-    def kafka_python(self) -> dict[str, Any]:
-        """Options for kafka-python's ``KafkaProducer``, ``KafkaConsumer``, ``KafkaAdminClient``."""
-        if self.protocol == "PLAINTEXT":
-            return {}
+    def _common(self) -> dict[str, Any]:
+        """The protocol and SASL options, spelled the same by both client libraries."""
         options: dict[str, Any] = {"security_protocol": self.protocol}
         if self.uses_sasl:
             options.update(
@@ -95,18 +93,21 @@ class KafkaSecurity:
                 sasl_plain_username=self.sasl_username,
                 sasl_plain_password=self.sasl_password,
             )
+        return options
+
+    def kafka_python(self) -> dict[str, Any]:
+        """Options for kafka-python's ``KafkaProducer``, ``KafkaConsumer``, ``KafkaAdminClient``
+        (TLS files by path)."""
+        if self.protocol == "PLAINTEXT":
+            return {}
+        options = self._common()
         if self.uses_tls:
-            options.update(
-                {
-                    name: value
-                    for name, value in (
-                        ("ssl_cafile", self.ssl_cafile),
-                        ("ssl_certfile", self.ssl_certfile),
-                        ("ssl_keyfile", self.ssl_keyfile),
-                    )
-                    if value
-                }
+            files = (
+                ("ssl_cafile", self.ssl_cafile),
+                ("ssl_certfile", self.ssl_certfile),
+                ("ssl_keyfile", self.ssl_keyfile),
             )
+            options.update({name: value for name, value in files if value})
         return options
 
     def aiokafka(self) -> dict[str, Any]:
@@ -114,13 +115,7 @@ class KafkaSecurity:
         an ``ssl.SSLContext``, which aiokafka requires)."""
         if self.protocol == "PLAINTEXT":
             return {}
-        options: dict[str, Any] = {"security_protocol": self.protocol}
-        if self.uses_sasl:
-            options.update(
-                sasl_mechanism=self.sasl_mechanism,
-                sasl_plain_username=self.sasl_username,
-                sasl_plain_password=self.sasl_password,
-            )
+        options = self._common()
         if self.uses_tls:
             options["ssl_context"] = self.ssl_context()
         return options

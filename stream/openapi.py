@@ -46,7 +46,7 @@ _VERSION = {
     "in": "query",
     "required": False,
     "description": "an exact version; older than the serving one may be carried back by aligners",
-    "schema": {"type": "integer", "minimum": 1},
+    "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
 }
 _COMMON_ERRORS = {
     "400": _error("bad kind, id, version, body or format"),
@@ -126,7 +126,12 @@ def openapi_document(max_batch_ids: int, max_body_bytes: int) -> dict[str, Any]:
                                                 "maxLength": MAX_ID_LENGTH,
                                             },
                                         },
-                                        "version": {"type": "integer", "minimum": 1, "nullable": True},
+                                        "version": {
+                                            "type": "integer",
+                                            "minimum": 1,
+                                            "maximum": 2**31 - 1,
+                                            "nullable": True,
+                                        },
                                     },
                                 }
                             }

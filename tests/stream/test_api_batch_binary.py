@@ -269,3 +269,17 @@ def test_decode_vectors_rejects_truncated_bodies() -> None:
     for broken in (body[:2], body[:10], body[:-1], body + b"\x00"):
         with pytest.raises(VectorsFormatError):
             decode_vectors(broken)
+
+
+@pytest.mark.parametrize("version", ["19021145626819526656", "2147483648", "0", "-1", "1e999", "nan"])
+def test_a_version_out_of_range_is_a_400_not_a_500(store: VersionedVectorStore, version: str) -> None:
+    """Found by the API fuzzer: a version beyond 64 bits made the answer unserialisable."""
+    answers = _exchange(
+        store,
+        [
+            {"method": "GET", "path": f"/v1/embeddings/user/u1?version={version}"},
+            {"data": b'{"ids": ["u1"], "version": ' + version.encode() + b"}"},
+        ],
+    )
+    for status, _, body in answers:
+        assert status == 400 and orjson.loads(body)["error"] in ("bad_version", "bad_body")

@@ -16,30 +16,18 @@ from aiohttp import web
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import allow_header_conformance
 
-from models.aligners import BackwardAligner
-from models.errors import IncompatibleVersionsError
 from store.vector_store import VersionedVectorStore
 from stream.api import MAX_BATCH_IDS, MAX_BODY_BYTES, ApiContext, create_app
 from stream.broker import free_port
 from stream.metrics import Metrics
 from stream.openapi import openapi_document
+from tests.stream.test_api_batch_binary import OneAlignerRegistry
 
 DIM = 8
-ALIGNER = BackwardAligner.from_matrix(np.eye(DIM, dtype=np.float32))
 
 schema = schemathesis.openapi.from_dict(openapi_document(MAX_BATCH_IDS, MAX_BODY_BYTES)).exclude(
     path="/v1/admin/backup"  # writes directories: tested on its own, not fuzzed
 )
-
-
-class OneAlignerRegistry:
-    def aligner_chain(self, source: int, target: int) -> list[BackwardAligner]:
-        if (source, target) == (2, 1):
-            return [ALIGNER]
-        raise IncompatibleVersionsError(f"no aligner from {source} to {target}")
-
-    def versions(self) -> list[int]:
-        return [1, 2]
 
 
 @pytest.fixture(scope="module")
