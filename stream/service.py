@@ -20,7 +20,6 @@ from aiohttp import web
 
 from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
-from store.errors import StoreDamagedError
 from store.vector_store import VersionedVectorStore
 from stream.api import ApiContext, create_app
 from stream.broker import EmbeddedBroker, ensure_topics
@@ -85,15 +84,16 @@ async def _keep_serving_cache_warm(store: VersionedVectorStore, stack: AsyncExit
                 started = time.monotonic()
                 try:
                     copied = await asyncio.to_thread(store.warm_serving_cache, stop=stop)
-                except StoreDamagedError as error:  # lookups will say so too; keep running
+                except Exception as error:  # best effort: lookups read RocksDB (and report damage)
                     say(f"serving cache not warmed: {error}")
                     return
                 if not stop.is_set() and store.serving_version == version:
                     warmed = version
-                    say(
-                        f"serving cache: {copied} vectors of version {version} copied in "
-                        f"{time.monotonic() - started:.1f} s"
-                    )
+                    if copied:
+                        say(
+                            f"serving cache: {copied} vectors of version {version} copied in "
+                            f"{time.monotonic() - started:.1f} s"
+                        )
             await asyncio.sleep(0.2)
 
     task = asyncio.ensure_future(keep_warm())
