@@ -7,6 +7,7 @@ refresher never raises, and every valid event around them is applied."""
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -26,6 +27,9 @@ from stream.events import MAX_ID_LENGTH, MAX_VALUE, MIN_TIMESTAMP_MS, Interactio
 from stream.outbox import decode_outbox
 from stream.refresher import ConsumedRecord, EmbeddingRefresher
 
+#: CI replays the same examples every run (a gate must not flip on a new draw); a
+#: developer's run explores new ones.
+IN_CI = bool(os.environ.get("CI"))
 NOW = 1_800_000_000_000
 SKEW = 86_400_000
 BROKER_TS = NOW - 5_000
@@ -111,7 +115,12 @@ def encoder(trained_registry: Path) -> Encoder:
     return EncoderRegistry(trained_registry).load(1)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=IN_CI,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(
     batch=st.lists(st.tuples(st.booleans(), valid_events, bad_records), min_size=1, max_size=30),
 )
@@ -146,7 +155,7 @@ def test_bad_records_are_dead_lettered_and_every_valid_event_around_them_applied
             store.close()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=IN_CI)
 @given(raw=st.one_of(st.binary(max_size=200), bad_records, valid_events.map(orjson.dumps)))
 def test_parse_event_never_raises_and_what_it_accepts_is_within_the_contract(raw: bytes | None) -> None:
     parsed = parse_event(raw, BROKER_TS, NOW, SKEW)
