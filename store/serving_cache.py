@@ -98,7 +98,6 @@ class ServingCache:
         self._lock = threading.Lock()
         self._version: int | None = None
         self._tables: dict[str, _KindTable] = {}
-        self._used = 0
         self._epoch = 0
 
     @property
@@ -113,7 +112,8 @@ class ServingCache:
     @property
     def used_bytes(self) -> int:
         """Bytes of the ids held (vectors, timestamps and an estimate per id)."""
-        return self._used
+        with self._lock:
+            return sum(table.rows * _row_bytes(table.dim) for table in self._tables.values())
 
     @property
     def allocated_bytes(self) -> int:
@@ -143,7 +143,6 @@ class ServingCache:
         with self._lock:
             self._version = version
             self._tables = {}
-            self._used = 0
             self._epoch += 1
 
     def read(self, kind: str, version: int, ids: Sequence[str]) -> CacheHits | None:
@@ -215,7 +214,6 @@ class ServingCache:
             row = table.index.pop(entity_id, None)
             if row is not None:
                 table.free.append(row)
-                self._used -= _row_bytes(table.dim)
 
     def _write_locked(
         self,
@@ -244,7 +242,6 @@ class ServingCache:
                 if row is None:
                     continue
                 index[entity_id] = row
-                self._used += per_id
             elif not replace:
                 continue
             rows.append(row)
