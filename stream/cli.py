@@ -50,6 +50,12 @@ def _add_service_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--versions-kept", type=_positive_int, help="versions kept per id (default: 5)")
     parser.add_argument("--seed", type=int, help="seed for the default encoder and demo data")
+    parser.add_argument(
+        "--scale-out",
+        action="store_const",
+        const=True,
+        help="share the group's partitions with other workers (default: EMBSTREAM_SCALE_OUT, off)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +114,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "encoder_version",
         "versions_kept",
         "seed",
+        "scale_out",
     )
     return Settings.from_env().with_overrides(**{n: getattr(args, n, None) for n in names})
 

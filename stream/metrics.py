@@ -6,6 +6,7 @@ import bisect
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,8 @@ class Metrics:
     consumed_history: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=120))
     #: One row per :meth:`sample` (every few seconds): what the status page plots.
     history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=STATUS_SAMPLES))
+    #: With scale-out: a callable giving owned partitions and changelog figures.
+    scale_out: Callable[[], dict[str, Any]] | None = field(default=None, repr=False)
     _interval_lags: list[float] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -175,6 +178,8 @@ class Metrics:
                 "# TYPE embstream_serving_cache_budget_bytes gauge",
                 f"embstream_serving_cache_budget_bytes {serving_cache.budget_bytes}",
             ]
+        if self.scale_out is not None:
+            lines += _scale_out_lines(self.scale_out())
         lines += [
             "# HELP embstream_batches_total Micro-batches processed.",
             "# TYPE embstream_batches_total counter",
@@ -191,3 +196,30 @@ class Metrics:
             lines.append(f"embstream_refresh_lag_seconds_sum {self.lag_sum:.6f}")
             lines.append(f"embstream_refresh_lag_seconds_count {self.lag_count}")
         return "\n".join(lines) + "\n"
+
+
+def _scale_out_lines(status: dict[str, Any]) -> list[str]:
+    owned = status["owned"]
+    return [
+        "# HELP embstream_owned_partitions Partitions this worker owns, by source topic.",
+        "# TYPE embstream_owned_partitions gauge",
+        f'embstream_owned_partitions{{topic="interactions"}} {len(owned["interactions"])}',
+        f'embstream_owned_partitions{{topic="by_item"}} {len(owned["by_item"])}',
+        "# HELP embstream_changelog_lag_records Changelog records of other workers not applied yet.",
+        "# TYPE embstream_changelog_lag_records gauge",
+        f"embstream_changelog_lag_records {status['changelog_lag']}",
+        "# HELP embstream_changelog_batches_applied_total Batches of other workers applied here.",
+        "# TYPE embstream_changelog_batches_applied_total counter",
+        f"embstream_changelog_batches_applied_total {status['changelog_batches_applied']}",
+        "# HELP embstream_changelog_skipped_total Changelog records left out, by reason "
+        "(fenced, gap, malformed).",
+        "# TYPE embstream_changelog_skipped_total counter",
+        *(
+            f'embstream_changelog_skipped_total{{reason="{reason}"}} {count}'
+            for reason, count in sorted(status["changelog_skipped"].items())
+        ),
+        "# HELP embstream_batches_fenced_total Batches dropped because the group had moved "
+        "their partitions to another worker.",
+        "# TYPE embstream_batches_fenced_total counter",
+        f"embstream_batches_fenced_total {status['batches_fenced']}",
+    ]

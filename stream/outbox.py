@@ -26,6 +26,9 @@ class OutgoingMessage:
     key: bytes | None
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
+    #: An explicit partition (not kept in the outbox: only the scale-out path sets it, and it
+    #: publishes before it commits). ``None``: ``crc32(key) % partitions``, or 0 unkeyed.
+    partition: int | None = None
 
 
 def encode_outbox(messages: list[OutgoingMessage]) -> bytes:

@@ -25,10 +25,12 @@ from stream.api import ApiContext, create_app
 from stream.broker import EmbeddedBroker, ensure_topics
 from stream.control import ControlCodec
 from stream.metrics import Metrics
+from stream.partitioned import PartitionedRefresher
 from stream.progress import progress_bar
 from stream.refresher import EmbeddingRefresher
 from stream.rollout import RolloutController
 from stream.rollout_plane import RolloutPlane
+from stream.scale_out import ScaleOutWorker, scale_out_topics
 from stream.settings import Settings, SettingsError
 from stream.worker import StreamWorker
 
@@ -171,16 +173,16 @@ async def run_service(
                 f"no broker configured (--broker or EMBSTREAM_BROKER): started the embedded broker "
                 f"at {broker.bootstrap}; it keeps events in memory only"
             )
+        topics = {
+            settings.topic: settings.partitions,
+            settings.dlq_topic: 1,
+            settings.updates_topic: settings.partitions,
+            settings.control_topic: 1,
+        }
+        if settings.scale_out:
+            topics.update(scale_out_topics(settings))
         await asyncio.to_thread(
-            ensure_topics,
-            settings.broker_servers,
-            {
-                settings.topic: settings.partitions,
-                settings.dlq_topic: 1,
-                settings.updates_topic: settings.partitions,
-                settings.control_topic: 1,
-            },
-            **settings.kafka_security.kafka_python(),
+            ensure_topics, settings.broker_servers, topics, **settings.kafka_security.kafka_python()
         )
         store = VersionedVectorStore(
             settings.data_dir,
@@ -194,7 +196,7 @@ async def run_service(
             say("the broker changed since the last run: source offsets reset, entity state kept")
         metrics = Metrics()
         await _sample_status(metrics, stack)
-        worker = StreamWorker(settings, store, metrics)
+        worker = (ScaleOutWorker if settings.scale_out else StreamWorker)(settings, store, metrics)
         started_at = time.monotonic()
         registry = EncoderRegistry(settings.registry)
         context = ApiContext(
@@ -206,6 +208,7 @@ async def run_service(
             admin_allowed=bool(settings.api_token) or settings.api_host in ("127.0.0.1", "localhost", "::1"),
             health=lambda: {
                 "assigned_partitions": worker.assigned,
+                **({"scale_out": metrics.scale_out()} if metrics.scale_out is not None else {}),
                 "events_consumed": metrics.events_consumed,
                 "uptime_s": round(time.monotonic() - started_at, 1),
             },
@@ -241,14 +244,28 @@ async def run_service(
         encoder = controller.serving_encoder
         assert encoder is not None
         say(f"serving version {encoder.version} (dim {encoder.dim}, sha256 verified)")
-        refresher = EmbeddingRefresher(
-            store,
-            controller.refresh_encoders,
-            updates_topic=settings.updates_topic,
-            dlq_topic=settings.dlq_topic,
-            user_window=settings.user_window,
-            max_future_skew_ms=settings.max_future_skew_ms,
-        )
+        refresher: EmbeddingRefresher
+        if isinstance(worker, ScaleOutWorker):
+            refresher = PartitionedRefresher(
+                store,
+                controller.refresh_encoders,
+                topic=settings.topic,
+                partitions=settings.partitions,
+                updates_topic=settings.updates_topic,
+                dlq_topic=settings.dlq_topic,
+                user_window=settings.user_window,
+                max_future_skew_ms=settings.max_future_skew_ms,
+            )
+            await worker.attach(refresher)
+        else:
+            refresher = EmbeddingRefresher(
+                store,
+                controller.refresh_encoders,
+                updates_topic=settings.updates_topic,
+                dlq_topic=settings.dlq_topic,
+                user_window=settings.user_window,
+                max_future_skew_ms=settings.max_future_skew_ms,
+            )
         service = RunningService(settings, store, worker, metrics, controller)
         say(f"worker consuming {settings.topic!r} from {settings.broker} as group {settings.group_id!r}")
         if on_ready is not None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from store.vector_store import VECTOR_DTYPES
+from stream.changelog import by_item_topic
 from stream.kafka_security import KafkaSecurity, KafkaSecurityError
 
 __all__ = ["Settings", "SettingsError"]
@@ -40,6 +41,9 @@ class Settings:
     max_future_skew_ms: int = 86_400_000
     session_timeout_ms: int = 6_000
     heartbeat_interval_ms: int = 1_000
+    # Several workers share the group's partitions (README "Scale-out"): items are repartitioned
+    # through <topic>.by-item and every batch goes to a changelog that every worker follows.
+    scale_out: bool = False
     seed: int = 0
     backfill_rate: int = 0  # entities per second; 0 = as fast as batches allow
     # Threads torch may use to encode. One is fastest for the batch sizes the worker sees:
@@ -95,6 +99,10 @@ class Settings:
         )
 
     @property
+    def by_item_topic(self) -> str:
+        return by_item_topic(self.topic)
+
+    @property
     def dlq_topic(self) -> str:
         return f"{self.topic}.dlq"
 
@@ -130,6 +138,13 @@ class Settings:
 
 
 def _convert(name: str, raw: str, default: object) -> object:
+    if isinstance(default, bool):
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"EMBSTREAM_{name.upper()}={raw!r} is not one of 1, 0, true, false")
     try:
         if isinstance(default, Path):
             return Path(raw)

@@ -48,8 +48,9 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         total = consumer.partitions_for_topic(self.worker.settings.topic) or set()
         if assigned and len(assigned) < len(total):
             log.warning(
-                "this worker owns %d of %d partitions: another worker shares group %r. State does "
-                "not follow partitions between workers in this release; run one worker per group.",
+                "this worker owns %d of %d partitions: another worker shares group %r. State follows "
+                "partitions between workers only with EMBSTREAM_SCALE_OUT=1 on every worker; without "
+                "it, run one worker per group.",
                 len(assigned),
                 len(total),
                 self.worker.settings.group_id,
@@ -78,9 +79,7 @@ class StreamWorker:
         """Connect the producer, re-send any pending outbox, and join the consumer group."""
         servers = self.settings.broker_servers
         security = self.settings.kafka_security.aiokafka()
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=servers, client_id="embstream-worker", linger_ms=5, acks=1, **security
-        )
+        self.producer = self._producer()
         await self.producer.start()
         await self._flush_pending_outbox()
         self.consumer = AIOKafkaConsumer(
@@ -98,8 +97,23 @@ class StreamWorker:
             max_partition_fetch_bytes=4 << 20,
             **security,
         )
-        self.consumer.subscribe([self.settings.topic], listener=_SeekToStoredOffsets(self))
+        self.consumer.subscribe(self._topics(), listener=self._listener())
         await self.consumer.start()
+
+    def _producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.settings.broker_servers,
+            client_id="embstream-worker",
+            linger_ms=5,
+            acks=1,
+            **self.settings.kafka_security.aiokafka(),
+        )
+
+    def _topics(self) -> list[str]:
+        return [self.settings.topic]
+
+    def _listener(self) -> ConsumerRebalanceListener:
+        return _SeekToStoredOffsets(self)
 
     async def run(
         self, stop: asyncio.Event, refresher: EmbeddingRefresher, rollout: RolloutPlane | None = None
@@ -161,7 +175,12 @@ class StreamWorker:
                 known = await producer.partitions_for(message.topic)
                 partitions[message.topic] = max(1, len(known))
             count = partitions[message.topic]
-            partition = 0 if message.key is None or count == 1 else zlib.crc32(message.key) % count
+            if message.partition is not None:
+                partition = message.partition
+            elif message.key is None or count == 1:
+                partition = 0
+            else:
+                partition = zlib.crc32(message.key) % count
             grouped.setdefault((message.topic, partition), []).append(message)
         pending = []
         for (topic, partition), group in grouped.items():

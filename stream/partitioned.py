@@ -1,0 +1,385 @@
+"""The refresher of a worker that shares its consumer group (``EMBSTREAM_SCALE_OUT``).
+
+A user's state belongs to the ``interactions`` partition its events are keyed to; an item's
+state belongs to the item's partition of ``<topic>.by-item``. A batch is *prepared* (state
+updated and encoded into an uncommitted store write, plus the messages to publish: one
+changelog batch per source partition, item bundles, embedding updates and dead letters);
+the worker publishes those messages, checks it still owns the partitions, and only then
+*commits* the write. The changelog is therefore never behind a worker's store, and a batch
+a crash cut short is applied again from the source, by whichever worker owns it next.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+import numpy as np
+
+from models.encoder import Encoder
+from models.state_batch import EventColumns, apply_item_events, apply_user_events
+from store.vector_store import StoreWriter, VersionedVectorStore
+from stream.changelog import (
+    NO_OFFSET,
+    ChangelogBatch,
+    ItemBundle,
+    by_item_topic,
+    decode_bundle,
+    encode_bundle,
+)
+from stream.events import Interaction, Rejection, parse_event
+from stream.outbox import OutgoingMessage
+from stream.refresher import BatchOutcome, EmbeddingRefresher, SourceRecord, _distinct, _latest_per_row
+
+__all__ = [
+    "KEY_NOT_USER_ID",
+    "ChangelogOutcome",
+    "PartitionedRefresher",
+    "PreparedBatch",
+    "item_partition",
+]
+
+_U64 = struct.Struct("<Q")
+_NAN = float("nan")
+#: Dead-letter reason of an event whose Kafka key is not its user_id: with several workers a
+#: user's events must all reach the partition that owns the user.
+KEY_NOT_USER_ID = "key is not the user_id"
+
+
+def item_partition(item_id: str, partitions: int) -> int:
+    """The ``<topic>.by-item`` partition that owns ``item_id``."""
+    return zlib.crc32(item_id.encode("utf-8")) % partitions
+
+
+@dataclass
+class PreparedBatch:
+    """A batch applied to an uncommitted store write, and what to publish before committing."""
+
+    writer: StoreWriter
+    outcome: BatchOutcome
+    changelog: list[ChangelogBatch] = field(default_factory=list)
+    #: item bundles first, then embedding updates and dead letters
+    messages: list[OutgoingMessage] = field(default_factory=list)
+
+
+@dataclass
+class ChangelogOutcome:
+    applied: bool
+    reason: str  # "applied", "duplicate", "gap", "fence"
+    entities: int = 0
+
+
+def _watermark_name(by_item: str, item_partition: int, source_partition: int) -> str:
+    return f"watermark:{by_item}/{item_partition}/{source_partition}"
+
+
+class PartitionedRefresher(EmbeddingRefresher):
+    """Prepares batches of ``interactions`` (user side) and ``<topic>.by-item`` (item side)
+    and applies changelog batches written by other workers."""
+
+    def __init__(
+        self,
+        store: VersionedVectorStore,
+        encoders: Encoder | Callable[[], Sequence[Encoder]],
+        *,
+        topic: str,
+        partitions: int,
+        updates_topic: str,
+        dlq_topic: str,
+        user_window: int = 50,
+        max_future_skew_ms: int = 86_400_000,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        extra = {} if clock_ms is None else {"clock_ms": clock_ms}
+        super().__init__(
+            store,
+            encoders,
+            updates_topic=updates_topic,
+            dlq_topic=dlq_topic,
+            user_window=user_window,
+            max_future_skew_ms=max_future_skew_ms,
+            **extra,
+        )
+        self.topic = topic
+        self.by_item = by_item_topic(topic)
+        self.partitions = partitions
+
+    # ----- batches this worker owns ----------------------------------------------------------
+
+    def prepare(self, records: Sequence[SourceRecord], generation: int) -> PreparedBatch:
+        """Apply ``records`` (either topic, in partition order) to an uncommitted write."""
+        prepared = PreparedBatch(self.store.writer(), BatchOutcome())
+        user_records = [r for r in records if r.topic == self.topic]
+        item_records = [r for r in records if r.topic == self.by_item]
+        prepared.outcome.consumed = len(user_records)
+        if user_records:
+            self._prepare_users(user_records, generation, prepared)
+        if item_records:
+            self._prepare_items(item_records, generation, prepared)
+        return prepared
+
+    def _prepare_users(self, records: list[SourceRecord], generation: int, prepared: PreparedBatch) -> None:
+        outcome = prepared.outcome
+        now_ms = self.clock_ms()
+        starts: dict[int, int] = {}
+        ends: dict[int, int] = {}
+        events: list[Interaction] = []
+        event_partitions: list[int] = []
+        event_offsets: list[int] = []
+        for record in records:
+            partition = record.partition
+            if partition not in starts:
+                stored = self.store.get_offset(self.topic, partition)
+                starts[partition] = NO_OFFSET if stored is None else stored
+            if starts[partition] != NO_OFFSET and record.offset < starts[partition]:
+                outcome.duplicates += 1
+                continue
+            ends[partition] = record.offset + 1
+            parsed = parse_event(record.value, record.timestamp, now_ms, self.max_future_skew_ms)
+            if not isinstance(parsed, Rejection) and record.key != parsed.user_id.encode("utf-8"):
+                parsed = Rejection(KEY_NOT_USER_ID)
+            if isinstance(parsed, Rejection):
+                outcome.rejected[parsed.reason] = outcome.rejected.get(parsed.reason, 0) + 1
+                prepared.messages.append(self._dead_letter(record, parsed.reason))
+                continue
+            events.append(parsed)
+            event_partitions.append(partition)
+            event_offsets.append(record.offset)
+        outcome.applied = len(events)
+        writer = prepared.writer
+        ids_by_partition: dict[int, list[str]] = {partition: [] for partition in ends}
+        encoded: dict[int, np.ndarray] = {}
+        written_at = self.clock_ms()
+        states: list[bytes] = []
+        user_ids: list[str] = []
+        if events:
+            count = len(events)
+            columns = EventColumns(
+                [event.user_id for event in events],
+                [event.item_id for event in events],
+                np.fromiter((event.type_code for event in events), np.uint8, count),
+                np.fromiter((_NAN if e.value is None else e.value for e in events), np.float32, count),
+                np.fromiter((event.ts_ms for event in events), np.int64, count),
+            )
+            user_ids, user_rows = _distinct(columns.user_ids)
+            states, histories = apply_user_events(
+                user_ids, self.store.get_states("user", user_ids), self.user_window, columns, user_rows
+            )
+            for user_id, state in zip(user_ids, states, strict=True):
+                writer.put_state("user", user_id, state)
+            latest = _latest_per_row(len(user_ids), user_rows, columns.timestamps_ms)
+            owner = np.zeros(len(user_ids), dtype=np.int64)
+            owner[user_rows] = np.asarray(event_partitions, dtype=np.int64)
+            for user_id, partition in zip(user_ids, owner.tolist(), strict=True):
+                ids_by_partition[partition].append(user_id)
+            encoders = list(self.encoders())
+            for encoder in encoders:
+                vectors = encoder.encode_users(histories)
+                encoded[encoder.version] = vectors
+                writer.put_vectors("user", user_ids, encoder.version, vectors, written_at)
+                outcome.written[("user", encoder.version)] = len(user_ids)
+                if encoder is encoders[0]:
+                    lags = np.maximum(0.0, (written_at - latest) / 1000.0)
+                    outcome.lags_seconds.extend(lags.tolist())
+            bundles = self._bundles(events, event_partitions, event_offsets)
+            prepared.messages[:0] = bundles
+            for encoder in encoders:
+                prepared.messages.extend(self._updates("user", user_ids, encoder.version, written_at, latest))
+        row_of = {user_id: row for row, user_id in enumerate(user_ids)}
+        for partition, end in ends.items():
+            writer.set_offset(self.topic, partition, end)
+            ids = ids_by_partition[partition]
+            rows = np.fromiter((row_of[i] for i in ids), np.int64, len(ids))
+            prepared.changelog.append(
+                ChangelogBatch(
+                    source_topic=self.topic,
+                    partition=partition,
+                    start=starts[partition],
+                    end=end,
+                    generation=generation,
+                    kind="user",
+                    ids=ids,
+                    states=[states[row] for row in rows.tolist()],
+                    versions=list(encoded),
+                    vectors=[np.ascontiguousarray(m[rows], np.float32).tobytes() for m in encoded.values()],
+                    dims=[int(m.shape[1]) for m in encoded.values()],
+                    written_at=written_at,
+                )
+            )
+
+    def _bundles(
+        self, events: list[Interaction], partitions: list[int], offsets: list[int]
+    ) -> list[OutgoingMessage]:
+        """One bundle per (source partition, item partition), sent to the item partition."""
+        grouped: dict[tuple[int, int], list[int]] = {}
+        for index, event in enumerate(events):
+            target = item_partition(event.item_id, self.partitions)
+            grouped.setdefault((partitions[index], target), []).append(index)
+        messages = []
+        for (source, target), rows in grouped.items():
+            bundle = ItemBundle(
+                source_partition=source,
+                offsets=np.fromiter((offsets[i] for i in rows), np.int64, len(rows)).tobytes(),
+                item_ids=[events[i].item_id for i in rows],
+                type_codes=np.fromiter((events[i].type_code for i in rows), np.uint8, len(rows)).tobytes(),
+                values=np.fromiter(
+                    (_NAN if events[i].value is None else events[i].value for i in rows),
+                    np.float32,
+                    len(rows),
+                ).tobytes(),
+                timestamps_ms=np.fromiter((events[i].ts_ms for i in rows), np.int64, len(rows)).tobytes(),
+            )
+            messages.append(OutgoingMessage(self.by_item, None, encode_bundle(bundle), partition=target))
+        return messages
+
+    def _prepare_items(self, records: list[SourceRecord], generation: int, prepared: PreparedBatch) -> None:
+        outcome = prepared.outcome
+        writer = prepared.writer
+        starts: dict[int, int] = {}
+        ends: dict[int, int] = {}
+        watermarks: dict[int, dict[int, int]] = {}
+        item_ids: list[str] = []
+        codes: list[int] = []
+        values: list[float] = []
+        stamps: list[int] = []
+        partitions_of_event: list[int] = []
+        for record in records:
+            partition = record.partition
+            if partition not in starts:
+                stored = self.store.get_offset(self.by_item, partition)
+                starts[partition] = NO_OFFSET if stored is None else stored
+                watermarks[partition] = self.item_watermarks(partition)
+            if starts[partition] != NO_OFFSET and record.offset < starts[partition]:
+                continue  # a bundle this partition's state already includes
+            ends[partition] = record.offset + 1
+            try:
+                bundle = decode_bundle(record.value or b"")
+                entries = list(bundle.columns())
+            except (msgspec.DecodeError, ValueError):
+                reason = "not an item bundle"
+                outcome.rejected[reason] = outcome.rejected.get(reason, 0) + 1
+                prepared.messages.append(self._dead_letter(record, reason))
+                continue
+            marks = watermarks[partition]
+            floor = marks.get(bundle.source_partition, 0)
+            for offset, item_id, code, value, ts_ms in entries:
+                if offset < floor:
+                    outcome.duplicates += 1
+                    continue
+                item_ids.append(item_id)
+                codes.append(code)
+                values.append(value)
+                stamps.append(ts_ms)
+                partitions_of_event.append(partition)
+            if entries:
+                marks[bundle.source_partition] = max(floor, entries[-1][0] + 1)
+        distinct: list[str] = []
+        states: list[bytes] = []
+        encoded: dict[int, np.ndarray] = {}
+        written_at = self.clock_ms()
+        ids_by_partition: dict[int, list[str]] = {partition: [] for partition in ends}
+        if item_ids:
+            count = len(item_ids)
+            columns = EventColumns(
+                item_ids,
+                item_ids,
+                np.asarray(codes, np.uint8),
+                np.asarray(values, np.float32),
+                np.asarray(stamps, np.int64),
+            )
+            distinct, rows_of = _distinct(item_ids)
+            states, counts = apply_item_events(
+                distinct, self.store.get_states("item", distinct), columns, rows_of
+            )
+            for item_id, state in zip(distinct, states, strict=True):
+                writer.put_state("item", item_id, state)
+            latest = _latest_per_row(len(distinct), rows_of, columns.timestamps_ms)
+            owner = np.zeros(len(distinct), dtype=np.int64)
+            owner[rows_of] = np.asarray(partitions_of_event[:count], dtype=np.int64)
+            for item_id, partition in zip(distinct, owner.tolist(), strict=True):
+                ids_by_partition[partition].append(item_id)
+            encoders = list(self.encoders())
+            for encoder in encoders:
+                vectors = encoder.encode_items(counts)
+                encoded[encoder.version] = vectors
+                writer.put_vectors("item", distinct, encoder.version, vectors, written_at)
+                outcome.written[("item", encoder.version)] = len(distinct)
+                if encoder is encoders[0]:
+                    outcome.lags_seconds.extend(np.maximum(0.0, (written_at - latest) / 1000.0).tolist())
+                prepared.messages.extend(self._updates("item", distinct, encoder.version, written_at, latest))
+        row_of = {item_id: row for row, item_id in enumerate(distinct)}
+        for partition, end in ends.items():
+            writer.set_offset(self.by_item, partition, end)
+            for source, mark in watermarks[partition].items():
+                writer.put_meta(_watermark_name(self.by_item, partition, source), _U64.pack(mark))
+            ids = ids_by_partition[partition]
+            rows = [row_of[i] for i in ids]
+            prepared.changelog.append(
+                ChangelogBatch(
+                    source_topic=self.by_item,
+                    partition=partition,
+                    start=starts[partition],
+                    end=end,
+                    generation=generation,
+                    kind="item",
+                    ids=ids,
+                    states=[states[row] for row in rows],
+                    versions=list(encoded),
+                    vectors=[np.ascontiguousarray(m[rows], np.float32).tobytes() for m in encoded.values()],
+                    dims=[int(m.shape[1]) for m in encoded.values()],
+                    written_at=written_at,
+                    watermarks=dict(watermarks[partition]),
+                )
+            )
+
+    def item_watermarks(self, partition: int) -> dict[int, int]:
+        """Per source partition of ``interactions``: the next source offset whose item events
+        this item partition has not applied yet."""
+        marks = {}
+        for source in range(self.partitions):
+            raw = self.store.get_meta(_watermark_name(self.by_item, partition, source))
+            if raw is not None:
+                marks[source] = _U64.unpack(raw)[0]
+        return marks
+
+    # ----- batches other workers wrote ---------------------------------------------------------
+
+    def apply_changelog(self, batch: ChangelogBatch) -> ChangelogOutcome:
+        """Apply a batch another worker published (or this worker, before a crash), if it
+        continues this store's copy of its partition; encode any refresh version it lacks."""
+        if batch.fence:
+            return ChangelogOutcome(False, "fence")
+        marker = self.store.get_offset(batch.source_topic, batch.partition)
+        if marker is not None and batch.end <= marker:
+            return ChangelogOutcome(False, "duplicate")
+        if marker is not None and batch.start != marker:
+            return ChangelogOutcome(False, "gap")
+        writer = self.store.writer()
+        kind, ids = batch.kind, batch.ids
+        for entity_id, state in zip(ids, batch.states, strict=True):
+            writer.put_state(kind, entity_id, state)
+        for index, version in enumerate(batch.versions):
+            if ids:
+                writer.put_vectors(kind, ids, version, batch.matrix(index), batch.written_at)
+        missing = [e for e in self.encoders() if e.version not in batch.versions]
+        if ids and missing:  # e.g. a version this worker has staged and the writer had not yet
+            if kind == "user":
+                _, histories = apply_user_events(ids, batch.states, self.user_window)
+                for encoder in missing:
+                    writer.put_vectors(
+                        kind, ids, encoder.version, encoder.encode_users(histories), batch.written_at
+                    )
+            else:
+                _, counts = apply_item_events(ids, batch.states)
+                for encoder in missing:
+                    writer.put_vectors(
+                        kind, ids, encoder.version, encoder.encode_items(counts), batch.written_at
+                    )
+        writer.set_offset(batch.source_topic, batch.partition, batch.end)
+        for source, mark in batch.watermarks.items():
+            writer.put_meta(_watermark_name(batch.source_topic, batch.partition, source), _U64.pack(mark))
+        writer.commit()
+        return ChangelogOutcome(True, "applied", len(ids))

@@ -1,0 +1,247 @@
+"""Following the changelog: every node keeps a replica of the partitions it does not own.
+
+Reads the changelog topics without a consumer group, applies complete batches through
+:meth:`PartitionedRefresher.apply_changelog`, and keeps, per changelog partition, the next
+offset to read and the highest writer generation seen in the store (meta
+``changelog:<topic>/<partition>``). A batch from a lower generation than one already seen
+comes from a worker that lost its partitions (a fenced "zombie") and is dropped.
+
+When this node is assigned a source partition it first *catches up* that partition's
+changelog to its end, then publishes a fence (its own generation) and reads up to it, so
+anything a previous owner published before the fence is applied and anything after it is
+dropped by every reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import Executor
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from store.vector_store import StoreWriter, VersionedVectorStore
+from stream.changelog import (
+    ChangelogAssembler,
+    ChangelogBatch,
+    changelog_topic,
+    decode_changelog,
+    encode_changelog,
+)
+from stream.partitioned import PartitionedRefresher
+
+__all__ = ["ChangelogFollower", "position_name"]
+
+log = logging.getLogger("embstream.replica")
+_POSITION = struct.Struct("<QQ")  # next changelog offset, highest generation seen
+
+
+def position_name(changelog: str, partition: int) -> str:
+    return f"changelog:{changelog}/{partition}"
+
+
+class ChangelogFollower:
+    """The changelog reader of one worker."""
+
+    def __init__(
+        self,
+        refresher: PartitionedRefresher,
+        store: VersionedVectorStore,
+        servers: list[str],
+        partitions: int,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.refresher = refresher
+        self.store = store
+        self.servers = servers
+        self.partitions = partitions
+        self.client_options = client_options or {}
+        self.sources = [refresher.topic, refresher.by_item]
+        self.consumer: AIOKafkaConsumer | None = None
+        self.assembler = ChangelogAssembler()
+        self.following: set[TopicPartition] = set()
+        self.applied_batches = 0
+        self.applied_entities = 0
+        self.skipped: Counter[str] = Counter()
+
+    def changelog_of(self, source_topic: str, partition: int) -> TopicPartition:
+        return TopicPartition(changelog_topic(source_topic), partition)
+
+    @property
+    def all_partitions(self) -> set[TopicPartition]:
+        return {self.changelog_of(s, p) for s in self.sources for p in range(self.partitions)}
+
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            client_id="embstream-changelog",
+            max_partition_fetch_bytes=8 << 20,
+            fetch_max_bytes=32 << 20,
+            **self.client_options,
+        )
+        await self.consumer.start()
+        await self.follow(set())
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+    # ----- positions -----------------------------------------------------------------------------
+
+    def position(self, changelog: TopicPartition) -> tuple[int, int]:
+        raw = self.store.get_meta(position_name(changelog.topic, changelog.partition))
+        return _POSITION.unpack(raw) if raw else (0, 0)
+
+    def record_position(
+        self, writer: StoreWriter, changelog: TopicPartition, offset: int, generation: int
+    ) -> None:
+        """Stage the position after this node's own batch at ``offset`` (committed with it)."""
+        _, seen = self.position(changelog)
+        writer.put_meta(
+            position_name(changelog.topic, changelog.partition),
+            _POSITION.pack(offset + 1, max(seen, generation)),
+        )
+
+    def _save_position(self, changelog: TopicPartition, offset: int, generation: int) -> None:
+        writer = self.store.writer()
+        writer.put_meta(
+            position_name(changelog.topic, changelog.partition), _POSITION.pack(offset, generation)
+        )
+        writer.commit()
+
+    # ----- following --------------------------------------------------------------------------
+
+    async def follow(self, owned_sources: Iterable[tuple[str, int]]) -> None:
+        """Read every changelog partition but those of ``owned_sources``, from the stored
+        positions."""
+        assert self.consumer is not None
+        owned = {self.changelog_of(topic, partition) for topic, partition in owned_sources}
+        self.following = self.all_partitions - owned
+        await self._assign(self.following)
+
+    async def _assign(self, partitions: set[TopicPartition]) -> None:
+        assert self.consumer is not None
+        self.consumer.assign(sorted(partitions))
+        for changelog in partitions:
+            self.assembler.reset(*self._source_of(changelog))
+            self.consumer.seek(changelog, self.position(changelog)[0])
+
+    def _source_of(self, changelog: TopicPartition) -> tuple[str, int]:
+        return changelog.topic.removesuffix(".changelog"), changelog.partition
+
+    async def poll(self, loop: asyncio.AbstractEventLoop, executor: Executor, timeout_ms: int = 0) -> int:
+        """Apply what the followed partitions have; returns the number of records read."""
+        assert self.consumer is not None
+        if not self.following:
+            return 0
+        fetched = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=200)
+        read = 0
+        for changelog, records in fetched.items():
+            read += len(records)
+            await loop.run_in_executor(executor, self._handle_all, changelog, records)
+        return read
+
+    def lag(self) -> int:
+        """Changelog records this node has not read yet, over the partitions it follows."""
+        if self.consumer is None:
+            return 0
+        total = 0
+        for changelog in self.following:
+            try:
+                highwater = self.consumer.highwater(changelog)
+                position = self.position(changelog)[0]
+            except Exception:  # not fetched yet
+                continue
+            if highwater is not None:
+                total += max(0, highwater - position)
+        return total
+
+    def _handle_all(self, changelog: TopicPartition, records: list[Any]) -> None:
+        for record in records:
+            self._handle(changelog, record.offset, record.value)
+
+    def _handle(self, changelog: TopicPartition, offset: int, raw: bytes | None) -> None:
+        """Apply one changelog record; the stored position moves past it once the batch it
+        belongs to is applied (or dropped), never into the middle of a batch."""
+        next_offset, seen = self.position(changelog)
+        if offset < next_offset:
+            return
+        try:
+            part = decode_changelog(raw or b"")
+        except (msgspec.DecodeError, ValueError):
+            self.skipped["malformed"] += 1
+            self._save_position(changelog, offset + 1, seen)
+            return
+        if part.generation < seen:
+            self.skipped["fenced"] += 1
+            self.assembler.reset(part.source_topic, part.partition)
+            self._save_position(changelog, offset + 1, seen)
+            return
+        batch = self.assembler.add(part)
+        if batch is None:
+            return  # more parts to come: the position stays before the batch's first part
+        outcome = self.refresher.apply_changelog(batch)
+        if outcome.applied:
+            self.applied_batches += 1
+            self.applied_entities += outcome.entities
+        elif outcome.reason == "gap":
+            self.skipped["gap"] += 1
+            log.warning(
+                "changelog %s[%d] offset %d: batch %d..%d does not continue this node's offset; dropped",
+                changelog.topic,
+                changelog.partition,
+                offset,
+                batch.start,
+                batch.end,
+            )
+        self._save_position(changelog, offset + 1, max(seen, batch.generation))
+
+    # ----- taking over partitions ---------------------------------------------------------------
+
+    async def catch_up(
+        self,
+        owned_sources: list[tuple[str, int]],
+        generation: int,
+        producer: AIOKafkaProducer,
+        loop: asyncio.AbstractEventLoop,
+        executor: Executor,
+    ) -> None:
+        """Bring this node's copy of ``owned_sources`` up to the changelog's end, fence
+        earlier owners with ``generation``, and read up to the fence."""
+        assert self.consumer is not None
+        targets = {self.changelog_of(topic, partition) for topic, partition in owned_sources}
+        if not targets:
+            return
+        await self._assign(targets)
+        fences: dict[TopicPartition, int] = {}
+        for changelog in sorted(targets):
+            topic, partition = self._source_of(changelog)
+            marker = self.store.get_offset(topic, partition)
+            fence = ChangelogBatch(
+                source_topic=topic,
+                partition=partition,
+                start=-1 if marker is None else marker,
+                end=-1 if marker is None else marker,
+                generation=generation,
+                kind="user" if topic == self.refresher.topic else "item",
+                fence=True,
+            )
+            sent = await producer.send_and_wait(
+                changelog.topic, encode_changelog(fence), partition=changelog.partition
+            )
+            fences[changelog] = sent.offset
+        while True:
+            behind = [c for c in targets if self.position(c)[0] <= fences[c]]
+            if not behind:
+                break
+            fetched = await self.consumer.getmany(*behind, timeout_ms=200, max_records=200)
+            for changelog, records in fetched.items():
+                await loop.run_in_executor(executor, self._handle_all, changelog, records)

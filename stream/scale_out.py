@@ -1,0 +1,223 @@
+"""A worker that shares its consumer group with others (``EMBSTREAM_SCALE_OUT``).
+
+Per batch: prepare it (uncommitted), publish its changelog batches, item bundles, updates
+and dead letters, commit the source offsets to the group at the worker's generation (the
+broker refuses that commit if the group has moved the partitions elsewhere: the batch is
+then dropped, uncommitted), and only then commit it to RocksDB. Between batches the
+worker applies what other workers published (:class:`ChangelogFollower`), so its store
+holds every partition and its API answers for every id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from stream.changelog import changelog_topic, encode_changelog, split_changelog
+from stream.partitioned import PartitionedRefresher, PreparedBatch
+from stream.refresher import EmbeddingRefresher
+from stream.replica import ChangelogFollower
+from stream.rollout_plane import RolloutPlane
+from stream.settings import Settings
+from stream.worker import StreamWorker
+
+__all__ = ["ScaleOutWorker", "scale_out_topics"]
+
+log = logging.getLogger("embstream.worker")
+
+
+def scale_out_topics(settings: Settings) -> dict[str, int]:
+    """The topics scale-out adds, with their partition counts (all as many as ``interactions``:
+    a partition of each moves together with the source partition it belongs to)."""
+    by_item = settings.by_item_topic
+    return {
+        by_item: settings.partitions,
+        changelog_topic(settings.topic): settings.partitions,
+        changelog_topic(by_item): settings.partitions,
+    }
+
+
+class _TakeOverPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: ScaleOutWorker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.worker.release()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.worker.take_over(assigned)
+
+
+class ScaleOutWorker(StreamWorker):
+    """One of several workers of a group; see the module docstring."""
+
+    refresher: PartitionedRefresher | None = None
+    follower: ChangelogFollower | None = None
+
+    def _listener(self) -> ConsumerRebalanceListener:
+        self.lock = asyncio.Lock()
+        self.ready = asyncio.Event()
+        self.assigned_items: list[int] = []
+        return _TakeOverPartitions(self)
+
+    def _topics(self) -> list[str]:
+        return [self.settings.topic, self.settings.by_item_topic]
+
+    def _producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.settings.broker_servers,
+            client_id="embstream-worker",
+            linger_ms=5,
+            acks="all",
+            max_request_size=4 << 20,
+            **self.settings.kafka_security.aiokafka(),
+        )
+
+    async def attach(self, refresher: PartitionedRefresher) -> None:
+        """Start following the changelog; partitions are taken over from here on."""
+        self.refresher = refresher
+        self.follower = ChangelogFollower(
+            refresher,
+            self.store,
+            self.settings.broker_servers,
+            self.settings.partitions,
+            client_options=self.settings.kafka_security.aiokafka(),
+        )
+        await self.follower.start()
+        self.metrics.scale_out = self.scale_out_status
+        self.ready.set()
+
+    def scale_out_status(self) -> dict[str, object]:
+        follower = self.follower
+        return {
+            "owned": {"interactions": list(self.assigned), "by_item": list(self.assigned_items)},
+            "changelog_lag": 0 if follower is None else follower.lag(),
+            "changelog_batches_applied": 0 if follower is None else follower.applied_batches,
+            "changelog_skipped": {} if follower is None else dict(follower.skipped),
+            "batches_fenced": self.batches_fenced,
+        }
+
+    batches_fenced = 0
+
+    async def release(self) -> None:
+        """Partitions are being revoked: let the batch in progress finish first."""
+        async with self.lock:
+            self.assigned, self.assigned_items = [], []
+            if self.follower is not None:
+                await self.follower.follow(set())
+
+    async def take_over(self, assigned: Iterable[TopicPartition]) -> None:
+        """Catch up the changelog of each assigned partition, fence earlier owners, and seek
+        the consumer to the offsets the store now holds."""
+        await self.ready.wait()
+        consumer, follower, producer = self.consumer, self.follower, self.producer
+        assert consumer is not None and follower is not None and producer is not None
+        assigned = sorted(assigned)
+        sources = [(tp.topic, tp.partition) for tp in assigned]
+        generation = consumer._coordinator.generation
+        loop = asyncio.get_running_loop()
+        async with self.lock:
+            started = loop.time()
+            await follower.catch_up(sources, generation, producer, loop, self._executor)
+            await follower.follow(sources)
+            for partition in assigned:
+                stored = self.store.get_offset(partition.topic, partition.partition)
+                if stored is None:
+                    await consumer.seek_to_beginning(partition)
+                else:
+                    consumer.seek(partition, stored)
+            self.assigned = [tp.partition for tp in assigned if tp.topic == self.settings.topic]
+            self.assigned_items = [tp.partition for tp in assigned if tp.topic != self.settings.topic]
+            log.info(
+                "generation %d: took over interactions %s and by-item %s in %.2f s",
+                generation,
+                self.assigned,
+                self.assigned_items,
+                loop.time() - started,
+            )
+
+    async def run(
+        self, stop: asyncio.Event, refresher: EmbeddingRefresher, rollout: RolloutPlane | None = None
+    ) -> None:
+        assert isinstance(refresher, PartitionedRefresher)
+        consumer = self.consumer
+        assert consumer is not None
+        if self.follower is None:
+            await self.attach(refresher)
+        follower = self.follower
+        assert follower is not None
+        loop = asyncio.get_running_loop()
+        try:
+            while not stop.is_set():
+                if rollout is not None:
+                    await rollout.between_batches(loop, self._executor)
+                async with self.lock:
+                    await follower.poll(loop, self._executor)
+                fetched = await consumer.getmany(
+                    timeout_ms=self.settings.batch_max_wait_ms, max_records=self.settings.batch_max_records
+                )
+                self.metrics.tick()
+                if fetched:
+                    async with self.lock:
+                        await self._process(fetched, refresher, loop)
+        finally:
+            await follower.stop()
+
+    async def _process(
+        self,
+        fetched: dict[TopicPartition, list],  # type: ignore[type-arg]
+        refresher: PartitionedRefresher,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        consumer, follower = self.consumer, self.follower
+        assert consumer is not None and follower is not None
+        owned = consumer.assignment()
+        records = [record for tp, messages in fetched.items() if tp in owned for record in messages]
+        if not records:
+            return
+        generation = consumer._coordinator.generation
+        prepared = await loop.run_in_executor(self._executor, refresher.prepare, records, generation)
+        offsets = await self._publish_changelog(prepared)
+        if prepared.messages:
+            await self._publish(prepared.messages)
+        ends = {
+            TopicPartition(batch.source_topic, batch.partition): batch.end for batch in prepared.changelog
+        }
+        try:
+            await consumer.commit(ends)
+        except (CommitFailedError, IllegalStateError) as error:
+            # The group gave these partitions to another worker while this batch ran: its
+            # changelog batches carry an old generation that every reader drops. Nothing is
+            # committed here; the new owner applies the events again.
+            self.batches_fenced += 1
+            log.warning("batch dropped: this worker no longer owns its partitions (%s)", error)
+            return
+        except KafkaError as error:
+            log.warning("offset commit to the group failed (%s); batch kept", error)
+        for changelog, offset in offsets.items():
+            follower.record_position(prepared.writer, changelog, offset, generation)
+        await loop.run_in_executor(self._executor, prepared.writer.commit)
+        self._count(prepared.outcome)
+
+    async def _publish_changelog(self, prepared: PreparedBatch) -> dict[TopicPartition, int]:
+        """Send each changelog batch (in parts when large), in order per partition; returns
+        the offset of the last part per changelog partition."""
+        producer = self.producer
+        assert producer is not None
+        pending = []
+        for batch in prepared.changelog:
+            changelog = TopicPartition(changelog_topic(batch.source_topic), batch.partition)
+            for part in split_changelog(batch):
+                future = await producer.send(
+                    changelog.topic, encode_changelog(part), partition=changelog.partition
+                )
+                pending.append((changelog, future))
+        last: dict[TopicPartition, int] = {}
+        for changelog, future in pending:
+            metadata = await future
+            last[changelog] = max(last.get(changelog, -1), metadata.offset)
+        return last
