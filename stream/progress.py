@@ -9,7 +9,12 @@ from tqdm import tqdm
 
 from models.training import TrainingProgress
 
-__all__ = ["TrainingBar", "progress_bar"]
+__all__ = ["TrainingBar", "progress_bar", "say"]
+
+
+def say(message: str) -> None:
+    """One line for the operator, on stderr."""
+    print(f"embstream: {message}", file=sys.stderr, flush=True)
 
 
 class TrainingBar(tqdm):  # type: ignore[misc]

@@ -1,9 +1,9 @@
 """A worker that shares its consumer group with others (``EMBSTREAM_SCALE_OUT``).
 
-Per batch: prepare it (uncommitted), publish its changelog batches, item bundles, updates
-and dead letters, commit the source offsets to the group at the worker's generation (the
+Per batch: prepare it (uncommitted); publish its item bundles, updates and dead letters, then
+its changelog batches; commit the source offsets to the group at the worker's generation (the
 broker refuses that commit if the group has moved the partitions elsewhere: the batch is
-then dropped, uncommitted), and only then commit it to RocksDB. Between batches the
+then dropped, uncommitted); and only then commit it to RocksDB. Between batches the
 worker applies what other workers published (:class:`ChangelogFollower`), so its store
 holds every partition and its API answers for every id.
 """
@@ -19,6 +19,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from stream.changelog import changelog_topic, encode_changelog, split_changelog
 from stream.partitioned import PartitionedRefresher, PreparedBatch
+from stream.progress import say
 from stream.refresher import EmbeddingRefresher
 from stream.replica import ChangelogFollower
 from stream.rollout_plane import RolloutPlane
@@ -132,12 +133,10 @@ class ScaleOutWorker(StreamWorker):
                     consumer.seek(partition, stored)
             self.assigned = [tp.partition for tp in assigned if tp.topic == self.settings.topic]
             self.assigned_items = [tp.partition for tp in assigned if tp.topic != self.settings.topic]
-            log.info(
-                "generation %d: took over interactions %s and by-item %s in %.2f s",
-                generation,
-                self.assigned,
-                self.assigned_items,
-                loop.time() - started,
+            say(
+                f"generation {generation}: owns partitions {self.assigned} of {self.settings.topic!r} "
+                f"and {self.assigned_items} of {self.settings.by_item_topic!r} (changelog caught up in "
+                f"{loop.time() - started:.2f} s)"
             )
 
     async def run(
@@ -165,6 +164,7 @@ class ScaleOutWorker(StreamWorker):
                     async with self.lock:
                         await self._process(fetched, refresher, loop)
         finally:
+            self.follower = None  # a revocation during shutdown has nothing left to re-assign
             await follower.stop()
 
     async def _process(
@@ -181,9 +181,12 @@ class ScaleOutWorker(StreamWorker):
             return
         generation = consumer._coordinator.generation
         prepared = await loop.run_in_executor(self._executor, refresher.prepare, records, generation)
-        offsets = await self._publish_changelog(prepared)
+        # Item bundles go out (acknowledged) before the changelog batch: once any worker can
+        # see the batch, its bundles are ahead of every bundle a later owner of the partition
+        # sends, so the item side's per-source watermarks never skip a late bundle.
         if prepared.messages:
             await self._publish(prepared.messages)
+        offsets = await self._publish_changelog(prepared)
         ends = {
             TopicPartition(batch.source_topic, batch.partition): batch.end for batch in prepared.changelog
         }

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -26,7 +25,7 @@ from stream.broker import EmbeddedBroker, ensure_topics
 from stream.control import ControlCodec
 from stream.metrics import Metrics
 from stream.partitioned import PartitionedRefresher
-from stream.progress import progress_bar
+from stream.progress import progress_bar, say
 from stream.refresher import EmbeddingRefresher
 from stream.rollout import RolloutController
 from stream.rollout_plane import RolloutPlane
@@ -37,10 +36,6 @@ from stream.worker import StreamWorker
 __all__ = ["RunningService", "prepare_registry", "run_service"]
 
 log = logging.getLogger("embstream")
-
-
-def say(message: str) -> None:
-    print(f"embstream: {message}", file=sys.stderr, flush=True)
 
 
 def prepare_registry(registry: EncoderRegistry, settings: Settings, store: VersionedVectorStore) -> int:

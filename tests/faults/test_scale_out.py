@@ -125,6 +125,25 @@ def _states(data: Path, users: list[str], items: list[str]) -> tuple[dict, dict]
         store.close()
 
 
+def _wait_for_counts(worker: WorkerProcess, users: list[str], items: list[str], expected: tuple) -> None:
+    """Wait until ``worker``'s store holds exactly ``expected``; say what differs if not."""
+    try:
+        wait_until(lambda: _states(worker.data_dir, users, items) == expected, timeout_s=90, interval_s=0.5)
+    except AssertionError:
+        held = _states(worker.data_dir, users, items)
+        differ = {
+            kind: {k: (v, want[k]) for k, v in got.items() if v != want[k]}
+            for kind, got, want in (("users", held[0], expected[0]), ("items", held[1], expected[1]))
+        }
+        figures = ""
+        if worker.process is not None:
+            _, text = http_json("GET", f"{worker.api}/metrics")
+            figures = "\n".join(line for line in text.splitlines() if "changelog" in line or "fenced" in line)
+        raise AssertionError(
+            f"{worker.data_dir.name}: (held, expected) {differ}\n{figures}\n{worker.log()[-3000:]}"
+        ) from None
+
+
 def _raw_states(data: Path, users: list[str], items: list[str]) -> tuple[list, list]:
     store = VersionedVectorStore(data, read_only=True)
     try:
@@ -198,7 +217,7 @@ def test_two_workers_share_partitions_and_one_takes_over_after_kill_minus_9(
             {i: expected_items.get(i, 0) for i in items},
         )
         for worker in (a, b):
-            wait_until(lambda w=worker: _states(w.data_dir, users, items) == expected, timeout_s=90, interval_s=0.5)
+            _wait_for_counts(worker, users, items, expected)
         reader.stop.set()
         reader.join()
         a_fenced = a.metric("embstream_batches_fenced_total")
@@ -219,3 +238,53 @@ def test_two_workers_share_partitions_and_one_takes_over_after_kill_minus_9(
         seconds_restart_to_sharing_again=round(rejoined_s, 1),
         batches_fenced=int(a_fenced),
     )
+
+
+def test_a_worker_frozen_past_its_session_is_fenced_and_rejoins_consistent(
+    broker: EmbeddedBroker, trained_registry: Path, tmp_path: Path, report
+) -> None:  # type: ignore[no-untyped-def]
+    """SIGSTOP one worker for longer than the session timeout while events flow: the other
+    takes its partitions; when the frozen one resumes, whatever it had in flight is fenced
+    (dropped by every reader, never committed), and both end with the same exact state."""
+    global TOPIC
+    args = ["--scale-out", "--partitions", str(PARTITIONS), "--topic", "zombie-interactions"]
+    saved, TOPIC = TOPIC, "zombie-interactions"
+    try:
+        a = WorkerProcess(tmp_path / "a", trained_registry, broker.bootstrap, TOPIC, args)
+        b = WorkerProcess(tmp_path / "b", trained_registry, broker.bootstrap, TOPIC, args)
+        with a.start(), b.start():
+            everything = set(range(PARTITIONS))
+            wait_until(lambda: _owned(a)[0] and _owned(b)[0], timeout_s=60)
+            load = Producer(broker.bootstrap, 9_000, 600.0, round_=2)
+            load.start()
+            time.sleep(3.0)
+            assert a.process is not None
+            a.process.send_signal(signal.SIGSTOP)
+            frozen = time.monotonic()
+            wait_until(lambda: _owned(b) == (everything, everything), timeout_s=60, interval_s=0.05)
+            takeover_s = time.monotonic() - frozen
+            time.sleep(2.0)
+            a.process.send_signal(signal.SIGCONT)
+            wait_until(lambda: _owned(a)[0], timeout_s=60, interval_s=0.1)
+            load.join()
+            users = sorted({f"s{n}" for n in range(USERS)})
+            items = sorted({f"si{n}" for n in range(ITEMS)})
+            expected = (
+                {u: c for u, c in ((u, sum(1 for e in load.sent if e["user_id"] == u)) for u in users)},
+                {i: c for i, c in ((i, sum(1 for e in load.sent if e["item_id"] == i)) for i in items)},
+            )
+            for worker in (a, b):
+                _wait_for_counts(worker, users, items, expected)
+            fenced = a.metric("embstream_batches_fenced_total")
+            skipped = b.metric("embstream_changelog_skipped_total")
+            assert a.stop() == 0
+            assert b.stop() == 0
+        assert _raw_states(a.data_dir, users, items) == _raw_states(b.data_dir, users, items)
+        report(
+            events_produced=len(load.sent),
+            seconds_frozen_to_all_partitions_owned=round(takeover_s, 1),
+            batches_fenced_on_resume=int(fenced),
+            changelog_records_dropped_by_peer=int(skipped),
+        )
+    finally:
+        TOPIC = saved
