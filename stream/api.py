@@ -55,6 +55,8 @@ class ApiContext:
     registry: EncoderRegistry
     health: Callable[[], dict[str, Any]]
     controller: RolloutController | None = None
+    #: ``GET /readyz``: whether this node can answer for every id, and why (None: always).
+    readiness: Callable[[], tuple[bool, str]] | None = None
     #: When set, every route but ``/healthz`` needs ``Authorization: Bearer <token>``.
     token: str = field(default="", repr=False)
     #: Where ``POST /v1/admin/backup`` may write (``None``: the route is off), and whether
@@ -202,7 +204,7 @@ def _accept_prefers_binary(accept: str) -> bool:
 
 
 #: Routes answered without a token: liveness probes must not need a secret.
-_OPEN_PATHS = frozenset({"/healthz", "/"})  # "/": the status page's HTML, no data in it
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})  # "/": the status page's HTML, no data in it
 
 
 def _authorized(request: web.Request, token: str) -> bool:
@@ -366,6 +368,14 @@ def create_app(context: ApiContext) -> web.Application:
     @routes.get("/healthz")
     async def healthz(request: web.Request) -> web.Response:
         return _json({"status": "ok", **context.health()})
+
+    @routes.get("/readyz")
+    async def readyz(request: web.Request) -> web.Response:
+        ready, reason = (True, "serving") if context.readiness is None else context.readiness()
+        response = _json({"ready": ready, "reason": reason})
+        if not ready:
+            response.set_status(503)
+        return response
 
     @routes.get("/metrics")
     async def metrics(request: web.Request) -> web.Response:

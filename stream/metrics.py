@@ -207,7 +207,19 @@ def _scale_out_lines(status: dict[str, Any]) -> list[str]:
         f'embstream_owned_partitions{{topic="by_item"}} {len(owned["by_item"])}',
         "# HELP embstream_changelog_lag_records Changelog records of other workers not applied yet.",
         "# TYPE embstream_changelog_lag_records gauge",
-        f"embstream_changelog_lag_records {status['changelog_lag']}",
+        *(
+            []
+            if status["changelog_lag"] is None
+            else [f"embstream_changelog_lag_records {status['changelog_lag']}"]
+        ),
+        "# HELP embstream_changelog_truncated_partitions Changelog partitions whose retained log "
+        "starts after what this store had read (seed the worker from a backup).",
+        "# TYPE embstream_changelog_truncated_partitions gauge",
+        f"embstream_changelog_truncated_partitions {status['changelog_truncated']}",
+        "# HELP embstream_replica_ready 1 once this worker has applied every other worker's "
+        "changelog up to its end since start.",
+        "# TYPE embstream_replica_ready gauge",
+        f"embstream_replica_ready {int(status['ready'])}",
         "# HELP embstream_changelog_batches_applied_total Batches of other workers applied here.",
         "# TYPE embstream_changelog_batches_applied_total counter",
         f"embstream_changelog_batches_applied_total {status['changelog_batches_applied']}",

@@ -284,6 +284,33 @@ def openapi_document(max_batch_ids: int, max_body_bytes: int) -> dict[str, Any]:
                     },
                 }
             },
+            "/readyz": {
+                "get": {
+                    "operationId": "readiness",
+                    "security": [{}],
+                    "responses": {
+                        code: {
+                            "description": description,
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["ready", "reason"],
+                                        "properties": {
+                                            "ready": {"type": "boolean"},
+                                            "reason": {"type": "string"},
+                                        },
+                                    }
+                                }
+                            },
+                        }
+                        for code, description in (
+                            ("200", "this node answers for every id"),
+                            ("503", "a scale-out worker still replaying the other workers' changelog"),
+                        )
+                    },
+                }
+            },
             "/metrics": {
                 "get": {
                     "operationId": "metrics",

@@ -68,6 +68,11 @@ class ChangelogFollower:
         self.applied_batches = 0
         self.applied_entities = 0
         self.skipped: Counter[str] = Counter()
+        #: Set once every followed partition has been read to its end since start: the node
+        #: then holds every id the others had written (``GET /readyz``).
+        self.ready = False
+        #: Changelog partitions whose retained log starts after this store's position.
+        self.truncated: set[TopicPartition] = set()
 
     def changelog_of(self, source_topic: str, partition: int) -> TopicPartition:
         return TopicPartition(changelog_topic(source_topic), partition)
@@ -130,9 +135,26 @@ class ChangelogFollower:
     async def _assign(self, partitions: set[TopicPartition]) -> None:
         assert self.consumer is not None
         self.consumer.assign(sorted(partitions))
+        if not partitions:
+            return
+        starts = await self.consumer.beginning_offsets(sorted(partitions))
         for changelog in partitions:
             self.assembler.reset(*self._source_of(changelog))
-            self.consumer.seek(changelog, self.position(changelog)[0])
+            position, seen = self.position(changelog)
+            if position < starts[changelog]:
+                self._save_position(changelog, starts[changelog], seen)
+            if position < starts[changelog] and changelog not in self.truncated:
+                self.truncated.add(changelog)
+                log.error(
+                    "changelog %s[%d] now starts at offset %d but this store has read it only up to "
+                    "%d: entities last changed in the deleted part are missing here. Seed this worker "
+                    "from a recent backup of any worker (embstream store backup / restore).",
+                    changelog.topic,
+                    changelog.partition,
+                    starts[changelog],
+                    position,
+                )
+            self.consumer.seek(changelog, max(position, starts[changelog]))
 
     def _source_of(self, changelog: TopicPartition) -> tuple[str, int]:
         return changelog.topic.removesuffix(".changelog"), changelog.partition
@@ -141,27 +163,28 @@ class ChangelogFollower:
         """Apply what the followed partitions have; returns the number of records read."""
         assert self.consumer is not None
         if not self.following:
+            self.ready = True
             return 0
         fetched = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=200)
         read = 0
         for changelog, records in fetched.items():
             read += len(records)
             await loop.run_in_executor(executor, self._handle_all, changelog, records)
+        if not self.ready and self.lag() == 0:
+            self.ready = True
         return read
 
-    def lag(self) -> int:
-        """Changelog records this node has not read yet, over the partitions it follows."""
+    def lag(self) -> int | None:
+        """Changelog records this node has not applied yet, over the partitions it follows
+        (``None`` until the broker has told the end of each)."""
         if self.consumer is None:
-            return 0
+            return None
         total = 0
         for changelog in self.following:
-            try:
-                highwater = self.consumer.highwater(changelog)
-                position = self.position(changelog)[0]
-            except Exception:  # not fetched yet
-                continue
-            if highwater is not None:
-                total += max(0, highwater - position)
+            highwater = self.consumer.highwater(changelog)
+            if highwater is None:
+                return None
+            total += max(0, highwater - self.position(changelog)[0])
         return total
 
     def _handle_all(self, changelog: TopicPartition, records: list[Any]) -> None:

@@ -17,13 +17,15 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from store.vector_store import VersionedVectorStore
 from stream.changelog import changelog_topic, encode_changelog, split_changelog
+from stream.metrics import Metrics
 from stream.partitioned import PartitionedRefresher, PreparedBatch
 from stream.progress import say
 from stream.refresher import EmbeddingRefresher
 from stream.replica import ChangelogFollower
 from stream.rollout_plane import RolloutPlane
-from stream.settings import Settings
+from stream.settings import Settings, SettingsError
 from stream.worker import StreamWorker
 
 __all__ = ["ScaleOutWorker", "scale_out_topics"]
@@ -59,10 +61,16 @@ class ScaleOutWorker(StreamWorker):
     refresher: PartitionedRefresher | None = None
     follower: ChangelogFollower | None = None
 
-    def _listener(self) -> ConsumerRebalanceListener:
-        self.lock = asyncio.Lock()
-        self.ready = asyncio.Event()
+    def __init__(self, settings: Settings, store: VersionedVectorStore, metrics: Metrics) -> None:
+        super().__init__(settings, store, metrics)
+        self.lock = asyncio.Lock()  # one batch, changelog poll or take-over at a time
+        self.ready = asyncio.Event()  # set by attach(): partitions can be taken over
+        self.stopping = asyncio.Event()
         self.assigned_items: list[int] = []
+        self.batches_fenced = 0
+        self.partitions = 0
+
+    def _listener(self) -> ConsumerRebalanceListener:
         return _TakeOverPartitions(self)
 
     def _topics(self) -> list[str]:
@@ -78,6 +86,34 @@ class ScaleOutWorker(StreamWorker):
             **self.settings.kafka_security.aiokafka(),
         )
 
+    async def _before_join(self) -> None:
+        self.partitions = await self.partition_count()
+
+    async def stop(self) -> None:
+        self.stopping.set()  # a take-over still waiting for attach() gives up
+        await super().stop()
+
+    async def partition_count(self) -> int:
+        """The partition count of ``interactions``, which every scale-out topic must share
+        (a partition of each moves with the source partition it belongs to)."""
+        producer = self.producer
+        assert producer is not None
+        topics = [self.settings.topic, *scale_out_topics(self.settings)]
+        counts = {topic: len(await producer.partitions_for(topic)) for topic in topics}
+        if len(set(counts.values())) != 1:
+            listed = ", ".join(f"{topic} has {count}" for topic, count in counts.items())
+            raise SettingsError(
+                f"scale-out needs the same partition count on every one of its topics, but {listed}: "
+                "create the missing ones with as many partitions as the interactions topic"
+            )
+        return counts[self.settings.topic]
+
+    def readiness(self) -> tuple[bool, str]:
+        follower = self.follower
+        if follower is None or not follower.ready:
+            return False, "replaying the other workers' changelog"
+        return True, "holds every partition's vectors"
+
     async def attach(self, refresher: PartitionedRefresher) -> None:
         """Start following the changelog; partitions are taken over from here on."""
         self.refresher = refresher
@@ -85,7 +121,7 @@ class ScaleOutWorker(StreamWorker):
             refresher,
             self.store,
             self.settings.broker_servers,
-            self.settings.partitions,
+            refresher.partitions,
             client_options=self.settings.kafka_security.aiokafka(),
         )
         await self.follower.start()
@@ -96,13 +132,13 @@ class ScaleOutWorker(StreamWorker):
         follower = self.follower
         return {
             "owned": {"interactions": list(self.assigned), "by_item": list(self.assigned_items)},
-            "changelog_lag": 0 if follower is None else follower.lag(),
+            "ready": follower is not None and follower.ready,
+            "changelog_lag": None if follower is None else follower.lag(),
+            "changelog_truncated": 0 if follower is None else len(follower.truncated),
             "changelog_batches_applied": 0 if follower is None else follower.applied_batches,
             "changelog_skipped": {} if follower is None else dict(follower.skipped),
             "batches_fenced": self.batches_fenced,
         }
-
-    batches_fenced = 0
 
     async def release(self) -> None:
         """Partitions are being revoked: let the batch in progress finish first."""
@@ -114,7 +150,12 @@ class ScaleOutWorker(StreamWorker):
     async def take_over(self, assigned: Iterable[TopicPartition]) -> None:
         """Catch up the changelog of each assigned partition, fence earlier owners, and seek
         the consumer to the offsets the store now holds."""
-        await self.ready.wait()
+        waits = [asyncio.ensure_future(event.wait()) for event in (self.ready, self.stopping)]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+        if not self.ready.is_set():
+            return
         consumer, follower, producer = self.consumer, self.follower, self.producer
         assert consumer is not None and follower is not None and producer is not None
         assigned = sorted(assigned)

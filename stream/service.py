@@ -201,6 +201,7 @@ async def run_service(
             token=settings.api_token,
             backup_root=settings.backup_dir,
             admin_allowed=bool(settings.api_token) or settings.api_host in ("127.0.0.1", "localhost", "::1"),
+            readiness=worker.readiness if isinstance(worker, ScaleOutWorker) else None,
             health=lambda: {
                 "assigned_partitions": worker.assigned,
                 **({"scale_out": metrics.scale_out()} if metrics.scale_out is not None else {}),
@@ -245,7 +246,7 @@ async def run_service(
                 store,
                 controller.refresh_encoders,
                 topic=settings.topic,
-                partitions=settings.partitions,
+                partitions=worker.partitions,
                 updates_topic=settings.updates_topic,
                 dlq_topic=settings.dlq_topic,
                 user_window=settings.user_window,

@@ -81,6 +81,7 @@ class StreamWorker:
         security = self.settings.kafka_security.aiokafka()
         self.producer = self._producer()
         await self.producer.start()
+        await self._before_join()
         await self._flush_pending_outbox()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=servers,
@@ -99,6 +100,9 @@ class StreamWorker:
         )
         self.consumer.subscribe(self._topics(), listener=self._listener())
         await self.consumer.start()
+
+    async def _before_join(self) -> None:
+        """Checks to make once the producer is up and before joining the group."""
 
     def _producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(

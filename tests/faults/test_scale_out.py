@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -23,7 +25,7 @@ from kafka import KafkaProducer
 
 from models.features import ItemState, UserState
 from store.vector_store import VersionedVectorStore
-from stream.broker import EmbeddedBroker
+from stream.broker import EmbeddedBroker, ensure_topics, free_port
 from tests.conftest import WorkerProcess, http_json, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -162,10 +164,12 @@ def test_two_workers_share_partitions_and_one_takes_over_after_kill_minus_9(
     with a.start(), b.start():
         everything = set(range(PARTITIONS))
         wait_until(
-            lambda: _owned(a)[0] | _owned(b)[0] == everything
-            and _owned(a)[1] | _owned(b)[1] == everything
-            and _owned(a)[0]
-            and _owned(b)[0],
+            lambda: (
+                _owned(a)[0] | _owned(b)[0] == everything
+                and _owned(a)[1] | _owned(b)[1] == everything
+                and _owned(a)[0]
+                and _owned(b)[0]
+            ),
             timeout_s=60,
         )
         reader.nodes = {"a": a.api, "b": b.api}
@@ -190,9 +194,12 @@ def test_two_workers_share_partitions_and_one_takes_over_after_kill_minus_9(
         expected_users = Counter(e["user_id"] for e in first.sent)
         expected_items = Counter(e["item_id"] for e in first.sent)
         wait_until(
-            lambda: _states(b.data_dir, users, items) == (
-                {u: expected_users.get(u, 0) for u in users},
-                {i: expected_items.get(i, 0) for i in items},
+            lambda: (
+                _states(b.data_dir, users, items)
+                == (
+                    {u: expected_users.get(u, 0) for u in users},
+                    {i: expected_items.get(i, 0) for i in items},
+                )
             ),
             timeout_s=90,
             interval_s=0.5,
@@ -220,8 +227,17 @@ def test_two_workers_share_partitions_and_one_takes_over_after_kill_minus_9(
             _wait_for_counts(worker, users, items, expected)
         reader.stop.set()
         reader.join()
+        for worker in (a, b):
+            assert http_json("GET", f"{worker.api}/readyz") == (
+                200,
+                {"ready": True, "reason": "holds every partition's vectors"},
+            )
         a_fenced = a.metric("embstream_batches_fenced_total")
+        # A worker that stops leaves the group at once: no session timeout to wait for.
+        leaving = time.monotonic()
         assert a.stop() == 0
+        wait_until(lambda: _owned(b) == (everything, everything), timeout_s=30, interval_s=0.05)
+        left_s = time.monotonic() - leaving
         assert b.stop() == 0
 
     assert applied_from_a > 0, "B did not follow A's changelog while both ran"
@@ -229,6 +245,7 @@ def test_two_workers_share_partitions_and_one_takes_over_after_kill_minus_9(
     assert reader.failures == [], reader.failures[:10]
     assert _raw_states(a.data_dir, users, items) == _raw_states(b.data_dir, users, items)
     assert takeover_s < 30
+    assert left_s < 6.0, "a stopping worker's partitions waited for the session timeout"
     report(
         events_produced=len(first.sent) + len(second.sent),
         lookups=reader.lookups,
@@ -236,6 +253,7 @@ def test_two_workers_share_partitions_and_one_takes_over_after_kill_minus_9(
         seconds_kill_to_all_partitions_owned=round(takeover_s, 1),
         seconds_kill_to_every_event_applied=round(caught_up_s, 1),
         seconds_restart_to_sharing_again=round(rejoined_s, 1),
+        seconds_sigterm_to_all_partitions_owned=round(left_s, 1),
         batches_fenced=int(a_fenced),
     )
 
@@ -288,3 +306,30 @@ def test_a_worker_frozen_past_its_session_is_fenced_and_rejoins_consistent(
         )
     finally:
         TOPIC = saved
+
+
+def test_scale_out_refuses_topics_with_different_partition_counts(
+    broker: EmbeddedBroker, trained_registry: Path, tmp_path: Path
+) -> None:
+    ensure_topics([broker.bootstrap], {"uneven": 4, "uneven.by-item": 2})
+    command = [
+        sys.executable,
+        "-m",
+        "stream.cli",
+        "run",
+        "--scale-out",
+        "--broker",
+        broker.bootstrap,
+        "--topic",
+        "uneven",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--registry",
+        str(trained_registry),
+        "--api-port",
+        str(free_port()),
+    ]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 2, finished.stderr
+    assert "uneven has 4, uneven.by-item has 2" in finished.stderr
+    assert "Traceback" not in finished.stderr

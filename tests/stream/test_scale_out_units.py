@@ -1,0 +1,151 @@
+"""Scale-out logic above Kafka: readiness over the API, the metrics it adds, a changelog that
+no longer reaches back to a store's position, and the follower's generation fence. Kafka is
+stood in for by a small fake here; the live behaviour is in tests/faults/test_scale_out.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from aiokafka import TopicPartition
+
+from store.vector_store import VersionedVectorStore
+from stream.api import ApiContext, create_app
+from stream.changelog import ChangelogBatch, encode_changelog
+from stream.metrics import Metrics
+from stream.partitioned import PartitionedRefresher
+from stream.replica import ChangelogFollower
+from tests.stream.test_refresher import NOW, RecordingEncoder
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[VersionedVectorStore]:
+    opened = VersionedVectorStore(tmp_path / "db")
+    yield opened
+    opened.close()
+
+
+def _get(context: ApiContext, path: str, token: str | None = None) -> tuple[int, Any]:
+    async def run() -> tuple[int, Any]:
+        async with TestClient(TestServer(create_app(context))) as client:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            answer = await client.get(path, headers=headers)
+            return answer.status, await answer.json()
+
+    return asyncio.run(run())
+
+
+def test_readyz_follows_the_worker_and_needs_no_token(store: VersionedVectorStore) -> None:
+    state = {"ready": False}
+    context = ApiContext(
+        store=store,
+        metrics=Metrics(),
+        registry=None,  # type: ignore[arg-type]
+        health=dict,
+        token="secret",
+        readiness=lambda: (state["ready"], "ready" if state["ready"] else "replaying"),
+    )
+    assert _get(context, "/readyz") == (503, {"ready": False, "reason": "replaying"})
+    state["ready"] = True
+    assert _get(context, "/readyz") == (200, {"ready": True, "reason": "ready"})
+    without = ApiContext(store=store, metrics=Metrics(), registry=None, health=dict)  # type: ignore[arg-type]
+    assert _get(without, "/readyz")[0] == 200  # one worker: always ready once serving
+
+
+def test_scale_out_metrics_are_rendered_only_for_scale_out_workers() -> None:
+    metrics = Metrics()
+    plain = metrics.render({}, 1, 1)
+    assert "embstream_owned_partitions" not in plain
+    metrics.scale_out = lambda: {
+        "owned": {"interactions": [0, 2], "by_item": [1]},
+        "ready": True,
+        "changelog_lag": None,
+        "changelog_truncated": 1,
+        "changelog_batches_applied": 7,
+        "changelog_skipped": {"fenced": 2},
+        "batches_fenced": 3,
+    }
+    text = metrics.render({}, 1, 1)
+    assert 'embstream_owned_partitions{topic="interactions"} 2' in text
+    assert 'embstream_owned_partitions{topic="by_item"} 1' in text
+    assert 'embstream_changelog_skipped_total{reason="fenced"} 2' in text
+    assert "embstream_batches_fenced_total 3" in text
+    assert "embstream_changelog_truncated_partitions 1" in text
+    assert "embstream_replica_ready 1" in text
+    assert "\nembstream_changelog_lag_records " not in text  # unknown yet: no sample
+
+
+class FakeConsumer:
+    """Just enough of AIOKafkaConsumer for the follower's assignment logic."""
+
+    def __init__(self, log_starts: dict[TopicPartition, int]) -> None:
+        self.log_starts = log_starts
+        self.assigned: list[TopicPartition] = []
+        self.seeks: dict[TopicPartition, int] = {}
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned = list(partitions)
+
+    async def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.log_starts.get(tp, 0) for tp in partitions}
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.seeks[partition] = offset
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        return None
+
+
+def _follower(store: VersionedVectorStore, consumer: FakeConsumer) -> ChangelogFollower:
+    refresher = PartitionedRefresher(
+        store,
+        lambda: [RecordingEncoder()],
+        topic="interactions",
+        partitions=2,
+        updates_topic="updates",
+        dlq_topic="dlq",
+        clock_ms=lambda: NOW,
+    )
+    follower = ChangelogFollower(refresher, store, ["unused:9092"], 2)
+    follower.consumer = consumer  # type: ignore[assignment]
+    return follower
+
+
+def test_a_changelog_that_no_longer_reaches_the_store_is_reported(store: VersionedVectorStore) -> None:
+    cut = TopicPartition("interactions.changelog", 1)
+    consumer = FakeConsumer({cut: 40})
+    follower = _follower(store, consumer)
+    asyncio.run(follower.follow({("interactions.by-item", 0)}))
+    assert TopicPartition("interactions.by-item.changelog", 0) not in consumer.assigned
+    assert len(consumer.assigned) == 3
+    assert follower.truncated == {cut}
+    assert consumer.seeks[cut] == 40 and consumer.seeks[TopicPartition("interactions.changelog", 0)] == 0
+    assert follower.position(cut)[0] == 40  # recorded, so the lag does not count the lost part
+
+
+def test_batches_from_a_fenced_writer_are_dropped(store: VersionedVectorStore) -> None:
+    follower = _follower(store, FakeConsumer({}))
+    changelog = TopicPartition("interactions.changelog", 0)
+
+    def batch(start: int, end: int, generation: int, fence: bool = False) -> bytes:
+        return encode_changelog(
+            ChangelogBatch("interactions", 0, start, end, generation, "user", fence=fence)
+        )
+
+    follower._handle(changelog, 0, batch(-1, 10, generation=3))
+    assert store.get_offset("interactions", 0) == 10
+    follower._handle(changelog, 1, batch(10, 10, generation=4, fence=True))  # a new owner
+    follower._handle(changelog, 2, batch(10, 20, generation=3))  # the old owner, too late
+    assert store.get_offset("interactions", 0) == 10
+    assert follower.skipped["fenced"] == 1
+    follower._handle(changelog, 3, batch(10, 15, generation=4))
+    assert store.get_offset("interactions", 0) == 15
+    assert follower.position(changelog) == (4, 4)
+    follower._handle(changelog, 3, batch(10, 15, generation=4))  # read again: already past it
+    assert follower.applied_batches == 2
+    follower._handle(changelog, 4, b"\x00 not a batch")
+    assert follower.skipped["malformed"] == 1 and follower.position(changelog)[0] == 5
