@@ -180,8 +180,10 @@ class ChangelogFollower:
         if self.consumer is None:
             return None
         total = 0
+        assigned = self.consumer.assignment()
         for changelog in self.following:
-            highwater = self.consumer.highwater(changelog)
+            # not assigned: a take-over is reading only its own partitions right now
+            highwater = self.consumer.highwater(changelog) if changelog in assigned else None
             if highwater is None:
                 return None
             total += max(0, highwater - self.position(changelog)[0])

@@ -97,7 +97,11 @@ class FakeConsumer:
         self.seeks[partition] = offset
 
     def highwater(self, partition: TopicPartition) -> int | None:
-        return None
+        assert partition in self.assigned, "aiokafka refuses a partition it is not assigned"
+        return 50
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.assigned)
 
 
 def _follower(store: VersionedVectorStore, consumer: FakeConsumer) -> ChangelogFollower:
@@ -125,6 +129,9 @@ def test_a_changelog_that_no_longer_reaches_the_store_is_reported(store: Version
     assert follower.truncated == {cut}
     assert consumer.seeks[cut] == 40 and consumer.seeks[TopicPartition("interactions.changelog", 0)] == 0
     assert follower.position(cut)[0] == 40  # recorded, so the lag does not count the lost part
+    assert follower.lag() == 50 + 50 + 10  # highwater 50 each; the cut one read up to 40
+    follower.following.add(TopicPartition("interactions.by-item.changelog", 0))  # mid take-over
+    assert follower.lag() is None
 
 
 def test_batches_from_a_fenced_writer_are_dropped(store: VersionedVectorStore) -> None:
