@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from models.encoder import EncoderConfig
+from models.errors import RegistryError
 from models.registry import EncoderRegistry, Manifest
 from models.synthetic import SyntheticWorld
 from models.training import TrainingConfig, TrainingProgress, train_two_tower
@@ -33,4 +34,9 @@ def ensure_default_encoder(
     events = world.events(DEMO_EVENTS, start_ms=start, span_ms=7 * _DAY_MS, seed=seed)
     result = train_two_tower(events, EncoderConfig(), TrainingConfig(epochs=2, seed=seed), progress)
     training = {"data": f"synthetic, {DEMO_EVENTS} events, seed {seed}", **result.metrics}
-    return registry.save(result.model, training=training)
+    try:
+        return registry.save(result.model, training=training)
+    except RegistryError:
+        if registry.latest() is None:
+            raise
+        return None  # another worker sharing the registry created version 1 meanwhile

@@ -283,5 +283,13 @@ class EncoderRegistry:
             aligner=aligner_entry,
         )
         (staging / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
-        os.replace(staging, self.path_of(version))
+        try:
+            os.replace(staging, self.path_of(version))
+        except OSError as error:  # another process saved this version number first
+            shutil.rmtree(staging, ignore_errors=True)
+            if self.path_of(version).exists():
+                raise RegistryError(
+                    f"version {version} was created by another process while this one was being saved"
+                ) from error
+            raise
         return manifest

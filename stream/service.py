@@ -52,8 +52,10 @@ def prepare_registry(registry: EncoderRegistry, settings: Settings, store: Versi
         )
         with progress_bar(total=None, desc="training v1", unit="step") as bar:
             manifest = ensure_default_encoder(registry, seed=settings.seed, progress=bar.report)
-        assert manifest is not None
-        say(f"created version 1 ({manifest.training})")
+        if manifest is None:
+            say("version 1 was created meanwhile by another worker sharing the registry")
+        else:
+            say(f"created version 1 ({manifest.training})")
     if settings.encoder_version is not None:
         registry.manifest(settings.encoder_version)  # a clear error if it does not exist
         return settings.encoder_version

@@ -131,11 +131,23 @@ def test_compose_file_has_kafka_and_a_worker_whose_command_the_cli_accepts() -> 
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     parser = build_parser()
-    for name in ("worker", "producer"):
+    for name in ("worker-1", "worker-2", "producer"):
         args = parser.parse_args(services[name]["command"])
         assert args.broker == "kafka:9092"
-    assert services["worker"]["depends_on"]["kafka"]["condition"] == "service_healthy"
-    assert "127.0.0.1:8080:8080" in services["worker"]["ports"]
+    workers = [services["worker-1"], services["worker-2"]]
+    for worker in workers:
+        assert worker["depends_on"]["kafka"]["condition"] == "service_healthy"
+        assert worker["environment"]["EMBSTREAM_SCALE_OUT"] == "1"
+        assert "/readyz" in " ".join(worker["healthcheck"]["test"])
+    assert "127.0.0.1:8080:8080" in workers[0]["ports"] and "127.0.0.1:8081:8080" in workers[1]["ports"]
+    # each worker its own store, one registry for both (the same encoder versions everywhere)
+    mounts = [dict(reversed(volume.split(":")[:2]) for volume in worker["volumes"]) for worker in workers]
+    assert mounts[0]["/var/lib/embstream/data"] != mounts[1]["/var/lib/embstream/data"]
+    assert mounts[0]["/var/lib/embstream/registry"] == mounts[1]["/var/lib/embstream/registry"]
+    assert workers[1]["depends_on"]["worker-1"]["condition"] == "service_healthy"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "EMBSTREAM_DATA_DIR=/var/lib/embstream/data" in dockerfile
+    assert "EMBSTREAM_REGISTRY=/var/lib/embstream/registry" in dockerfile
 
 
 def _exported_metric_names() -> set[str]:
@@ -149,6 +161,15 @@ def _exported_metric_names() -> set[str]:
     metrics.written[("user", 1)] += 1
     rollout = {"staged_version": 2, "backfill": {"user": {"done": 1, "total": 2}}}
     cache = ServingCache(1 << 20)
+    metrics.scale_out = lambda: {
+        "owned": {"interactions": [0], "by_item": [0]},
+        "ready": True,
+        "changelog_lag": 0,
+        "changelog_truncated": 0,
+        "changelog_batches_applied": 1,
+        "changelog_skipped": {"fenced": 1},
+        "batches_fenced": 0,
+    }
     text = metrics.render({"user": {1: 1}, "item": {}}, 1, 1, rollout, cache)
     return {
         line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")
@@ -164,8 +185,8 @@ def test_compose_stack_scrapes_the_worker_and_provisions_a_dashboard_of_real_met
         assert (ROOT / path).exists(), f"{path} is mounted but not in the repository"
     scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())["scrape_configs"][0]
     assert scrape["metrics_path"] == "/metrics"
-    assert scrape["static_configs"][0]["targets"] == ["worker:8080"]
-    assert services["worker"]["command"][-1] == "8080"
+    assert scrape["static_configs"][0]["targets"] == ["worker-1:8080", "worker-2:8080"]
+    assert services["worker-1"]["command"][-1] == services["worker-2"]["command"][-1] == "8080"
     source = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
     assert source["datasources"][0]["url"] == "http://prometheus:9090"
     provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/embstream.yml").read_text())
@@ -178,7 +199,7 @@ def test_compose_stack_scrapes_the_worker_and_provisions_a_dashboard_of_real_met
             used |= set(re.findall(r"\bembstream_[a-z_]+", target["expr"]))
     assert used and used <= exported, sorted(used - exported)
     titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
-    for topic in ("throughput", "freshness", "dead letters", "versions", "rollout"):
+    for topic in ("throughput", "freshness", "dead letters", "versions", "rollout", "scale-out"):
         assert topic in titles
     has_compose = shutil.which("docker") and (
         subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0

@@ -100,3 +100,18 @@ def test_registry_paths_cannot_lead_outside_the_registry(tmp_path: Path) -> None
     assert not list(root.glob(".staging-*"))
     with pytest.raises(RegistryError, match="positive integers"):
         registry.path_of(True)  # type: ignore[arg-type]
+
+
+def test_two_processes_saving_the_same_version_number_leave_one_and_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers sharing a registry may both create version 1 at start; the second save must
+    fail cleanly (the first version untouched, no staging left behind)."""
+    registry = EncoderRegistry(tmp_path / "reg")
+    first = registry.save(TwoTowerModel(CONFIG), training={"by": "first"})
+    late = EncoderRegistry(tmp_path / "reg")
+    monkeypatch.setattr(late, "latest", lambda: None)  # it looked before the first one saved
+    with pytest.raises(RegistryError, match="created by another process"):
+        late.save(TwoTowerModel(CONFIG), training={"by": "second"})
+    assert registry.manifest(1).training == {"by": "first"} == first.training
+    assert [p.name for p in (tmp_path / "reg").iterdir() if p.name.startswith(".staging")] == []
