@@ -115,6 +115,9 @@ class RolloutState:
     previous: int | None = None
     rate: float | None = None
     acks: dict[str, set[str]] = field(default_factory=dict)  # message id -> workers
+    #: version -> id of the command that staged it: the workers that acknowledged that
+    #: command must all finish the backfill before promote (not only those that reported).
+    stage_ids: dict[int, str] = field(default_factory=dict)
     progress: dict[tuple[str, int, str], tuple[int, int]] = field(default_factory=dict)
     last_command_id: str | None = None
     last_command: dict[str, Any] | None = None
@@ -148,6 +151,7 @@ class RolloutState:
         if op == "stage" and isinstance(version, int) and version != self.serving:
             if self.staged != version:
                 self.staged, self.rate = version, message.get("rate")
+                self.stage_ids[version] = str(message.get("id"))
         elif op == "promote" and isinstance(version, int) and self.serving != version:
             if self.staged == version or message.get("force"):
                 self.previous, self.serving, self.staged = self.serving, version, None
@@ -161,9 +165,10 @@ class RolloutState:
         return (self.serving, self.staged) != before
 
     def backfill_complete(self, version: int, kinds: tuple[str, ...] = ("user", "item")) -> bool:
-        """Every worker that reported on ``version`` has finished every kind."""
+        """Every worker that acknowledged the stage of ``version`` or reported on it has
+        finished every kind (a worker that acknowledged and has not reported yet is not done)."""
         reports = {(w, k): dp for (w, v, k), dp in self.progress.items() if v == version}
-        workers = {w for w, _ in reports}
+        workers = {w for w, _ in reports} | self.acks.get(self.stage_ids.get(version, ""), set())
         return bool(workers) and all(
             (w, k) in reports and reports[(w, k)][0] >= reports[(w, k)][1] for w in workers for k in kinds
         )

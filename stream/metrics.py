@@ -26,6 +26,7 @@ class Metrics:
 
     events_consumed: int = 0
     events_applied: int = 0
+    item_events_applied: int = 0
     events_duplicate: int = 0
     batches: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
@@ -114,6 +115,10 @@ class Metrics:
             "# HELP embstream_events_applied_total Valid events applied to entity state.",
             "# TYPE embstream_events_applied_total counter",
             f"embstream_events_applied_total {self.events_applied}",
+            "# HELP embstream_item_events_applied_total Events applied to item state (with scale-out, "
+            "by the owner of the item's partition).",
+            "# TYPE embstream_item_events_applied_total counter",
+            f"embstream_item_events_applied_total {self.item_events_applied}",
             "# HELP embstream_events_duplicate_total Redelivered events skipped (already applied).",
             "# TYPE embstream_events_duplicate_total counter",
             f"embstream_events_duplicate_total {self.events_duplicate}",

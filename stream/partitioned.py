@@ -281,6 +281,7 @@ class PartitionedRefresher(EmbeddingRefresher):
         encoded: dict[int, np.ndarray] = {}
         written_at = self.clock_ms()
         ids_by_partition: dict[int, list[str]] = {partition: [] for partition in ends}
+        outcome.item_events = len(item_ids)
         if item_ids:
             count = len(item_ids)
             columns = EventColumns(

@@ -75,6 +75,7 @@ class ConsumedRecord:
 class BatchOutcome:
     consumed: int = 0
     applied: int = 0
+    item_events: int = 0  # events applied to item state (with scale-out, on the item side)
     duplicates: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     written: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -130,7 +131,7 @@ class EmbeddingRefresher:
                 outcome.outbox.append(self._dead_letter(record, parsed.reason))
             else:
                 events.append(parsed)
-        outcome.applied = len(events)
+        outcome.applied = outcome.item_events = len(events)
         writer = self.store.writer()
         if events:
             self._apply_and_encode(writer, events, outcome)

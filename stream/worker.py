@@ -158,6 +158,7 @@ class StreamWorker:
         metrics = self.metrics
         metrics.events_consumed += outcome.consumed
         metrics.events_applied += outcome.applied
+        metrics.item_events_applied += outcome.item_events
         metrics.events_duplicate += outcome.duplicates
         metrics.batches += 1
         metrics.rejected.update(outcome.rejected)

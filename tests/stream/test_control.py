@@ -53,6 +53,25 @@ def test_promote_needs_the_staged_version_and_backfill_counts_every_worker() -> 
     assert state.staged is None
 
 
+def test_a_worker_that_acknowledged_the_stage_but_has_not_reported_holds_promote_back() -> None:
+    """With several workers, the first complete report must not let promote through while
+    another worker that took the stage has not reported yet."""
+    stage = control_message("stage", version=2)
+    state = _fold([control_message("worker", worker="w1", serving=1), stage])
+    for worker in ("w1", "w2"):
+        state.apply(control_message("ack", worker=worker, of=stage["id"], command="stage"))
+    for kind in ("user", "item"):
+        state.apply(control_message("progress", worker="w1", version=2, kind=kind, done=3, total=3))
+    assert not state.backfill_complete(2)  # w2 acknowledged and is still silent
+    for kind in ("user", "item"):
+        state.apply(control_message("progress", worker="w2", version=2, kind=kind, done=3, total=3))
+    assert state.backfill_complete(2)
+    other = control_message("stage", version=4)
+    state.apply(other)  # acks of another stage command do not count for version 2
+    state.apply(control_message("ack", worker="w3", of=other["id"], command="stage"))
+    assert state.backfill_complete(2)
+
+
 def test_malformed_control_messages_are_not_applied() -> None:
     assert decode_control(b"nope") is None and decode_control(b"[]") is None
     assert decode_control(b'{"op": 3}') is None

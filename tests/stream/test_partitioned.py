@@ -127,7 +127,9 @@ def test_users_stay_in_their_partition_and_items_travel_to_theirs(stores) -> Non
     prepared.writer.commit()
     assert store.get_offset("interactions", 0) is not None
 
+    assert prepared.outcome.applied == 200 and prepared.outcome.item_events == 0
     items = refresher.prepare(_bundle_records(prepared, {}), generation=4)
+    assert items.outcome.item_events == 200 and items.outcome.consumed == 0
     items.writer.commit()
     expected = Counter(event["item_id"] for event in events)
     assert _item_totals(store, sorted(expected)) == dict(expected)
