@@ -56,6 +56,7 @@ _OUTBOX_KEY = b"meta:outbox"
 #: Block cache shared by the vectors and state column families, MiB (0: RocksDB's default).
 DEFAULT_BLOCK_CACHE_MB = 256
 _COUNT_PREFIX = b"count:"
+_BROKER_META_PREFIXES = (b"meta:changelog:", b"meta:watermark:")
 
 
 def _count_key(kind: str, version: int) -> bytes:
@@ -341,6 +342,16 @@ class VersionedVectorStore:
             return False
         for key in [key for key, _ in scan(self._cf["offsets"], None, self.path)]:
             self._cf["offsets"].delete(key)
+        # Positions in the scale-out topics (changelog read positions and generations, item
+        # watermarks of source offsets) are offsets of that broker too.
+        for prefix in _BROKER_META_PREFIXES:
+            stale = []
+            for key, _ in scan(self._db, prefix, self.path):
+                if not key.startswith(prefix):
+                    break
+                stale.append(key)
+            for key in stale:
+                self._db.delete(key)
         self._db.put(_INCARNATION_KEY, incarnation.encode())
         return current is not None
 

@@ -73,6 +73,8 @@ class ChangelogBatch(msgspec.Struct, frozen=True):
     #: item side only: source partition of ``interactions`` -> next source offset applied.
     watermarks: dict[int, int] = {}
     fence: bool = False  # a new owner's first message: raises the generation, changes nothing
+    #: on a fence: the group's generations started again; readers take this one as the highest
+    restart: bool = False
     part: int = 0
     parts: int = 1
 
@@ -141,6 +143,10 @@ class ChangelogAssembler:
             return None
         del self._pending[key]
         return _join(pending)
+
+    def pending(self, source_topic: str, partition: int) -> bool:
+        """Whether parts of an unfinished batch of this partition are held."""
+        return bool(self._pending.get((source_topic, partition)))
 
     def reset(self, source_topic: str, partition: int) -> None:
         self._pending.pop((source_topic, partition), None)

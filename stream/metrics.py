@@ -221,6 +221,10 @@ def _scale_out_lines(status: dict[str, Any]) -> list[str]:
         "starts after what this store had read (seed the worker from a backup).",
         "# TYPE embstream_changelog_truncated_partitions gauge",
         f"embstream_changelog_truncated_partitions {status['changelog_truncated']}",
+        "# HELP embstream_changelog_diverged_partitions Changelog partitions where this replica "
+        "missed a batch (seed the worker from a backup).",
+        "# TYPE embstream_changelog_diverged_partitions gauge",
+        f"embstream_changelog_diverged_partitions {status['changelog_diverged']}",
         "# HELP embstream_replica_ready 1 once this worker has applied every other worker's "
         "changelog up to its end since start.",
         "# TYPE embstream_replica_ready gauge",

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import struct
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -26,6 +26,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from store.vector_store import StoreWriter, VersionedVectorStore
+from stream.broker import BrokerError
 from stream.changelog import (
     ChangelogAssembler,
     ChangelogBatch,
@@ -35,10 +36,14 @@ from stream.changelog import (
 )
 from stream.partitioned import PartitionedRefresher
 
-__all__ = ["ChangelogFollower", "position_name"]
+__all__ = ["ChangelogFollower", "ReplicaError", "position_name"]
 
 log = logging.getLogger("embstream.replica")
 _POSITION = struct.Struct("<QQ")  # next changelog offset, highest generation seen
+
+
+class ReplicaError(BrokerError):
+    """This worker's replica misses changelog batches of a partition it was asked to own."""
 
 
 def position_name(changelog: str, partition: int) -> str:
@@ -73,6 +78,8 @@ class ChangelogFollower:
         self.ready = False
         #: Changelog partitions whose retained log starts after this store's position.
         self.truncated: set[TopicPartition] = set()
+        #: Changelog partitions where a batch did not continue this store (one was missed).
+        self.diverged: set[TopicPartition] = set()
 
     def changelog_of(self, source_topic: str, partition: int) -> TopicPartition:
         return TopicPartition(changelog_topic(source_topic), partition)
@@ -199,16 +206,23 @@ class ChangelogFollower:
         next_offset, seen = self.position(changelog)
         if offset < next_offset:
             return
+        pending = self.assembler.pending(*self._source_of(changelog))
         try:
             part = decode_changelog(raw or b"")
         except (msgspec.DecodeError, ValueError):
             self.skipped["malformed"] += 1
-            self._save_position(changelog, offset + 1, seen)
+            if not pending:  # else the position stays before the pending batch's first part
+                self._save_position(changelog, offset + 1, seen)
+            return
+        if part.fence and part.restart:
+            # the group's generations started again (the group expired and was recreated);
+            # the new owner checked it is a current member before saying so
+            self._save_position(changelog, offset + 1, part.generation)
             return
         if part.generation < seen:
-            self.skipped["fenced"] += 1
-            self.assembler.reset(part.source_topic, part.partition)
-            self._save_position(changelog, offset + 1, seen)
+            self.skipped["fenced"] += 1  # a worker that lost the partition, writing late
+            if not pending:
+                self._save_position(changelog, offset + 1, seen)
             return
         batch = self.assembler.add(part)
         if batch is None:
@@ -219,8 +233,10 @@ class ChangelogFollower:
             self.applied_entities += outcome.entities
         elif outcome.reason == "gap":
             self.skipped["gap"] += 1
-            log.warning(
-                "changelog %s[%d] offset %d: batch %d..%d does not continue this node's offset; dropped",
+            self.diverged.add(changelog)
+            log.error(
+                "changelog %s[%d] offset %d: batch %d..%d does not continue this store's offset; "
+                "this replica has missed a batch: seed it from a backup of another worker",
                 changelog.topic,
                 changelog.partition,
                 offset,
@@ -228,6 +244,15 @@ class ChangelogFollower:
                 batch.end,
             )
         self._save_position(changelog, offset + 1, max(seen, batch.generation))
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether this node holds every id the other workers wrote, and why not."""
+        if self.truncated or self.diverged:
+            names = ", ".join(f"{c.topic}[{c.partition}]" for c in sorted(self.truncated | self.diverged))
+            return False, f"missing changelog batches of {names}: seed this worker from a backup"
+        if not self.ready:
+            return False, "replaying the other workers' changelog"
+        return True, "holds every partition's vectors"
 
     # ----- taking over partitions ---------------------------------------------------------------
 
@@ -238,14 +263,46 @@ class ChangelogFollower:
         producer: AIOKafkaProducer,
         loop: asyncio.AbstractEventLoop,
         executor: Executor,
-    ) -> None:
+        stopping: Callable[[], bool] = lambda: False,
+        still_member: Callable[[], Awaitable[bool]] | None = None,
+    ) -> bool:
         """Bring this node's copy of ``owned_sources`` up to the changelog's end, fence
-        earlier owners with ``generation``, and read up to the fence."""
+        earlier owners with ``generation``, and read up to the fence. Returns False when
+        stopping, or when ``generation`` turned out not to be current any more.
+
+        A partition whose changelog has seen a higher generation than ``generation`` means
+        either that this worker is behind the group (then ``still_member`` says no) or that
+        the group's generations started again; then a *restart* fence resets what readers
+        expect.
+        """
         assert self.consumer is not None
         targets = {self.changelog_of(topic, partition) for topic, partition in owned_sources}
         if not targets:
-            return
+            return True
         await self._assign(targets)
+        fences = await self._fence(targets, generation, producer)
+        if not await self._read_past(fences, loop, executor, stopping):
+            return False
+        behind = {c for c in targets if self.position(c)[1] > generation}
+        if behind:
+            if still_member is None or not await still_member():
+                return False
+            fences = await self._fence(behind, generation, producer, restart=True)
+            if not await self._read_past(fences, loop, executor, stopping):
+                return False
+        missing = targets & (self.truncated | self.diverged)
+        if missing:
+            raise ReplicaError(
+                "cannot own "
+                + ", ".join(f"{c.topic}[{c.partition}]" for c in sorted(missing))
+                + ": this store misses changelog batches of it; seed this worker from a backup of "
+                "another worker (embstream store backup / restore)"
+            )
+        return True
+
+    async def _fence(
+        self, targets: set[TopicPartition], generation: int, producer: AIOKafkaProducer, restart: bool = False
+    ) -> dict[TopicPartition, int]:
         fences: dict[TopicPartition, int] = {}
         for changelog in sorted(targets):
             topic, partition = self._source_of(changelog)
@@ -258,15 +315,26 @@ class ChangelogFollower:
                 generation=generation,
                 kind="user" if topic == self.refresher.topic else "item",
                 fence=True,
+                restart=restart,
             )
-            sent = await producer.send_and_wait(
-                changelog.topic, encode_changelog(fence), partition=changelog.partition
-            )
+            sent = await producer.send_and_wait(changelog.topic, encode_changelog(fence), partition=partition)
             fences[changelog] = sent.offset
-        while True:
-            behind = [c for c in targets if self.position(c)[0] <= fences[c]]
+        return fences
+
+    async def _read_past(
+        self,
+        offsets: dict[TopicPartition, int],
+        loop: asyncio.AbstractEventLoop,
+        executor: Executor,
+        stopping: Callable[[], bool],
+    ) -> bool:
+        """Apply each partition's records up to and including ``offsets[partition]``."""
+        assert self.consumer is not None
+        while not stopping():
+            behind = [c for c in offsets if self.position(c)[0] <= offsets[c]]
             if not behind:
-                break
+                return True
             fetched = await self.consumer.getmany(*behind, timeout_ms=200, max_records=200)
             for changelog, records in fetched.items():
                 await loop.run_in_executor(executor, self._handle_all, changelog, records)
+        return False

@@ -3,21 +3,25 @@
 Per batch: prepare it (uncommitted); publish its item bundles, updates and dead letters, then
 its changelog batches; commit the source offsets to the group at the worker's generation (the
 broker refuses that commit if the group has moved the partitions elsewhere: the batch is
-then dropped, uncommitted); and only then commit it to RocksDB. Between batches the
-worker applies what other workers published (:class:`ChangelogFollower`), so its store
-holds every partition and its API answers for every id.
+then dropped, uncommitted, and its partitions rewound); and only then commit it to RocksDB.
+Between batches the worker applies what other workers published (:class:`ChangelogFollower`),
+so its store holds every partition and its API answers for every id. It joins the group only
+once it has replayed the changelog to its end, so a take-over (which runs while the group
+waits, without heartbeats) reads only a short tail.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from store.vector_store import VersionedVectorStore
+from stream.broker import BrokerError
 from stream.changelog import changelog_topic, encode_changelog, split_changelog
 from stream.metrics import Metrics
 from stream.partitioned import PartitionedRefresher, PreparedBatch
@@ -58,8 +62,7 @@ class _TakeOverPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
 class ScaleOutWorker(StreamWorker):
     """One of several workers of a group; see the module docstring."""
 
-    refresher: PartitionedRefresher | None = None
-    follower: ChangelogFollower | None = None
+    subscribe_at_start = False  # attach() joins, once the replica is up to date
 
     def __init__(self, settings: Settings, store: VersionedVectorStore, metrics: Metrics) -> None:
         super().__init__(settings, store, metrics)
@@ -69,6 +72,11 @@ class ScaleOutWorker(StreamWorker):
         self.assigned_items: list[int] = []
         self.batches_fenced = 0
         self.partitions = 0
+        self.refresher: PartitionedRefresher | None = None
+        self.follower: ChangelogFollower | None = None
+        #: A take-over that failed (its error is raised from the run loop: the worker stops).
+        self.failure: BaseException | None = None
+        self._rewound: dict[TopicPartition, int] = {}
 
     def _listener(self) -> ConsumerRebalanceListener:
         return _TakeOverPartitions(self)
@@ -90,7 +98,7 @@ class ScaleOutWorker(StreamWorker):
         self.partitions = await self.partition_count()
 
     async def stop(self) -> None:
-        self.stopping.set()  # a take-over still waiting for attach() gives up
+        self.stopping.set()  # a replay or take-over in progress gives up
         await super().stop()
 
     async def partition_count(self) -> int:
@@ -110,31 +118,50 @@ class ScaleOutWorker(StreamWorker):
 
     def readiness(self) -> tuple[bool, str]:
         follower = self.follower
-        if follower is None or not follower.ready:
-            return False, "replaying the other workers' changelog"
-        return True, "holds every partition's vectors"
+        if follower is None:
+            return False, "starting"
+        return follower.readiness()
 
     async def attach(self, refresher: PartitionedRefresher) -> None:
-        """Start following the changelog; partitions are taken over from here on."""
+        """Follow the changelog, replay it to its end, then join the group."""
         self.refresher = refresher
-        self.follower = ChangelogFollower(
+        self.follower = follower = ChangelogFollower(
             refresher,
             self.store,
             self.settings.broker_servers,
             refresher.partitions,
             client_options=self.settings.kafka_security.aiokafka(),
         )
-        await self.follower.start()
+        await follower.start()
         self.metrics.scale_out = self.scale_out_status
+        await self._replay(follower)
         self.ready.set()
+        assert self.consumer is not None
+        self.consumer.subscribe(self._topics(), listener=self._listener())
+
+    async def _replay(self, follower: ChangelogFollower) -> None:
+        loop = asyncio.get_running_loop()
+        started = last_said = time.monotonic()
+        applied = follower.applied_batches
+        while not follower.ready and not self.stopping.is_set():
+            await follower.poll(loop, self._executor, timeout_ms=200)
+            if time.monotonic() - last_said >= 5.0:
+                last_said = time.monotonic()
+                say(f"replaying the other workers' changelog: {follower.lag()} records to go")
+        if follower.applied_batches > applied:
+            say(
+                f"changelog replayed: {follower.applied_batches - applied} batches in "
+                f"{time.monotonic() - started:.1f} s"
+            )
 
     def scale_out_status(self) -> dict[str, object]:
         follower = self.follower
         return {
             "owned": {"interactions": list(self.assigned), "by_item": list(self.assigned_items)},
-            "ready": follower is not None and follower.ready,
+            "ready": self.readiness()[0],
             "changelog_lag": None if follower is None else follower.lag(),
             "changelog_truncated": 0 if follower is None else len(follower.truncated),
+            "changelog_diverged": 0 if follower is None else len(follower.diverged),
             "changelog_batches_applied": 0 if follower is None else follower.applied_batches,
             "changelog_skipped": {} if follower is None else dict(follower.skipped),
             "batches_fenced": self.batches_fenced,
@@ -144,27 +171,43 @@ class ScaleOutWorker(StreamWorker):
         """Partitions are being revoked: let the batch in progress finish first."""
         async with self.lock:
             self.assigned, self.assigned_items = [], []
-            if self.follower is not None:
+            if self.follower is not None and not self.stopping.is_set():
                 await self.follower.follow(set())
 
     async def take_over(self, assigned: Iterable[TopicPartition]) -> None:
         """Catch up the changelog of each assigned partition, fence earlier owners, and seek
-        the consumer to the offsets the store now holds."""
-        waits = [asyncio.ensure_future(event.wait()) for event in (self.ready, self.stopping)]
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for wait in waits:
-            wait.cancel()
-        if not self.ready.is_set():
-            return
+        the consumer to the offsets the store now holds. aiokafka swallows a callback's
+        errors, so a failure is kept and raised from the run loop (the worker stops)."""
+        try:
+            await self._take_over(sorted(assigned))
+        except Exception as error:
+            log.exception("taking over partitions failed")
+            self.failure = error
+
+    async def _take_over(self, assigned: list[TopicPartition]) -> None:
         consumer, follower, producer = self.consumer, self.follower, self.producer
         assert consumer is not None and follower is not None and producer is not None
-        assigned = sorted(assigned)
         sources = [(tp.topic, tp.partition) for tp in assigned]
         generation = consumer._coordinator.generation
         loop = asyncio.get_running_loop()
         async with self.lock:
+            if self.stopping.is_set():
+                return
             started = loop.time()
-            await follower.catch_up(sources, generation, producer, loop, self._executor)
+            current = await follower.catch_up(
+                sources,
+                generation,
+                producer,
+                loop,
+                self._executor,
+                stopping=self.stopping.is_set,
+                still_member=lambda: self._still_member(assigned),
+            )
+            if not current:
+                log.warning("generation %d is no longer current; waiting for the next assignment", generation)
+                return
+            if self.stopping.is_set():
+                return
             await follower.follow(sources)
             for partition in assigned:
                 stored = self.store.get_offset(partition.topic, partition.partition)
@@ -172,6 +215,7 @@ class ScaleOutWorker(StreamWorker):
                     await consumer.seek_to_beginning(partition)
                 else:
                     consumer.seek(partition, stored)
+            self._rewound.clear()
             self.assigned = [tp.partition for tp in assigned if tp.topic == self.settings.topic]
             self.assigned_items = [tp.partition for tp in assigned if tp.topic != self.settings.topic]
             say(
@@ -179,6 +223,18 @@ class ScaleOutWorker(StreamWorker):
                 f"and {self.assigned_items} of {self.settings.by_item_topic!r} (changelog caught up in "
                 f"{loop.time() - started:.2f} s)"
             )
+
+    async def _still_member(self, assigned: list[TopicPartition]) -> bool:
+        """Whether the group still accepts this worker's generation: an offset commit at it
+        (the stored offsets, or 0) succeeds only for a current member."""
+        consumer = self.consumer
+        assert consumer is not None
+        offsets = {tp: self.store.get_offset(tp.topic, tp.partition) or 0 for tp in assigned}
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError):
+            return False
+        return True
 
     async def run(
         self, stop: asyncio.Event, refresher: EmbeddingRefresher, rollout: RolloutPlane | None = None
@@ -193,6 +249,11 @@ class ScaleOutWorker(StreamWorker):
         loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
+                if self.failure is not None:
+                    raise BrokerError(
+                        f"taking over partitions failed ({self.failure}); the worker stops, and a "
+                        "restart catches up from the changelog"
+                    )
                 if rollout is not None:
                     await rollout.between_batches(loop, self._executor)
                 async with self.lock:
@@ -205,8 +266,46 @@ class ScaleOutWorker(StreamWorker):
                     async with self.lock:
                         await self._process(fetched, refresher, loop)
         finally:
-            self.follower = None  # a revocation during shutdown has nothing left to re-assign
-            await follower.stop()
+            self.stopping.set()
+            async with self.lock:  # a take-over in progress notices and returns first
+                self.follower = None
+                await follower.stop()
+
+    def _continuous(self, fetched: dict[TopicPartition, list]) -> dict[TopicPartition, list]:  # type: ignore[type-arg]
+        """The fetched records of partitions this worker owns, for partitions whose first
+        record does not skip past the stored offset; a partition that does is rewound once to
+        the stored offset (a Kafka offset gap, e.g. a transaction marker, is accepted when the
+        same gap is met again)."""
+        consumer = self.consumer
+        assert consumer is not None
+        owned = consumer.assignment()
+        kept = {}
+        for tp, messages in fetched.items():
+            if tp not in owned or not messages:
+                continue
+            stored = self.store.get_offset(tp.topic, tp.partition)
+            if stored is not None and messages[0].offset > stored and self._rewound.get(tp) != stored:
+                log.warning("%s[%d]: fetched from %d, but the store is at %d; reading again from there",
+                            tp.topic, tp.partition, messages[0].offset, stored)  # fmt: skip
+                consumer.seek(tp, stored)
+                self._rewound[tp] = stored
+                continue
+            kept[tp] = messages
+        return kept
+
+    async def _rewind(self, partitions: Iterable[TopicPartition]) -> None:
+        """Seek ``partitions`` back to the stored offsets (a batch was dropped uncommitted)."""
+        consumer = self.consumer
+        assert consumer is not None
+        owned = consumer.assignment()
+        for tp in partitions:
+            if tp not in owned:
+                continue
+            stored = self.store.get_offset(tp.topic, tp.partition)
+            if stored is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, stored)
 
     async def _process(
         self,
@@ -216,11 +315,14 @@ class ScaleOutWorker(StreamWorker):
     ) -> None:
         consumer, follower = self.consumer, self.follower
         assert consumer is not None and follower is not None
-        owned = consumer.assignment()
-        records = [record for tp, messages in fetched.items() if tp in owned for record in messages]
+        kept = self._continuous(fetched)
+        records = [record for messages in kept.values() for record in messages]
         if not records:
             return
         generation = consumer._coordinator.generation
+        if generation < 0:  # the session expired: the rejoin assigns and seeks again
+            await self._rewind(kept)
+            return
         prepared = await loop.run_in_executor(self._executor, refresher.prepare, records, generation)
         # Item bundles go out (acknowledged) before the changelog batch: once any worker can
         # see the batch, its bundles are ahead of every bundle a later owner of the partition
@@ -233,15 +335,21 @@ class ScaleOutWorker(StreamWorker):
         }
         try:
             await consumer.commit(ends)
+            if consumer._coordinator.generation != generation:
+                raise CommitFailedError(f"the generation moved from {generation} during the batch")
         except (CommitFailedError, IllegalStateError) as error:
-            # The group gave these partitions to another worker while this batch ran: its
-            # changelog batches carry an old generation that every reader drops. Nothing is
-            # committed here; the new owner applies the events again.
+            # The group gave these partitions to another worker while this batch ran. Nothing
+            # is committed here: readers drop its changelog batches if a newer owner fenced
+            # first, and apply them (this worker too, from the changelog) if not.
             self.batches_fenced += 1
             log.warning("batch dropped: this worker no longer owns its partitions (%s)", error)
+            await self._rewind(ends)
             return
         except KafkaError as error:
-            log.warning("offset commit to the group failed (%s); batch kept", error)
+            raise BrokerError(
+                f"committing source offsets failed ({error}); the worker stops, and a restart "
+                "catches up from the changelog"
+            ) from error
         for changelog, offset in offsets.items():
             follower.record_position(prepared.writer, changelog, offset, generation)
         await loop.run_in_executor(self._executor, prepared.writer.commit)

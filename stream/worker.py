@@ -60,6 +60,10 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
 class StreamWorker:
     """One worker process's consumer loop."""
 
+    #: Join the group in :meth:`start` (a scale-out worker joins later, once its replica is
+    #: up to date).
+    subscribe_at_start = True
+
     def __init__(
         self,
         settings: Settings,
@@ -98,7 +102,8 @@ class StreamWorker:
             max_partition_fetch_bytes=4 << 20,
             **security,
         )
-        self.consumer.subscribe(self._topics(), listener=self._listener())
+        if self.subscribe_at_start:
+            self.consumer.subscribe(self._topics(), listener=self._listener())
         await self.consumer.start()
 
     async def _before_join(self) -> None:

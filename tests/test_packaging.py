@@ -166,6 +166,7 @@ def _exported_metric_names() -> set[str]:
         "ready": True,
         "changelog_lag": 0,
         "changelog_truncated": 0,
+        "changelog_diverged": 0,
         "changelog_batches_applied": 1,
         "changelog_skipped": {"fenced": 1},
         "batches_fenced": 0,

@@ -9,13 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import TopicPartition
 
 from store.vector_store import VersionedVectorStore
 from stream.api import ApiContext, create_app
-from stream.changelog import ChangelogBatch, encode_changelog
+from stream.changelog import ChangelogBatch, encode_changelog, split_changelog
 from stream.metrics import Metrics
 from stream.partitioned import PartitionedRefresher
 from stream.replica import ChangelogFollower
@@ -65,6 +66,7 @@ def test_scale_out_metrics_are_rendered_only_for_scale_out_workers() -> None:
         "ready": True,
         "changelog_lag": None,
         "changelog_truncated": 1,
+        "changelog_diverged": 0,
         "changelog_batches_applied": 7,
         "changelog_skipped": {"fenced": 2},
         "batches_fenced": 3,
@@ -156,3 +158,77 @@ def test_batches_from_a_fenced_writer_are_dropped(store: VersionedVectorStore) -
     assert follower.applied_batches == 2
     follower._handle(changelog, 4, b"\x00 not a batch")
     assert follower.skipped["malformed"] == 1 and follower.position(changelog)[0] == 5
+
+
+def test_a_late_fenced_record_inside_a_multi_part_batch_does_not_lose_the_batch(
+    store: VersionedVectorStore,
+) -> None:
+    """A frozen worker's late record lands between two parts of the new owner's batch."""
+    follower = _follower(store, FakeConsumer({}))
+    changelog = TopicPartition("interactions.changelog", 0)
+    follower._handle(changelog, 0, encode_changelog(ChangelogBatch("interactions", 0, -1, 10, 3, "user")))
+    fence = ChangelogBatch("interactions", 0, 10, 10, 4, "user", fence=True)
+    follower._handle(changelog, 1, encode_changelog(fence))
+    ids = [f"u{i}" for i in range(6)]
+    big = ChangelogBatch(
+        "interactions", 0, 10, 20, 4, "user", ids=ids, states=[b"x" * 10] * 6,
+        versions=[7], vectors=[np.zeros((6, 4), np.float32).tobytes()], dims=[4],
+    )  # fmt: skip
+    parts = split_changelog(big, max_bytes=40)
+    assert len(parts) > 2
+    follower._handle(changelog, 2, encode_changelog(parts[0]))
+    late = ChangelogBatch("interactions", 0, 10, 15, 3, "user")
+    follower._handle(changelog, 3, encode_changelog(late))
+    assert follower.position(changelog)[0] == 2  # still before the pending batch's first part
+    follower._handle(changelog, 4, b"garbage")
+    assert follower.position(changelog)[0] == 2
+    for index, part in enumerate(parts[1:]):
+        follower._handle(changelog, 5 + index, encode_changelog(part))
+    assert store.get_offset("interactions", 0) == 20
+    assert follower.skipped == {"fenced": 1, "malformed": 1}
+    assert follower.readiness()[0] is False  # not replayed to the end yet (no highwater)
+    assert not follower.diverged
+
+
+def test_a_restart_fence_resets_the_generation_readers_expect(store: VersionedVectorStore) -> None:
+    follower = _follower(store, FakeConsumer({}))
+    changelog = TopicPartition("interactions.changelog", 1)
+    follower._handle(changelog, 0, encode_changelog(ChangelogBatch("interactions", 1, -1, 5, 9, "user")))
+    # the group expired and was recreated: generations start again at 1
+    follower._handle(changelog, 1, encode_changelog(ChangelogBatch("interactions", 1, 5, 8, 1, "user")))
+    assert store.get_offset("interactions", 1) == 5 and follower.skipped["fenced"] == 1
+    restart = ChangelogBatch("interactions", 1, 5, 5, 1, "user", fence=True, restart=True)
+    follower._handle(changelog, 2, encode_changelog(restart))
+    follower._handle(changelog, 3, encode_changelog(ChangelogBatch("interactions", 1, 5, 8, 1, "user")))
+    assert store.get_offset("interactions", 1) == 8 and follower.position(changelog) == (4, 1)
+
+
+def test_a_missed_batch_makes_the_replica_not_ready_and_says_how_to_recover(
+    store: VersionedVectorStore,
+) -> None:
+    follower = _follower(store, FakeConsumer({}))
+    follower.ready = True
+    changelog = TopicPartition("interactions.by-item.changelog", 0)
+    follower._handle(
+        changelog, 0, encode_changelog(ChangelogBatch("interactions.by-item", 0, -1, 5, 1, "item"))
+    )
+    follower._handle(
+        changelog, 1, encode_changelog(ChangelogBatch("interactions.by-item", 0, 7, 9, 1, "item"))
+    )
+    ready, reason = follower.readiness()
+    assert not ready and "interactions.by-item.changelog[0]" in reason and "backup" in reason
+    assert store.get_offset("interactions.by-item", 0) == 5
+
+
+def test_a_new_broker_forgets_changelog_positions_and_item_watermarks(store: VersionedVectorStore) -> None:
+    writer = store.writer()
+    writer.set_offset("interactions", 0, 40)
+    writer.put_meta("changelog:interactions.changelog/0", b"\x01" * 16)
+    writer.put_meta("watermark:interactions.by-item/0/1", b"\x02" * 8)
+    writer.put_meta("worker_id", b"me")
+    writer.commit()
+    store.ensure_broker_incarnation("first")
+    assert store.get_meta("changelog:interactions.changelog/0") is None
+    assert store.get_meta("watermark:interactions.by-item/0/1") is None
+    assert store.get_offset("interactions", 0) is None
+    assert store.get_meta("worker_id") == b"me"
