@@ -545,6 +545,9 @@ class StoreWriter:
     def put_meta(self, name: str, value: bytes) -> None:
         self._batch.put(b"meta:" + name.encode(), value)
 
+    def delete_meta(self, name: str) -> None:
+        self._batch.delete(b"meta:" + name.encode())
+
     def set_outbox(self, outbox: bytes) -> None:
         """Keep this batch's outgoing messages with it until they are confirmed sent."""
         self._batch.put(_OUTBOX_KEY, outbox)

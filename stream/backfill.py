@@ -14,7 +14,7 @@ from models.encoder import Encoder
 from models.state_batch import apply_item_events, apply_user_events
 from store.vector_store import VersionedVectorStore
 
-__all__ = ["BackfillProgress", "Backfiller"]
+__all__ = ["BackfillProgress", "Backfiller", "fill_missing"]
 
 _DONE = b"\x00done"
 _U64 = struct.Struct("<Q")
@@ -31,17 +31,29 @@ class BackfillProgress:
 class Backfiller:
     """Backfills one staged version; call :meth:`step` repeatedly until :attr:`complete`."""
 
-    def __init__(self, store: VersionedVectorStore, encoder: Encoder, user_window: int = 50) -> None:
+    def __init__(
+        self, store: VersionedVectorStore, encoder: Encoder, user_window: int = 50, name: str = "backfill"
+    ) -> None:
+        """``name`` prefixes the progress kept in the store (``meta:<name>:<version>:<kind>``)."""
         self.store = store
         self.encoder = encoder
         self.user_window = user_window
+        self.name = name
         self.totals = {kind: store.count_states(kind) for kind in KINDS}
 
     def _cursor_name(self, kind: str) -> str:
-        return f"backfill:{self.encoder.version}:{kind}"
+        return f"{self.name}:{self.encoder.version}:{kind}"
 
     def _done_name(self, kind: str) -> str:
-        return f"backfilled:{self.encoder.version}:{kind}"
+        return f"{self.name}ed:{self.encoder.version}:{kind}"
+
+    def forget(self) -> None:
+        """Remove this backfill's progress from the store (to run it again from the start)."""
+        writer = self.store.writer()
+        for kind in KINDS:
+            writer.delete_meta(self._cursor_name(kind))
+            writer.delete_meta(self._done_name(kind))
+        writer.commit()
 
     def progress(self) -> dict[str, BackfillProgress]:
         result = {}
@@ -91,3 +103,21 @@ class Backfiller:
             if chunk or finished:
                 return len(chunk)
         return 0
+
+
+def fill_missing(
+    store: VersionedVectorStore, encoder: Encoder, user_window: int = 50, chunk: int = 2_000
+) -> int:
+    """Encode at ``encoder``'s version every entity of the store when some lack that version
+    (a scale-out worker that was down while that version was rolled out); returns how many
+    entities were encoded (0 when none lacked it)."""
+    counts = store.version_counts()
+    if all(counts.get(kind, {}).get(encoder.version, 0) >= store.count_states(kind) for kind in KINDS):
+        return 0
+    filler = Backfiller(store, encoder, user_window, name="fill")
+    filler.forget()
+    encoded = 0
+    while not filler.complete:
+        encoded += filler.step(chunk)
+    filler.forget()
+    return encoded

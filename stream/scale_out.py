@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from store.vector_store import VersionedVectorStore
+from stream.backfill import fill_missing
 from stream.broker import BrokerError
 from stream.changelog import changelog_topic, encode_changelog, split_changelog
 from stream.metrics import Metrics
@@ -118,8 +119,8 @@ class ScaleOutWorker(StreamWorker):
 
     def readiness(self) -> tuple[bool, str]:
         follower = self.follower
-        if follower is None:
-            return False, "starting"
+        if follower is None or not self.ready.is_set():
+            return False, "starting: replaying the other workers' changelog"
         return follower.readiness()
 
     async def attach(self, refresher: PartitionedRefresher) -> None:
@@ -135,6 +136,15 @@ class ScaleOutWorker(StreamWorker):
         await follower.start()
         self.metrics.scale_out = self.scale_out_status
         await self._replay(follower)
+        serving = refresher.encoders()[0]
+        loop = asyncio.get_running_loop()
+        window = self.settings.user_window
+        filled = await loop.run_in_executor(self._executor, fill_missing, self.store, serving, window)
+        if filled:
+            say(
+                f"encoded {filled} entities at the serving version {serving.version}, which this store "
+                "lacked (the worker was away while that version was rolled out)"
+            )
         self.ready.set()
         assert self.consumer is not None
         self.consumer.subscribe(self._topics(), listener=self._listener())

@@ -9,7 +9,7 @@ import numpy as np
 
 from models.features import ItemInput, UserInput, UserState
 from store.vector_store import VersionedVectorStore
-from stream.backfill import Backfiller
+from stream.backfill import Backfiller, fill_missing
 from stream.control import RolloutState, control_message, decode_control
 
 
@@ -108,3 +108,27 @@ def test_backfill_resumes_from_its_cursor_after_a_restart(tmp_path: Path) -> Non
     assert again.progress()["user"].done == 25 and again.progress()["item"].complete
     assert store.version_counts()["user"] == {9: 25}
     store.close()
+
+
+def test_a_store_that_missed_a_rollout_fills_the_serving_version_once(tmp_path: Path) -> None:
+    """A scale-out worker that was down while version 8 was rolled out holds its entities
+    at version 7 only: every one is encoded at 8, and a second call finds nothing to do."""
+    store = VersionedVectorStore(tmp_path / "db", keep_versions=3)
+    try:
+        writer = store.writer()
+        ids = [f"u{n}" for n in range(25)]
+        for user in ids:
+            state = UserState(window=5)
+            state.add("i1", 1, None, 1_000)
+            writer.put_state("user", user, state.to_bytes())
+        writer.put_vectors("user", ids, 7, np.ones((25, 2), np.float32), 1_000)
+        writer.put_vectors("user", ids[:5], 8, np.ones((5, 2), np.float32), 1_000)  # updated since
+        writer.commit()
+        encoder = ConstantEncoder()
+        encoder.version = 8
+        assert fill_missing(store, encoder, user_window=5, chunk=7) == 25
+        assert store.version_counts()["user"][8] == 25
+        assert fill_missing(store, encoder, user_window=5) == 0
+        assert store.get_meta("fill:8:user") is None  # its progress is not left behind
+    finally:
+        store.close()
