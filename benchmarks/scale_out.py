@@ -74,6 +74,10 @@ def _run(
         deadline = time.monotonic() + 600
         samples = []
         while time.monotonic() < deadline:
+            for index, process in enumerate(processes):
+                if process.poll() is not None:
+                    log_text = (work / f"{topic}-{index}.log").read_text()[-2000:]
+                    raise RuntimeError(f"{topic}: worker {index} exited ({process.returncode}):\n{log_text}")
             try:
                 figures = [_metrics(port) for port in ports]
             except OSError:

@@ -334,6 +334,9 @@ class ScaleOutWorker(StreamWorker):
             await self._rewind(kept)
             return
         prepared = await loop.run_in_executor(self._executor, refresher.prepare, records, generation)
+        if not prepared.changelog:  # only redelivered records, below the stored offsets
+            self._count(prepared.outcome)
+            return
         # Item bundles go out (acknowledged) before the changelog batch: once any worker can
         # see the batch, its bundles are ahead of every bundle a later owner of the partition
         # sends, so the item side's per-source watermarks never skip a late bundle.

@@ -161,7 +161,9 @@ def test_two_workers_share_partitions_and_one_takes_over_after_kill_minus_9(
     a = WorkerProcess(tmp_path / "a", trained_registry, broker.bootstrap, TOPIC, args)
     b = WorkerProcess(tmp_path / "b", trained_registry, broker.bootstrap, TOPIC, args)
     reader = Reader()
-    with a.start(), b.start():
+    with a, b:  # both killed on the way out, even if the second fails to start
+        a.start()
+        b.start()
         everything = set(range(PARTITIONS))
         wait_until(
             lambda: (
@@ -270,7 +272,9 @@ def test_a_worker_frozen_past_its_session_is_fenced_and_rejoins_consistent(
     try:
         a = WorkerProcess(tmp_path / "a", trained_registry, broker.bootstrap, TOPIC, args)
         b = WorkerProcess(tmp_path / "b", trained_registry, broker.bootstrap, TOPIC, args)
-        with a.start(), b.start():
+        with a, b:  # both killed on the way out, even if the second fails to start
+            a.start()
+            b.start()
             everything = set(range(PARTITIONS))
             wait_until(lambda: _owned(a)[0] and _owned(b)[0], timeout_s=60)
             load = Producer(broker.bootstrap, 9_000, 600.0, round_=2)

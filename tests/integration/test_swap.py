@@ -262,7 +262,9 @@ def test_a_swap_with_two_scale_out_workers_moves_both_and_keeps_replicas_equal(
     args = ["--encoder-version", "1", "--scale-out"]
     a = WorkerProcess(tmp_path / "a", swap_registry, broker.bootstrap, topic, args)
     b = WorkerProcess(tmp_path / "b", swap_registry, broker.bootstrap, topic, args)
-    with a.start(), b.start():
+    with a, b:  # both killed on the way out, even if the second fails to start
+        a.start()
+        b.start()
         send_records([broker.bootstrap], topic, _events(range(0, 600), 500, 0))
         for node in (a, b):
             wait_until(

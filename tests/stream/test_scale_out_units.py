@@ -232,3 +232,52 @@ def test_a_new_broker_forgets_changelog_positions_and_item_watermarks(store: Ver
     assert store.get_meta("watermark:interactions.by-item/0/1") is None
     assert store.get_offset("interactions", 0) is None
     assert store.get_meta("worker_id") == b"me"
+
+
+class _Coordinator:
+    generation = 5
+
+
+class RecordingConsumer(FakeConsumer):
+    """Records the offsets committed to the group; owns every partition it is given."""
+
+    def __init__(self, owned: list[TopicPartition]) -> None:
+        super().__init__({})
+        self.assigned = owned
+        self._coordinator = _Coordinator()
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if not offsets:
+            raise ValueError(offsets)  # what aiokafka does with an empty commit
+        self.commits.append(dict(offsets))
+
+
+def test_a_batch_of_only_redelivered_records_commits_nothing_and_does_not_fail(
+    store: VersionedVectorStore,
+) -> None:
+    from stream.scale_out import ScaleOutWorker
+    from stream.settings import Settings
+    from tests.stream.test_partitioned import _events, _records
+
+    refresher = PartitionedRefresher(
+        store, lambda: [RecordingEncoder()], topic="interactions", partitions=3,
+        updates_topic="updates", dlq_topic="dlq", clock_ms=lambda: NOW,
+    )  # fmt: skip
+    records = _records(_events(30))
+    refresher.prepare(records, generation=5).writer.commit()  # applied once already
+    worker = ScaleOutWorker(Settings(broker="127.0.0.1:9"), store, Metrics())
+    owned = [TopicPartition("interactions", p) for p in range(3)]
+    consumer = RecordingConsumer(owned)
+    worker.consumer = consumer  # type: ignore[assignment]
+    worker.follower = _follower(store, FakeConsumer({}))
+    fetched: dict[TopicPartition, list[Any]] = {}
+    for record in records:
+        fetched.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
+
+    async def run() -> None:
+        await worker._process(fetched, refresher, asyncio.get_running_loop())
+
+    asyncio.run(run())
+    assert consumer.commits == []
+    assert worker.metrics.events_duplicate == 30 and worker.metrics.events_applied == 0
