@@ -68,7 +68,10 @@ def verify_store(
 
 
 def restore_store(
-    backup: str | Path, data_dir: str | Path, progress: Callable[[int], None] | None = None
+    backup: str | Path,
+    data_dir: str | Path,
+    progress: Callable[[int], None] | None = None,
+    new_worker: bool = False,
 ) -> dict[str, Any]:
     """Make ``data_dir`` a copy of ``backup``.
 
@@ -78,6 +81,9 @@ def restore_store(
     and renamed into place, so a failed copy leaves the old store where it was; the old
     store is moved to ``<data_dir>.replaced-<time>``, never deleted. Returns the backup's
     description and where the old directory went (``None`` if there was none).
+
+    ``new_worker`` drops the worker name the backup carries, so a worker seeded from another
+    worker's backup gets a name of its own at its first start.
     """
     backup, data_dir = Path(backup).absolute(), Path(data_dir).absolute()
     if not backup.is_dir():
@@ -104,6 +110,12 @@ def restore_store(
     staging = data_dir.with_name(f"{data_dir.name}.restoring-{time.time_ns()}")
     shutil.copytree(backup, staging)
     (staging / "LOCK").unlink(missing_ok=True)
+    if new_worker:
+        seeded = VersionedVectorStore(staging, block_cache_mb=0)
+        try:
+            seeded.forget_worker_id()
+        finally:
+            seeded.close()
     moved_to = None
     if data_dir.exists():
         moved_to = data_dir.with_name(

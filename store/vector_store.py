@@ -355,6 +355,10 @@ class VersionedVectorStore:
         self._db.put(_INCARNATION_KEY, incarnation.encode())
         return current is not None
 
+    def forget_worker_id(self) -> None:
+        """Drop the worker name kept in the store (a copy seeding another worker)."""
+        self._db.delete(b"meta:worker_id")
+
     def pending_outbox(self) -> bytes | None:
         """Outgoing messages committed with the last batch and not yet confirmed sent."""
         return self._db.get(_OUTBOX_KEY)

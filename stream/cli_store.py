@@ -34,6 +34,11 @@ def add_store_commands(commands: Any) -> None:
     )
     restore = actions.add_parser("restore", help="replace the store with a backup (worker stopped)")
     restore.add_argument("dir", type=Path, help="a directory written by `embstream store backup`")
+    restore.add_argument(
+        "--as-new-worker",
+        action="store_true",
+        help="the backup comes from another worker (seeding a scale-out worker): drop its worker name",
+    )
     actions.add_parser("info", help="serving version, entities, states and offsets (also while running)")
     actions.add_parser("check", help="read every byte of the store, verifying checksums")
     for action in actions.choices.values():
@@ -46,7 +51,7 @@ def run_store(args: argparse.Namespace) -> int:
         return _backup(data_dir, args.dir, args.api)
     if args.action == "restore":
         with progress_bar(None, "checking the backup", unit=" keys") as bar:
-            restored = restore_store(args.dir, data_dir, bar.update)
+            restored = restore_store(args.dir, data_dir, bar.update, new_worker=args.as_new_worker)
         _say(f"restored {args.dir} into {data_dir}")
         if restored["replaced"]:
             _say(f"the previous store was moved to {restored['replaced']} (delete it when satisfied)")

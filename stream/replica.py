@@ -80,6 +80,9 @@ class ChangelogFollower:
         self.truncated: set[TopicPartition] = set()
         #: Changelog partitions where a batch did not continue this store (one was missed).
         self.diverged: set[TopicPartition] = set()
+        #: In memory: the offset after the last record read per partition (a half-published
+        #: batch at a partition's end keeps the stored position before it, not the lag up).
+        self.read_to: dict[TopicPartition, int] = {}
 
     def changelog_of(self, source_topic: str, partition: int) -> TopicPartition:
         return TopicPartition(changelog_topic(source_topic), partition)
@@ -147,9 +150,9 @@ class ChangelogFollower:
         starts = await self.consumer.beginning_offsets(sorted(partitions))
         for changelog in partitions:
             self.assembler.reset(*self._source_of(changelog))
-            position, seen = self.position(changelog)
-            if position < starts[changelog]:
-                self._save_position(changelog, starts[changelog], seen)
+            position = self.position(changelog)[0]
+            # A truncated partition is not applied, and its stored position stays where it
+            # was, so the truncation is found again after a restart.
             if position < starts[changelog] and changelog not in self.truncated:
                 self.truncated.add(changelog)
                 log.error(
@@ -162,6 +165,7 @@ class ChangelogFollower:
                     position,
                 )
             self.consumer.seek(changelog, max(position, starts[changelog]))
+            self.read_to[changelog] = max(position, starts[changelog])
 
     def _source_of(self, changelog: TopicPartition) -> tuple[str, int]:
         return changelog.topic.removesuffix(".changelog"), changelog.partition
@@ -193,16 +197,20 @@ class ChangelogFollower:
             highwater = self.consumer.highwater(changelog) if changelog in assigned else None
             if highwater is None:
                 return None
-            total += max(0, highwater - self.position(changelog)[0])
+            read = max(self.position(changelog)[0], self.read_to.get(changelog, 0))
+            total += max(0, highwater - read)
         return total
 
     def _handle_all(self, changelog: TopicPartition, records: list[Any]) -> None:
         for record in records:
             self._handle(changelog, record.offset, record.value)
+            self.read_to[changelog] = record.offset + 1
 
     def _handle(self, changelog: TopicPartition, offset: int, raw: bytes | None) -> None:
         """Apply one changelog record; the stored position moves past it once the batch it
         belongs to is applied (or dropped), never into the middle of a batch."""
+        if changelog in self.truncated or changelog in self.diverged:
+            return  # not applied any more: this store misses batches of it (readiness says so)
         next_offset, seen = self.position(changelog)
         if offset < next_offset:
             return
@@ -217,6 +225,7 @@ class ChangelogFollower:
         if part.fence and part.restart:
             # the group's generations started again (the group expired and was recreated);
             # the new owner checked it is a current member before saying so
+            self.assembler.reset(part.source_topic, part.partition)
             self._save_position(changelog, offset + 1, part.generation)
             return
         if part.generation < seen:
@@ -232,6 +241,8 @@ class ChangelogFollower:
             self.applied_batches += 1
             self.applied_entities += outcome.entities
         elif outcome.reason == "gap":
+            # The stored position stays before this batch, so the gap is found again after a
+            # restart; the partition is not applied any more.
             self.skipped["gap"] += 1
             self.diverged.add(changelog)
             log.error(
@@ -243,6 +254,7 @@ class ChangelogFollower:
                 batch.start,
                 batch.end,
             )
+            return
         self._save_position(changelog, offset + 1, max(seen, batch.generation))
 
     def readiness(self) -> tuple[bool, str]:

@@ -76,6 +76,10 @@ class RolloutPlane:
         loop = asyncio.get_running_loop()
         hello = await loop.run_in_executor(None, self.controller.start, serving, override)
         await self._publish(hello)
+        if self.controller.backfiller is not None:
+            # A worker joining during a rollout says at once that it has a backfill to do,
+            # so a promote waits for it too (its first report would otherwise come later).
+            await self._publish(await loop.run_in_executor(None, self.controller.progress_messages))
         log.info("control topic replayed (%d messages): %s", replayed, self.controller.describe())
 
     async def stop(self) -> None:

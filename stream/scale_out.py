@@ -28,7 +28,7 @@ from stream.metrics import Metrics
 from stream.partitioned import PartitionedRefresher, PreparedBatch
 from stream.progress import say
 from stream.refresher import EmbeddingRefresher
-from stream.replica import ChangelogFollower
+from stream.replica import ChangelogFollower, ReplicaError
 from stream.rollout_plane import RolloutPlane
 from stream.settings import Settings, SettingsError
 from stream.worker import StreamWorker
@@ -100,6 +100,9 @@ class ScaleOutWorker(StreamWorker):
 
     async def stop(self) -> None:
         self.stopping.set()  # a replay or take-over in progress gives up
+        if self.follower is not None:  # attach() ran but run() did not (it stops it otherwise)
+            await self.follower.stop()
+            self.follower = None
         await super().stop()
 
     async def partition_count(self) -> int:
@@ -123,8 +126,20 @@ class ScaleOutWorker(StreamWorker):
             return False, "starting: replaying the other workers' changelog"
         return follower.readiness()
 
-    async def attach(self, refresher: PartitionedRefresher) -> None:
-        """Follow the changelog, replay it to its end, then join the group."""
+    async def attach(self, refresher: PartitionedRefresher, stop: asyncio.Event | None = None) -> None:
+        """Follow the changelog, replay it to its end, then join the group (not when ``stop``
+        is set meanwhile). Refuses, before joining, when the replica misses batches."""
+        watcher = None
+        if stop is not None:  # a stop during the replay ends it
+            watcher = asyncio.ensure_future(stop.wait())
+            watcher.add_done_callback(lambda task: None if task.cancelled() else self.stopping.set())
+        try:
+            await self._attach(refresher)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _attach(self, refresher: PartitionedRefresher) -> None:
         self.refresher = refresher
         self.follower = follower = ChangelogFollower(
             refresher,
@@ -136,6 +151,10 @@ class ScaleOutWorker(StreamWorker):
         await follower.start()
         self.metrics.scale_out = self.scale_out_status
         await self._replay(follower)
+        if self.stopping.is_set():
+            return
+        if follower.truncated or follower.diverged:
+            raise ReplicaError(follower.readiness()[1])
         serving = refresher.encoders()[0]
         loop = asyncio.get_running_loop()
         window = self.settings.user_window
@@ -147,7 +166,8 @@ class ScaleOutWorker(StreamWorker):
             )
         self.ready.set()
         assert self.consumer is not None
-        self.consumer.subscribe(self._topics(), listener=self._listener())
+        if not self.stopping.is_set():
+            self.consumer.subscribe(self._topics(), listener=self._listener())
 
     async def _replay(self, follower: ChangelogFollower) -> None:
         loop = asyncio.get_running_loop()
@@ -195,14 +215,14 @@ class ScaleOutWorker(StreamWorker):
             self.failure = error
 
     async def _take_over(self, assigned: list[TopicPartition]) -> None:
-        consumer, follower, producer = self.consumer, self.follower, self.producer
-        assert consumer is not None and follower is not None and producer is not None
-        sources = [(tp.topic, tp.partition) for tp in assigned]
-        generation = consumer._coordinator.generation
         loop = asyncio.get_running_loop()
         async with self.lock:
             if self.stopping.is_set():
                 return
+            consumer, follower, producer = self.consumer, self.follower, self.producer
+            assert consumer is not None and follower is not None and producer is not None
+            sources = [(tp.topic, tp.partition) for tp in assigned]
+            generation = consumer._coordinator.generation
             started = loop.time()
             current = await follower.catch_up(
                 sources,
@@ -259,11 +279,7 @@ class ScaleOutWorker(StreamWorker):
         loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
-                if self.failure is not None:
-                    raise BrokerError(
-                        f"taking over partitions failed ({self.failure}); the worker stops, and a "
-                        "restart catches up from the changelog"
-                    )
+                self._raise_failure()
                 if rollout is not None:
                     await rollout.between_batches(loop, self._executor)
                 async with self.lock:
@@ -281,6 +297,21 @@ class ScaleOutWorker(StreamWorker):
                 self.follower = None
                 await follower.stop()
 
+    def _raise_failure(self) -> None:
+        if self.failure is not None:
+            raise BrokerError(
+                f"taking over partitions failed ({self.failure}); the worker stops, and a "
+                "restart catches up from the changelog"
+            )
+
+    def _owned(self) -> set[TopicPartition]:
+        """Partitions taken over successfully (set at the end of a take-over, cleared when
+        the group revokes them): records of others are never processed."""
+        topic, by_item = self.settings.topic, self.settings.by_item_topic
+        return {TopicPartition(topic, p) for p in self.assigned} | {
+            TopicPartition(by_item, p) for p in self.assigned_items
+        }
+
     def _continuous(self, fetched: dict[TopicPartition, list]) -> dict[TopicPartition, list]:  # type: ignore[type-arg]
         """The fetched records of partitions this worker owns, for partitions whose first
         record does not skip past the stored offset; a partition that does is rewound once to
@@ -288,7 +319,7 @@ class ScaleOutWorker(StreamWorker):
         same gap is met again)."""
         consumer = self.consumer
         assert consumer is not None
-        owned = consumer.assignment()
+        owned = self._owned()
         kept = {}
         for tp, messages in fetched.items():
             if tp not in owned or not messages:
@@ -325,6 +356,7 @@ class ScaleOutWorker(StreamWorker):
     ) -> None:
         consumer, follower = self.consumer, self.follower
         assert consumer is not None and follower is not None
+        self._raise_failure()
         kept = self._continuous(fetched)
         records = [record for messages in kept.values() for record in messages]
         if not records:

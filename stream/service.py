@@ -254,7 +254,7 @@ async def run_service(
                 user_window=settings.user_window,
                 max_future_skew_ms=settings.max_future_skew_ms,
             )
-            await worker.attach(refresher)
+            await worker.attach(refresher, stop)
         else:
             refresher = EmbeddingRefresher(
                 store,

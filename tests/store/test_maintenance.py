@@ -105,6 +105,24 @@ def test_restore_replaces_the_store_and_keeps_the_old_one_aside(tmp_path: Path) 
         kept.close()
 
 
+def test_seeding_a_new_worker_from_another_workers_backup_drops_the_worker_name(tmp_path: Path) -> None:
+    store = _filled(tmp_path / "donor", 2)
+    writer = store.writer()
+    writer.put_meta("worker_id", b"donor-1")
+    writer.commit()
+    store.checkpoint(tmp_path / "backup")
+    store.close()
+    restore_store(tmp_path / "backup", tmp_path / "same")
+    restore_store(tmp_path / "backup", tmp_path / "new", new_worker=True)
+    for name, expected in (("same", b"donor-1"), ("new", None)):
+        opened = VersionedVectorStore(tmp_path / name, read_only=True)
+        try:
+            assert opened.get_meta("worker_id") == expected
+            assert opened.get_offset("interactions", 0) == 2  # everything else came along
+        finally:
+            opened.close()
+
+
 def test_restore_refuses_a_store_in_use_and_a_missing_backup(tmp_path: Path) -> None:
     store = _filled(tmp_path / "db")
     store.checkpoint(tmp_path / "backup")

@@ -130,8 +130,17 @@ def test_a_changelog_that_no_longer_reaches_the_store_is_reported(store: Version
     assert len(consumer.assigned) == 3
     assert follower.truncated == {cut}
     assert consumer.seeks[cut] == 40 and consumer.seeks[TopicPartition("interactions.changelog", 0)] == 0
-    assert follower.position(cut)[0] == 40  # recorded, so the lag does not count the lost part
-    assert follower.lag() == 50 + 50 + 10  # highwater 50 each; the cut one read up to 40
+    # the stored position stays, so a restarted worker finds the truncation again ...
+    assert follower.position(cut)[0] == 0
+    again = _follower(store, FakeConsumer({cut: 40}))
+    asyncio.run(again.follow(set()))
+    assert again.truncated == {cut}
+    # ... and nothing of that partition is applied meanwhile
+    follower._handle(cut, 41, encode_changelog(ChangelogBatch("interactions", 1, -1, 9, 1, "user")))
+    assert store.get_offset("interactions", 1) is None
+    assert follower.lag() == 50 + 50 + 10  # highwater 50 each; the cut one is read from 40
+    ready, reason = follower.readiness()
+    assert not ready and "interactions.changelog[1]" in reason
     follower.following.add(TopicPartition("interactions.by-item.changelog", 0))  # mid take-over
     assert follower.lag() is None
 
@@ -218,6 +227,33 @@ def test_a_missed_batch_makes_the_replica_not_ready_and_says_how_to_recover(
     ready, reason = follower.readiness()
     assert not ready and "interactions.by-item.changelog[0]" in reason and "backup" in reason
     assert store.get_offset("interactions.by-item", 0) == 5
+    assert follower.position(changelog)[0] == 1  # before the batch that did not continue
+    restarted = _follower(store, FakeConsumer({}))
+    restarted._handle(
+        changelog, 1, encode_changelog(ChangelogBatch("interactions.by-item", 0, 7, 9, 1, "item"))
+    )
+    assert restarted.diverged == {changelog}  # found again after a restart
+
+
+def test_a_half_published_batch_at_the_end_does_not_hold_readiness_back(store: VersionedVectorStore) -> None:
+    """A writer died between the parts of its last batch: the replica is up to date."""
+    consumer = FakeConsumer({})
+    follower = _follower(store, consumer)
+    asyncio.run(follower.follow(set()))
+    ids = [f"u{i}" for i in range(6)]
+    big = ChangelogBatch(
+        "interactions", 0, -1, 20, 1, "user", ids=ids, states=[b"x" * 10] * 6,
+        versions=[7], vectors=[np.zeros((6, 4), np.float32).tobytes()], dims=[4],
+    )  # fmt: skip
+    first, *_ = split_changelog(big, max_bytes=40)
+    changelog = TopicPartition("interactions.changelog", 0)
+    records = [_Record(48, encode_changelog(ChangelogBatch("interactions", 0, -1, 3, 1, "user"))),
+               _Record(49, encode_changelog(first))]  # fmt: skip
+    for partition in consumer.assigned:
+        follower.read_to[partition] = 50  # the other partitions are read to their end
+    follower._handle_all(changelog, records)
+    assert follower.position(changelog)[0] == 49  # a restart reads the half batch again
+    assert follower.lag() == 0
 
 
 def test_a_new_broker_forgets_changelog_positions_and_item_watermarks(store: VersionedVectorStore) -> None:
@@ -232,6 +268,11 @@ def test_a_new_broker_forgets_changelog_positions_and_item_watermarks(store: Ver
     assert store.get_meta("watermark:interactions.by-item/0/1") is None
     assert store.get_offset("interactions", 0) is None
     assert store.get_meta("worker_id") == b"me"
+
+
+class _Record:
+    def __init__(self, offset: int, value: bytes) -> None:
+        self.offset, self.value = offset, value
 
 
 class _Coordinator:
@@ -271,6 +312,14 @@ def test_a_batch_of_only_redelivered_records_commits_nothing_and_does_not_fail(
     consumer = RecordingConsumer(owned)
     worker.consumer = consumer  # type: ignore[assignment]
     worker.follower = _follower(store, FakeConsumer({}))
+    fetched_before_take_over = {owned[0]: [records[0]]}
+
+    async def not_yet_taken_over() -> None:
+        await worker._process(fetched_before_take_over, refresher, asyncio.get_running_loop())
+
+    asyncio.run(not_yet_taken_over())  # records of a partition not taken over yet: ignored
+    assert consumer.commits == [] and worker.metrics.events_duplicate == 0
+    worker.assigned = [0, 1, 2]  # what a successful take-over sets
     fetched: dict[TopicPartition, list[Any]] = {}
     for record in records:
         fetched.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
