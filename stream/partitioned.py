@@ -22,6 +22,7 @@ import numpy as np
 from models.encoder import Encoder
 from models.state_batch import EventColumns, apply_item_events, apply_user_events
 from store.vector_store import StoreWriter, VersionedVectorStore
+from stream.backfill import encode_states
 from stream.changelog import (
     NO_OFFSET,
     ChangelogBatch,
@@ -175,40 +176,19 @@ class PartitionedRefresher(EmbeddingRefresher):
             owner[user_rows] = np.asarray(event_partitions, dtype=np.int64)
             for user_id, partition in zip(user_ids, owner.tolist(), strict=True):
                 ids_by_partition[partition].append(user_id)
-            encoders = list(self.encoders())
-            for encoder in encoders:
-                vectors = encoder.encode_users(histories)
-                encoded[encoder.version] = vectors
-                writer.put_vectors("user", user_ids, encoder.version, vectors, written_at)
-                outcome.written[("user", encoder.version)] = len(user_ids)
-                if encoder is encoders[0]:
-                    lags = np.maximum(0.0, (written_at - latest) / 1000.0)
-                    outcome.lags_seconds.extend(lags.tolist())
-            bundles = self._bundles(events, event_partitions, event_offsets)
-            prepared.messages[:0] = bundles
-            for encoder in encoders:
-                prepared.messages.extend(self._updates("user", user_ids, encoder.version, written_at, latest))
-        row_of = {user_id: row for row, user_id in enumerate(user_ids)}
-        for partition, end in ends.items():
-            writer.set_offset(self.topic, partition, end)
-            ids = ids_by_partition[partition]
-            rows = np.fromiter((row_of[i] for i in ids), np.int64, len(ids))
-            prepared.changelog.append(
-                ChangelogBatch(
-                    source_topic=self.topic,
-                    partition=partition,
-                    start=starts[partition],
-                    end=end,
-                    generation=generation,
-                    kind="user",
-                    ids=ids,
-                    states=[states[row] for row in rows.tolist()],
-                    versions=list(encoded),
-                    vectors=[np.ascontiguousarray(m[rows], np.float32).tobytes() for m in encoded.values()],
-                    dims=[int(m.shape[1]) for m in encoded.values()],
-                    written_at=written_at,
-                )
+            prepared.messages.extend(self._bundles(events, event_partitions, event_offsets))
+            encoded = self._encode(
+                "user",
+                user_ids,
+                lambda encoder: encoder.encode_users(histories),
+                latest,
+                written_at,
+                prepared,
             )
+        prepared.changelog += self._changelog(
+            writer, "user", self.topic, starts, ends, ids_by_partition, user_ids, states, encoded, written_at,
+            generation,
+        )  # fmt: skip
 
     def _bundles(
         self, events: list[Interaction], partitions: list[int], offsets: list[int]
@@ -302,39 +282,80 @@ class PartitionedRefresher(EmbeddingRefresher):
             owner[rows_of] = np.asarray(partitions_of_event[:count], dtype=np.int64)
             for item_id, partition in zip(distinct, owner.tolist(), strict=True):
                 ids_by_partition[partition].append(item_id)
-            encoders = list(self.encoders())
-            for encoder in encoders:
-                vectors = encoder.encode_items(counts)
-                encoded[encoder.version] = vectors
-                writer.put_vectors("item", distinct, encoder.version, vectors, written_at)
-                outcome.written[("item", encoder.version)] = len(distinct)
-                if encoder is encoders[0]:
-                    outcome.lags_seconds.extend(np.maximum(0.0, (written_at - latest) / 1000.0).tolist())
-                prepared.messages.extend(self._updates("item", distinct, encoder.version, written_at, latest))
-        row_of = {item_id: row for row, item_id in enumerate(distinct)}
-        for partition, end in ends.items():
-            writer.set_offset(self.by_item, partition, end)
+            encoded = self._encode(
+                "item", distinct, lambda encoder: encoder.encode_items(counts), latest, written_at, prepared
+            )
+        for partition in ends:
             for source, mark in watermarks[partition].items():
                 writer.put_meta(_watermark_name(self.by_item, partition, source), _U64.pack(mark))
-            ids = ids_by_partition[partition]
-            rows = [row_of[i] for i in ids]
-            prepared.changelog.append(
+        prepared.changelog += self._changelog(
+            writer, "item", self.by_item, starts, ends, ids_by_partition, distinct, states, encoded,
+            written_at, generation, watermarks,
+        )  # fmt: skip
+
+    def _encode(
+        self,
+        kind: str,
+        ids: list[str],
+        encode: Callable[[Encoder], np.ndarray],
+        latest: np.ndarray,
+        written_at: int,
+        prepared: PreparedBatch,
+    ) -> dict[int, np.ndarray]:
+        """Encode ``ids`` with every refresh version, stage the vectors, count them, and queue
+        their update messages; returns the vectors per version."""
+        encoded: dict[int, np.ndarray] = {}
+        encoders = list(self.encoders())
+        for encoder in encoders:
+            vectors = encode(encoder)
+            encoded[encoder.version] = vectors
+            prepared.writer.put_vectors(kind, ids, encoder.version, vectors, written_at)
+            prepared.outcome.written[(kind, encoder.version)] = len(ids)
+            if encoder is encoders[0]:  # freshness is measured on the serving version
+                prepared.outcome.lags_seconds.extend(np.maximum(0.0, (written_at - latest) / 1000.0).tolist())
+            prepared.messages.extend(self._updates(kind, ids, encoder.version, written_at, latest))
+        return encoded
+
+    def _changelog(
+        self,
+        writer: StoreWriter,
+        kind: str,
+        source_topic: str,
+        starts: dict[int, int],
+        ends: dict[int, int],
+        ids_by_partition: dict[int, list[str]],
+        ids: list[str],
+        states: list[bytes],
+        encoded: dict[int, np.ndarray],
+        written_at: int,
+        generation: int,
+        watermarks: dict[int, dict[int, int]] | None = None,
+    ) -> list[ChangelogBatch]:
+        """Stage each source partition's next offset; describe its part of the batch."""
+        row_of = {entity_id: row for row, entity_id in enumerate(ids)}
+        batches = []
+        for partition, end in ends.items():
+            writer.set_offset(source_topic, partition, end)
+            partition_ids = ids_by_partition[partition]
+            rows = [row_of[entity_id] for entity_id in partition_ids]
+            batches.append(
                 ChangelogBatch(
-                    source_topic=self.by_item,
+                    source_topic=source_topic,
                     partition=partition,
                     start=starts[partition],
                     end=end,
                     generation=generation,
-                    kind="item",
-                    ids=ids,
+                    kind=kind,
+                    ids=partition_ids,
                     states=[states[row] for row in rows],
                     versions=list(encoded),
                     vectors=[np.ascontiguousarray(m[rows], np.float32).tobytes() for m in encoded.values()],
                     dims=[int(m.shape[1]) for m in encoded.values()],
                     written_at=written_at,
-                    watermarks=dict(watermarks[partition]),
+                    watermarks=dict((watermarks or {}).get(partition, {})),
                 )
             )
+        return batches
 
     def item_watermarks(self, partition: int) -> dict[int, int]:
         """Per source partition of ``interactions``: the next source offset whose item events
@@ -365,20 +386,10 @@ class PartitionedRefresher(EmbeddingRefresher):
         for index, version in enumerate(batch.versions):
             if ids:
                 writer.put_vectors(kind, ids, version, batch.matrix(index), batch.written_at)
-        missing = [e for e in self.encoders() if e.version not in batch.versions]
-        if ids and missing:  # e.g. a version this worker has staged and the writer had not yet
-            if kind == "user":
-                _, histories = apply_user_events(ids, batch.states, self.user_window)
-                for encoder in missing:
-                    writer.put_vectors(
-                        kind, ids, encoder.version, encoder.encode_users(histories), batch.written_at
-                    )
-            else:
-                _, counts = apply_item_events(ids, batch.states)
-                for encoder in missing:
-                    writer.put_vectors(
-                        kind, ids, encoder.version, encoder.encode_items(counts), batch.written_at
-                    )
+        for encoder in self.encoders():
+            if ids and encoder.version not in batch.versions:  # e.g. a version staged here only
+                vectors = encode_states(encoder, kind, ids, batch.states, self.user_window)
+                writer.put_vectors(kind, ids, encoder.version, vectors, batch.written_at)
         writer.set_offset(batch.source_topic, batch.partition, batch.end)
         for source, mark in batch.watermarks.items():
             writer.put_meta(_watermark_name(batch.source_topic, batch.partition, source), _U64.pack(mark))
