@@ -21,7 +21,6 @@ vectors of ids already indexed, as the stream does). Writes JSON to stdout (or `
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import emit_results
 from models.bootstrap import ensure_default_encoder
 from models.features import ITEM_FEATURES
 from models.registry import EncoderRegistry
@@ -243,11 +243,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1_000)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    results = run_ann(args.items, args.queries)
-    text = json.dumps(results, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit_results(run_ann(args.items, args.queries), args.out)
 
 
 if __name__ == "__main__":

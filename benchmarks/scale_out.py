@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from benchmarks import emit_results
 from benchmarks.ingest import produce_events
 from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
@@ -144,11 +145,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    results = run_scale_out(args.events, args.partitions)
-    text = json.dumps(results, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit_results(run_scale_out(args.events, args.partitions), args.out)
 
 
 if __name__ == "__main__":

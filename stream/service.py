@@ -242,28 +242,21 @@ async def run_service(
         encoder = controller.serving_encoder
         assert encoder is not None
         say(f"serving version {encoder.version} (dim {encoder.dim}, sha256 verified)")
+        shared: dict[str, Any] = {
+            "updates_topic": settings.updates_topic,
+            "dlq_topic": settings.dlq_topic,
+            "user_window": settings.user_window,
+            "max_future_skew_ms": settings.max_future_skew_ms,
+        }
         refresher: EmbeddingRefresher
         if isinstance(worker, ScaleOutWorker):
+            topic, partitions = settings.topic, worker.partitions
             refresher = PartitionedRefresher(
-                store,
-                controller.refresh_encoders,
-                topic=settings.topic,
-                partitions=worker.partitions,
-                updates_topic=settings.updates_topic,
-                dlq_topic=settings.dlq_topic,
-                user_window=settings.user_window,
-                max_future_skew_ms=settings.max_future_skew_ms,
+                store, controller.refresh_encoders, topic=topic, partitions=partitions, **shared
             )
             await worker.attach(refresher, stop)
         else:
-            refresher = EmbeddingRefresher(
-                store,
-                controller.refresh_encoders,
-                updates_topic=settings.updates_topic,
-                dlq_topic=settings.dlq_topic,
-                user_window=settings.user_window,
-                max_future_skew_ms=settings.max_future_skew_ms,
-            )
+            refresher = EmbeddingRefresher(store, controller.refresh_encoders, **shared)
         service = RunningService(settings, store, worker, metrics, controller)
         say(f"worker consuming {settings.topic!r} from {settings.broker} as group {settings.group_id!r}")
         if on_ready is not None:
