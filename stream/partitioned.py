@@ -70,7 +70,6 @@ class PreparedBatch:
 class ChangelogOutcome:
     applied: bool
     reason: str  # "applied", "duplicate", "gap", "fence"
-    entities: int = 0
 
 
 def _watermark_name(by_item: str, item_partition: int, source_partition: int) -> str:
@@ -132,13 +131,9 @@ class PartitionedRefresher(EmbeddingRefresher):
         event_offsets: list[int] = []
         for record in records:
             partition = record.partition
-            if partition not in starts:
-                stored = self.store.get_offset(self.topic, partition)
-                starts[partition] = NO_OFFSET if stored is None else stored
-            if starts[partition] != NO_OFFSET and record.offset < starts[partition]:
+            if not self._in_range(self.topic, record, starts, ends):
                 outcome.duplicates += 1
                 continue
-            ends[partition] = record.offset + 1
             parsed = parse_event(record.value, record.timestamp, now_ms, self.max_future_skew_ms)
             if not isinstance(parsed, Rejection) and record.key != parsed.user_id.encode("utf-8"):
                 parsed = Rejection(KEY_NOT_USER_ID)
@@ -190,6 +185,20 @@ class PartitionedRefresher(EmbeddingRefresher):
             generation,
         )  # fmt: skip
 
+    def _in_range(
+        self, topic: str, record: SourceRecord, starts: dict[int, int], ends: dict[int, int]
+    ) -> bool:
+        """Whether ``record`` is new to the store (not below its partition's stored offset);
+        notes each partition's stored offset (``starts``) and the next offset (``ends``)."""
+        partition = record.partition
+        if partition not in starts:
+            stored = self.store.get_offset(topic, partition)
+            starts[partition] = NO_OFFSET if stored is None else stored
+        if starts[partition] != NO_OFFSET and record.offset < starts[partition]:
+            return False
+        ends[partition] = record.offset + 1
+        return True
+
     def _bundles(
         self, events: list[Interaction], partitions: list[int], offsets: list[int]
     ) -> list[OutgoingMessage]:
@@ -228,13 +237,10 @@ class PartitionedRefresher(EmbeddingRefresher):
         partitions_of_event: list[int] = []
         for record in records:
             partition = record.partition
-            if partition not in starts:
-                stored = self.store.get_offset(self.by_item, partition)
-                starts[partition] = NO_OFFSET if stored is None else stored
+            if partition not in watermarks:
                 watermarks[partition] = self.item_watermarks(partition)
-            if starts[partition] != NO_OFFSET and record.offset < starts[partition]:
+            if not self._in_range(self.by_item, record, starts, ends):
                 continue  # a bundle this partition's state already includes
-            ends[partition] = record.offset + 1
             try:
                 bundle = decode_bundle(record.value or b"")
                 entries = list(bundle.columns())
@@ -394,4 +400,4 @@ class PartitionedRefresher(EmbeddingRefresher):
         for source, mark in batch.watermarks.items():
             writer.put_meta(_watermark_name(batch.source_topic, batch.partition, source), _U64.pack(mark))
         writer.commit()
-        return ChangelogOutcome(True, "applied", len(ids))
+        return ChangelogOutcome(True, "applied")

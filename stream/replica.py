@@ -71,7 +71,6 @@ class ChangelogFollower:
         self.assembler = ChangelogAssembler()
         self.following: set[TopicPartition] = set()
         self.applied_batches = 0
-        self.applied_entities = 0
         self.skipped: Counter[str] = Counter()
         #: Set once every followed partition has been read to its end since start: the node
         #: then holds every id the others had written (``GET /readyz``).
@@ -239,7 +238,6 @@ class ChangelogFollower:
         outcome = self.refresher.apply_changelog(batch)
         if outcome.applied:
             self.applied_batches += 1
-            self.applied_entities += outcome.entities
         elif outcome.reason == "gap":
             # The stored position stays before this batch, so the gap is found again after a
             # restart; the partition is not applied any more.
