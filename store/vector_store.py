@@ -23,7 +23,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from rocksdict import (
@@ -43,7 +43,7 @@ from store.record import COMPACT_RECORD_FORMAT, VersionedVector, decode_record, 
 from store.record_scan import locate_entry, span_vector
 from store.serving_cache import ServingCache
 
-__all__ = ["StoreWriter", "VersionedVectorStore"]
+__all__ = ["CommitListener", "StoreWriter", "VersionedVectorStore"]
 
 VECTOR_DTYPES = ("float32", "float16")
 _VECTOR_BLOCK_BYTES = 16 * 1024
@@ -57,6 +57,17 @@ _OUTBOX_KEY = b"meta:outbox"
 DEFAULT_BLOCK_CACHE_MB = 256
 _COUNT_PREFIX = b"count:"
 _BROKER_META_PREFIXES = (b"meta:changelog:", b"meta:watermark:")
+
+
+class CommitListener(Protocol):
+    """Told, after each write batch commits, what it wrote and evicted, in write order
+    (the serving cache and the item indexes keep themselves equal to the store this way)."""
+
+    def upsert(
+        self, kind: str, version: int, ids: Sequence[str], vectors: np.ndarray, updated_at_ms: int
+    ) -> None: ...
+
+    def discard(self, kind: str, version: int, ids: Sequence[str]) -> None: ...
 
 
 def _count_key(kind: str, version: int) -> bytes:
@@ -158,8 +169,15 @@ class VersionedVectorStore:
         self._serving: int | None = None if serving is None else _U64.unpack(serving)[0]
         #: The serving version's vectors in memory (:mod:`store.serving_cache`), or ``None``.
         self.serving_cache = ServingCache(serving_cache_mb << 20) if serving_cache_mb else None
+        #: Told about every committed write (:class:`CommitListener`), the cache first.
+        self.commit_listeners: list[CommitListener] = []
         if self.serving_cache is not None:
             self.serving_cache.reset(self._serving)
+            self.commit_listeners.append(self.serving_cache)
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Tell ``listener`` about every write batch committed from now on."""
+        self.commit_listeners.append(listener)
 
     # ----- reads -------------------------------------------------------------------------
 
@@ -291,6 +309,28 @@ class VersionedVectorStore:
                     break
                 start = last + b"\x00"
         return copied
+
+    def iter_vectors(
+        self, kind: str, version: int, chunk: int = 10_000
+    ) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Every stored vector of ``version`` of one kind, in key order: ``(ids, matrix)``
+        chunks of at most ``chunk`` rows, float32 (rows of another dimension are skipped)."""
+        prefix = entity_key(kind, "")
+        ids: list[str] = []
+        rows: list[np.ndarray] = []
+        for key, raw in scan(self._cf["vectors"], prefix, self.path):
+            if not key.startswith(prefix):
+                break
+            span = locate_entry(raw, version)
+            if span is None:
+                continue
+            ids.append(key[len(prefix) :].decode("utf-8"))
+            rows.append(span_vector(raw, span))
+            if len(ids) >= chunk:
+                yield _stacked(ids, rows)
+                ids, rows = [], []
+        if ids:
+            yield _stacked(ids, rows)
 
     def checkpoint(self, target: str | Path) -> Path:
         """A consistent copy of the whole store in ``target`` (a new directory), taken while
@@ -445,6 +485,13 @@ def damaged_message(path: Path, detail: str) -> str:
     )
 
 
+def _stacked(ids: list[str], rows: list[np.ndarray]) -> tuple[list[str], np.ndarray]:
+    """Rows as one float32 matrix, keeping the ids of the first row's dimension."""
+    dim = rows[0].shape[0]
+    kept = [at for at, row in enumerate(rows) if row.shape[0] == dim]
+    return [ids[at] for at in kept], np.stack([rows[at] for at in kept]).astype(np.float32, copy=False)
+
+
 def _fill(
     cache: ServingCache,
     kind: str,
@@ -475,7 +522,7 @@ class StoreWriter:
         self._count_delta: Counter[tuple[str, int]] = Counter()
         self._pending: dict[bytes, bytes] = {}
         self.vectors_written: Counter[tuple[str, int]] = Counter()
-        # What the serving cache learns once the batch is written, in write order:
+        # What the commit listeners learn once the batch is written, in write order:
         # ("upsert", kind, version, ids, vectors, updated_at) or ("discard", kind, version, ids).
         self._cache_updates: list[tuple[Any, ...]] = []
 
@@ -532,7 +579,7 @@ class StoreWriter:
                 for gone in evicted:
                     evicted_ids.setdefault(gone, []).append(entity_id)
             put(key, record, handle)
-        if self._store.serving_cache is not None:
+        if self._store.commit_listeners:
             self._cache_updates.append(("upsert", kind, version, list(ids), vectors, updated_at_ms))
             self._cache_updates.extend(
                 ("discard", kind, gone, gone_ids) for gone, gone_ids in evicted_ids.items()
@@ -570,10 +617,9 @@ class StoreWriter:
         self._count_delta.clear()
         self._pending.clear()
         updates, self._cache_updates = self._cache_updates, []
-        cache = store.serving_cache
-        if cache is not None:
+        for listener in store.commit_listeners:
             for operation, *arguments in updates:
                 if operation == "upsert":
-                    cache.upsert(*arguments)
+                    listener.upsert(*arguments)
                 else:
-                    cache.discard(*arguments)
+                    listener.discard(*arguments)

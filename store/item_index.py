@@ -1,0 +1,361 @@
+"""Nearest-neighbour search over the item vectors of one encoder version.
+
+Two segments answer every query together::
+
+    write (in the store's commit) --> fresh segment (exact: one matrix product)
+                                           |  merger thread, a chunk at a time
+                                           v
+                                      graph segment (HNSW, hnswlib)
+
+- A write lands in the fresh segment inside the store's commit, so a query sees an item as
+  soon as a lookup would. An item already in the graph is hidden there at once (its graph
+  row stops counting) and marked deleted in the graph by the merger.
+- The merger (:meth:`ItemIndex.merge_step`, run by :class:`store.item_indexes.ItemIndexes`)
+  moves fresh rows into the graph once enough gathered or the oldest waited long enough.
+  A row written again while it was being moved stays fresh; the moved copy is dropped.
+- A query searches both and merges by score, leaving out ids it was asked to exclude.
+
+Only the merger changes the graph (adds, deletes, resizes); queries run beside adds
+(hnswlib releases the GIL and supports it) and wait only for a resize.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+import hnswlib
+import numpy as np
+
+__all__ = ["IndexTuning", "ItemIndex", "Neighbours"]
+
+_FIRST_ROWS = 1024
+#: Graph searches per query at most, each asking for twice as many rows as the last.
+_SEARCH_ATTEMPTS = 6
+
+
+@dataclass(frozen=True)
+class IndexTuning:
+    """HNSW parameters and when fresh rows move into the graph."""
+
+    #: HNSW links per node (M) and the breadth of the search while adding.
+    connectivity: int = 16
+    ef_construction: int = 200
+    #: Breadth of the search when querying (raised per query to the count asked for).
+    ef_search: int = 64
+    #: Move fresh rows into the graph once this many gathered, or ...
+    merge_rows: int = 1024
+    #: ... once the oldest fresh row is this old.
+    merge_after_s: float = 2.0
+    #: Rows moved per merge step (the merger's unit of work).
+    merge_chunk: int = 4096
+    #: Threads the merger adds with.
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Items nearest to a query, best first: ``ids[i]`` scored ``scores[i]`` (inner product)."""
+
+    ids: list[str]
+    scores: list[float]
+
+
+class _FreshSegment:
+    """Items written since they last went into the graph: an id index over a matrix."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.row_of: dict[str, int] = {}
+        self.ids: list[str | None] = []
+        self.matrix = np.empty((0, dim), dtype=np.float32)
+        self.seq = np.empty(0, dtype=np.int64)
+        self.free: list[int] = []
+        self.oldest = math.inf  # monotonic time the oldest row was written
+
+    def __len__(self) -> int:
+        return len(self.row_of)
+
+    def put(self, entity_id: str, vector: np.ndarray, seq: int) -> None:
+        row = self.row_of.get(entity_id)
+        if row is None:
+            row = self.free.pop() if self.free else len(self.ids)
+            if row == len(self.ids):
+                self.ids.append(None)
+            if row >= self.matrix.shape[0]:
+                grown = max(_FIRST_ROWS, 2 * self.matrix.shape[0])
+                self.matrix = np.resize(self.matrix, (grown, self.dim))
+                self.seq = np.resize(self.seq, grown)
+            self.row_of[entity_id] = row
+            self.ids[row] = entity_id
+            if not math.isfinite(self.oldest):
+                self.oldest = time.monotonic()
+        self.matrix[row] = vector
+        self.seq[row] = seq
+
+    def remove(self, entity_id: str) -> None:
+        row = self.row_of.pop(entity_id, None)
+        if row is not None:
+            self.ids[row] = None
+            self.free.append(row)
+        if not self.row_of:
+            self.oldest = math.inf
+
+    def seq_of(self, entity_id: str) -> int | None:
+        row = self.row_of.get(entity_id)
+        return None if row is None else int(self.seq[row])
+
+    def take(self, limit: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """A copy of up to ``limit`` rows (ids, vectors, write sequence numbers)."""
+        rows = np.fromiter(self.row_of.values(), dtype=np.int64, count=len(self.row_of))[:limit]
+        return [self.ids[row] or "" for row in rows], self.matrix[rows].copy(), self.seq[rows].copy()
+
+    def search(self, query: np.ndarray, count: int) -> list[tuple[float, str]]:
+        """The ``count`` best (score, id) pairs, exactly."""
+        if not self.row_of or count <= 0:
+            return []
+        used = len(self.ids)
+        scores = self.matrix[:used] @ query
+        live = np.fromiter((entity_id is not None for entity_id in self.ids), dtype=bool, count=used)
+        scores[~live] = -np.inf
+        count = min(count, int(live.sum()))
+        best = np.argpartition(-scores, count - 1)[:count] if count < used else np.arange(used)
+        return [(float(scores[row]), self.ids[row] or "") for row in best if live[row]]
+
+
+class ItemIndex:
+    """The item vectors of one version: a fresh segment and an HNSW graph (module docs)."""
+
+    def __init__(self, version: int, dim: int, tuning: IndexTuning | None = None, capacity: int = 0) -> None:
+        self.version = version
+        self.dim = dim
+        self.tuning = tuning or IndexTuning()
+        self._lock = threading.Lock()  # the id maps and the fresh segment
+        self._graph_lock = threading.Lock()  # searches of the graph against its resize
+        self._adding = threading.Lock()  # one adder at a time (a bulk load beside the merger)
+        self._graph = hnswlib.Index(space="ip", dim=dim)
+        self._graph.init_index(
+            max_elements=max(_FIRST_ROWS, capacity),
+            M=self.tuning.connectivity,
+            ef_construction=self.tuning.ef_construction,
+        )
+        self._graph.set_ef(self.tuning.ef_search)
+        self._graph.set_num_threads(1)
+        self._ef = self.tuning.ef_search
+        self._fresh = _FreshSegment(dim)
+        self._id_of: dict[int, str] = {}  # live graph label -> id
+        self._label_of: dict[str, int] = {}  # id -> its live graph label
+        self._hidden: list[int] = []  # graph labels superseded, not yet marked deleted
+        self._hidden_count = 0  # graph labels searchable but not live (being added, superseded)
+        self._marked = 0  # graph labels marked deleted (the graph skips them itself)
+        self._next_label = 0
+        self._seq = 0
+        #: Ids written or removed since a bulk load began (see :meth:`load`).
+        self._touched: set[str] | None = None
+
+    # ----- sizes -------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Items searchable (fresh and graph)."""
+        with self._lock:
+            return len(self._fresh) + len(self._label_of)
+
+    @property
+    def fresh_rows(self) -> int:
+        return len(self._fresh)
+
+    @property
+    def graph_rows(self) -> int:
+        return len(self._label_of)
+
+    def __contains__(self, entity_id: object) -> bool:
+        with self._lock:
+            return entity_id in self._fresh.row_of or entity_id in self._label_of
+
+    # ----- writes (the store's commit) ---------------------------------------------------
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Items written at this version: searchable from now on with these vectors."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        with self._lock:
+            for entity_id, vector in zip(ids, vectors, strict=True):
+                self._seq += 1
+                self._hide_locked(entity_id)
+                self._fresh.put(entity_id, vector, self._seq)
+                if self._touched is not None:
+                    self._touched.add(entity_id)
+
+    def discard(self, ids: Sequence[str]) -> None:
+        """Items whose vector of this version left the store: never returned again."""
+        with self._lock:
+            for entity_id in ids:
+                self._hide_locked(entity_id)
+                self._fresh.remove(entity_id)
+                if self._touched is not None:
+                    self._touched.add(entity_id)
+
+    def _hide_locked(self, entity_id: str) -> None:
+        label = self._label_of.pop(entity_id, None)
+        if label is not None:
+            del self._id_of[label]
+            self._hidden.append(label)
+            self._hidden_count += 1
+
+    # ----- bulk load (start-up, from the store) ------------------------------------------
+
+    def begin_load(self) -> None:
+        """From now on remember which ids are written or removed, so :meth:`load` never
+        puts back a value older than one the store committed since."""
+        with self._lock:
+            self._touched = set()
+
+    def load(self, ids: Sequence[str], vectors: np.ndarray) -> int:
+        """Items read from the store after :meth:`begin_load`: straight into the graph,
+        except ids written or removed since (the index holds newer). Returns how many went in."""
+        with self._lock:
+            touched = self._touched or set()
+            keep = [
+                at
+                for at, entity_id in enumerate(ids)
+                if entity_id not in touched
+                and entity_id not in self._label_of
+                and entity_id not in self._fresh.row_of
+            ]
+            labels = self._reserve_locked(len(keep))
+        if not keep:
+            return 0
+        picked = [ids[at] for at in keep]
+        self._add_to_graph(np.asarray(vectors, dtype=np.float32)[keep], labels)
+        with self._lock:
+            touched = self._touched or set()
+            added = 0
+            for entity_id, label in zip(picked, labels, strict=True):
+                if entity_id in touched or entity_id in self._label_of or entity_id in self._fresh.row_of:
+                    self._hidden.append(label)  # written or removed meanwhile: the copy is stale
+                else:
+                    self._label_of[entity_id], self._id_of[label] = label, entity_id
+                    self._hidden_count -= 1
+                    added += 1
+        return added
+
+    def end_load(self) -> None:
+        with self._lock:
+            self._touched = None
+
+    # ----- the merger ---------------------------------------------------------------------
+
+    def merge_due(self) -> bool:
+        """Whether :meth:`merge_step` has work: rows to move or labels to delete."""
+        fresh = self._fresh
+        return bool(self._hidden) or (
+            len(fresh) >= self.tuning.merge_rows
+            or (len(fresh) > 0 and time.monotonic() - fresh.oldest >= self.tuning.merge_after_s)
+        )
+
+    def merge_step(self, force: bool = False) -> int:
+        """Delete superseded graph rows, then move one chunk of fresh rows into the graph
+        (when due, or always with ``force``). Returns how many rows moved. One caller at a time."""
+        with self._lock:
+            hidden, self._hidden = self._hidden, []
+            due = len(self._fresh) > 0 and (force or self.merge_due())
+            ids, vectors, seqs = self._fresh.take(self.tuning.merge_chunk) if due else ([], None, None)
+            labels = self._reserve_locked(len(ids))
+        for label in hidden:
+            self._graph.mark_deleted(label)
+        with self._lock:
+            self._hidden_count -= len(hidden)
+            self._marked += len(hidden)
+        if not ids or vectors is None or seqs is None:
+            return 0
+        self._add_to_graph(vectors, labels)
+        moved = 0
+        with self._lock:
+            for entity_id, label, seq in zip(ids, labels, seqs.tolist(), strict=True):
+                if self._fresh.seq_of(entity_id) == seq:  # not written again meanwhile
+                    self._fresh.remove(entity_id)
+                    self._label_of[entity_id], self._id_of[label] = label, entity_id
+                    self._hidden_count -= 1
+                    moved += 1
+                else:
+                    self._hidden.append(label)  # the moved copy is stale: deleted next step
+        return moved
+
+    def merge_all(self) -> None:
+        """Move every fresh row into the graph now (tests, benchmarks, a bulk build)."""
+        while self.fresh_rows or self._hidden:
+            self.merge_step(force=True)
+
+    def _reserve_locked(self, count: int) -> list[int]:
+        """``count`` new graph labels, hidden (unsearchable) until their ids are set."""
+        first = self._next_label
+        self._next_label += count
+        self._hidden_count += count
+        return list(range(first, first + count))
+
+    def _add_to_graph(self, vectors: np.ndarray, labels: list[int]) -> None:
+        graph = self._graph
+        with self._adding:
+            needed = graph.get_current_count() + len(labels)
+            if needed > graph.get_max_elements():
+                with self._graph_lock:  # resizing moves the graph's memory: no search meanwhile
+                    graph.resize_index(max(needed, 2 * graph.get_max_elements()))
+            graph.add_items(vectors, np.asarray(labels, dtype=np.int64), num_threads=self.tuning.threads)
+
+    # ----- queries ------------------------------------------------------------------------
+
+    def search(self, query: np.ndarray, k: int, exclude: Collection[str] = ()) -> Neighbours:
+        """The ``k`` items nearest to ``query`` (inner product), leaving out ``exclude``."""
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        if query.shape[0] != self.dim:
+            raise ValueError(f"a query of dimension {query.shape[0]} for an index of dimension {self.dim}")
+        with self._lock:
+            found = self._fresh.search(query, k + len(exclude))
+            stale = self._hidden_count
+            graph_live = len(self._label_of)
+        found = [(score, entity_id) for score, entity_id in found if entity_id not in exclude]
+        if graph_live:
+            found.extend(self._search_graph(query, k, exclude, stale, graph_live))
+        found.sort(key=lambda pair: (-pair[0], pair[1]))
+        best: dict[str, float] = {}  # an id moved from fresh to graph meanwhile is found twice
+        for score, entity_id in found:
+            if len(best) == k:
+                break
+            best.setdefault(entity_id, score)
+        return Neighbours(list(best), list(best.values()))
+
+    def _search_graph(
+        self, query: np.ndarray, k: int, exclude: Collection[str], stale: int, graph_live: int
+    ) -> list[tuple[float, str]]:
+        """Up to ``k`` live graph rows not excluded, asking the graph for more while rows it
+        returns are superseded or excluded (a bounded number of times)."""
+        ask = k + len(exclude) + stale
+        found: list[tuple[float, str]] = []
+        for _ in range(_SEARCH_ATTEMPTS):
+            with self._graph_lock:
+                total = max(1, self._graph.get_current_count() - self._marked)
+                ask = max(1, min(ask, total))
+                ef = max(self.tuning.ef_search, ask)
+                if ef != self._ef:
+                    self._graph.set_ef(ef)
+                    self._ef = ef
+                try:
+                    labels, distances = self._graph.knn_query(query, k=ask, num_threads=1)
+                except RuntimeError:  # the graph found fewer rows than asked (deletes meanwhile)
+                    ask //= 2
+                    if ask == 0:
+                        return found
+                    continue
+            with self._lock:
+                id_of = self._id_of
+                found = [
+                    (1.0 - float(distance), id_of[label])
+                    for label, distance in zip(labels[0].tolist(), distances[0].tolist(), strict=True)
+                    if label in id_of and id_of[label] not in exclude
+                ]
+            if len(found) >= k or ask >= total:
+                return found
+            ask *= 2
+        return found

@@ -1,0 +1,246 @@
+"""The item indexes of a store: one :class:`~store.item_index.ItemIndex` per encoder version,
+kept equal to the store's item vectors of that version.
+
+- Writes: the manager is a commit listener of the store (like the serving cache). After a
+  write batch commits, every item vector it wrote at an indexed version is upserted into
+  that version's index, and every vector it evicted is discarded from it.
+- Builds: :meth:`ItemIndexes.track` names the versions wanted (serving, staged, then older
+  ones while ``keep`` allows). A new index is built from the store in the background: the
+  builder scans the version's item vectors into the graph while commits keep flowing into
+  the fresh segment (a value scanned before a later commit never replaces it).
+- Merges: one thread moves fresh rows into each index's graph (see :mod:`store.item_index`).
+
+An index answers queries once built (:meth:`ItemIndexes.status`); before that, callers say
+it is being built. Indexes live in memory: a restart builds them again from the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from store.item_index import IndexTuning, ItemIndex
+from store.vector_store import VersionedVectorStore
+
+__all__ = ["IndexStatus", "ItemIndexes"]
+
+log = logging.getLogger("embstream.index")
+
+#: ``progress(version, done, total)`` while a build scans the store.
+BuildProgress = Callable[[int, int, int], None]
+
+
+@dataclass(frozen=True)
+class IndexStatus:
+    """One version's index: ``building`` until its build finished; ``ready`` once built
+    and its graph holds all but at most one merge chunk of its items."""
+
+    version: int
+    building: bool
+    ready: bool
+    items: int
+    graph_items: int
+    fresh_items: int
+    built_items: int
+    build_total: int
+
+
+class ItemIndexes:
+    """Per-version item indexes fed by the store's commits (module docs)."""
+
+    def __init__(
+        self,
+        store: VersionedVectorStore,
+        dim_of: Callable[[int], int],
+        keep: int = 2,
+        tuning: IndexTuning | None = None,
+        build_chunk: int = 10_000,
+        on_build_progress: BuildProgress | None = None,
+    ) -> None:
+        """``dim_of(version)`` gives a version's vector dimension; ``keep`` bounds how many
+        versions keep an index (the serving and staged versions always do)."""
+        if keep < 1:
+            raise ValueError("keep must be at least 1")
+        self.store = store
+        self.dim_of = dim_of
+        self.keep = keep
+        self.tuning = tuning or IndexTuning()
+        self.build_chunk = build_chunk
+        self.on_build_progress = on_build_progress
+        self._lock = threading.Lock()
+        self._indexes: dict[int, ItemIndex] = {}
+        self._building: dict[int, tuple[int, int]] = {}  # version -> (scanned, total)
+        self._queue: list[int] = []
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.merged_rows = 0
+        store.add_commit_listener(self)
+
+    # ----- which versions -----------------------------------------------------------------
+
+    def track(self, serving: int | None, staged: int | None = None) -> None:
+        """Index ``serving`` and ``staged``, then older versions held in the store (newest
+        first) while ``keep`` allows; drop indexes of versions past that bound."""
+        wanted: list[int] = [v for v in (serving, staged) if v is not None]
+        held = sorted(self.store.version_counts().get("item", {}), reverse=True)
+        with self._lock:
+            kept = sorted(self._indexes, reverse=True)
+        for version in [*kept, *held]:
+            if len(wanted) >= self.keep:
+                break
+            if version not in wanted and (serving is None or version < serving):
+                wanted.append(version)
+        with self._lock:
+            for version in [v for v in self._indexes if v not in wanted]:
+                del self._indexes[version]
+                self._building.pop(version, None)
+                log.info("item index of version %d dropped (more than %d versions)", version, self.keep)
+            for version in wanted:
+                if version not in self._indexes:
+                    index = ItemIndex(
+                        version, self.dim_of(version), self.tuning, capacity=self._expected(version)
+                    )
+                    index.begin_load()  # before it sees any write, so the scan never undoes one
+                    self._indexes[version] = index
+                    self._building[version] = (0, self._expected(version))
+                    self._queue.append(version)
+        self._wake.set()
+
+    def _expected(self, version: int) -> int:
+        return self.store.version_counts().get("item", {}).get(version, 0)
+
+    @property
+    def versions(self) -> list[int]:
+        with self._lock:
+            return sorted(self._indexes)
+
+    def index(self, version: int) -> ItemIndex | None:
+        """The index of ``version`` if it is built (``None``: none, or still building)."""
+        with self._lock:
+            if version in self._building:
+                return None
+            return self._indexes.get(version)
+
+    def status(self) -> dict[int, IndexStatus]:
+        with self._lock:
+            indexes, building = dict(self._indexes), dict(self._building)
+        result = {}
+        for version, index in sorted(indexes.items()):
+            fresh, graph = index.fresh_rows, index.graph_rows
+            scanned, total = building.get(version, (0, 0))
+            result[version] = IndexStatus(
+                version=version,
+                building=version in building,
+                ready=version not in building and fresh <= self.tuning.merge_chunk,
+                items=fresh + graph,
+                graph_items=graph,
+                fresh_items=fresh,
+                built_items=scanned,
+                build_total=total,
+            )
+        return result
+
+    # ----- commit listener ----------------------------------------------------------------
+
+    def upsert(
+        self, kind: str, version: int, ids: Sequence[str], vectors: np.ndarray, updated_at_ms: int
+    ) -> None:
+        if kind != "item":
+            return
+        index = self._indexes.get(version)
+        if index is not None:
+            if vectors.shape[1] != index.dim:
+                log.warning(
+                    "item vectors of version %d are %d-d, its index %d-d: not indexed",
+                    version,
+                    vectors.shape[1],
+                    index.dim,
+                )
+                return
+            index.upsert(ids, vectors)
+            self._wake.set()
+
+    def discard(self, kind: str, version: int, ids: Sequence[str]) -> None:
+        if kind == "item":
+            index = self._indexes.get(version)
+            if index is not None:
+                index.discard(ids)
+
+    # ----- background work ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the builder and the merger threads (daemons; :meth:`stop` ends them)."""
+        for name, target in (
+            ("embstream-index-build", self._build_loop),
+            ("embstream-index-merge", self._merge_loop),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+
+    def _build_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                version = self._queue.pop(0) if self._queue else None
+                index = None if version is None else self._indexes.get(version)
+            if version is None or index is None:
+                self._wake.wait(0.2)
+                self._wake.clear()
+                continue
+            try:
+                self.build(version, index)
+            except Exception:  # a damaged store: lookups report it; the index stays building
+                log.exception("item index of version %d not built", version)
+
+    def build(self, version: int, index: ItemIndex) -> None:
+        """Scan ``version``'s item vectors into ``index`` (already receiving commits)."""
+        started = time.monotonic()
+        total = self._expected(version)
+        scanned = 0
+        for ids, vectors in self.store.iter_vectors("item", version, self.build_chunk):
+            if self._stop.is_set() or self._indexes.get(version) is not index:
+                return
+            if vectors.shape[1] == index.dim:
+                index.load(ids, vectors)
+            scanned += len(ids)
+            with self._lock:
+                if version in self._building:
+                    self._building[version] = (scanned, max(total, scanned))
+            if self.on_build_progress is not None:
+                self.on_build_progress(version, scanned, max(total, scanned))
+        index.end_load()
+        with self._lock:
+            if self._indexes.get(version) is index:
+                self._building.pop(version, None)
+        log.info(
+            "item index of version %d built: %d items in %.1f s",
+            version,
+            len(index),
+            time.monotonic() - started,
+        )
+
+    def _merge_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                indexes = list(self._indexes.values())
+            moved = 0
+            for index in indexes:
+                if index.merge_due():
+                    moved += index.merge_step()
+            self.merged_rows += moved
+            if not moved:
+                self._wake.wait(0.1)
+                self._wake.clear()
