@@ -169,15 +169,18 @@ class VersionedVectorStore:
         self._serving: int | None = None if serving is None else _U64.unpack(serving)[0]
         #: The serving version's vectors in memory (:mod:`store.serving_cache`), or ``None``.
         self.serving_cache = ServingCache(serving_cache_mb << 20) if serving_cache_mb else None
-        #: Told about every committed write (:class:`CommitListener`), the cache first.
-        self.commit_listeners: list[CommitListener] = []
+        self._listeners: list[CommitListener] = []
         if self.serving_cache is not None:
             self.serving_cache.reset(self._serving)
-            self.commit_listeners.append(self.serving_cache)
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Tell ``listener`` about every write batch committed from now on."""
-        self.commit_listeners.append(listener)
+        self._listeners.append(listener)
+
+    @property
+    def commit_listeners(self) -> list[CommitListener]:
+        """Told about every committed write (:class:`CommitListener`), the serving cache first."""
+        return [self.serving_cache, *self._listeners] if self.serving_cache is not None else self._listeners
 
     # ----- reads -------------------------------------------------------------------------
 
@@ -617,7 +620,7 @@ class StoreWriter:
         self._count_delta.clear()
         self._pending.clear()
         updates, self._cache_updates = self._cache_updates, []
-        for listener in store.commit_listeners:
+        for listener in store.commit_listeners if updates else ():
             for operation, *arguments in updates:
                 if operation == "upsert":
                     listener.upsert(*arguments)
