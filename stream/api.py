@@ -30,6 +30,7 @@ from models.aligners import BackwardAligner
 from models.errors import IncompatibleVersionsError, VersionMissingError
 from models.registry import EncoderRegistry
 from store.errors import NoServingVersionError, StoreDamagedError, StoreError, VersionUnreachableError
+from store.item_indexes import ItemIndexes
 from store.keys import KINDS
 from store.lookup import ResolvedMatrix, ResolvedVector, resolve_many, resolve_matrix
 from store.vector_store import VersionedVectorStore
@@ -40,7 +41,16 @@ from stream.rollout import RolloutController
 from stream.status_page import STATUS_PAGE
 from stream.vector_format import VECTORS_MEDIA_TYPE, encode_vectors
 
-__all__ = ["MAX_BATCH_IDS", "MAX_VERSION", "ApiContext", "create_app"]
+__all__ = [
+    "MAX_BATCH_IDS",
+    "MAX_VERSION",
+    "ApiContext",
+    "ApiError",
+    "check_id",
+    "create_app",
+    "json_response",
+    "parse_version",
+]
 
 MAX_BATCH_IDS = 10_000
 #: Encoder versions are small positive integers; anything larger is a bad request, not a 500.
@@ -63,6 +73,8 @@ class ApiContext:
     #: it may be used at all (a token is set, or the API listens on loopback only).
     backup_root: Path | None = None
     admin_allowed: bool = False
+    #: The per-version item indexes behind ``/v1/recommendations`` (``None``: off).
+    item_indexes: ItemIndexes | None = None
     _chains: dict[tuple[int, int], list[BackwardAligner]] = field(default_factory=dict)
 
     @property
@@ -91,7 +103,7 @@ class ApiContext:
 CONTEXT_KEY: web.AppKey[ApiContext] = web.AppKey("embstream_context", ApiContext)
 
 
-class _ApiError(Exception):
+class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
@@ -102,7 +114,7 @@ _BATCH_JSON_HEADERS = {"Content-Type": "application/json", "Vary": "Accept"}
 _BATCH_BINARY_HEADERS = {"Content-Type": VECTORS_MEDIA_TYPE, "Vary": "Accept"}
 
 
-def _json(data: Any, status: int = 200, headers: dict[str, str] = _JSON_HEADERS) -> web.Response:
+def json_response(data: Any, status: int = 200, headers: dict[str, str] = _JSON_HEADERS) -> web.Response:
     body = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
     return web.Response(body=body, status=status, headers=headers)
 
@@ -135,28 +147,28 @@ def _vector_json(resolved: ResolvedVector) -> dict[str, Any]:
 def _kind(request: web.Request) -> str:
     kind = request.match_info["kind"]
     if kind not in KINDS:
-        raise _ApiError(400, "bad_kind", f"kind must be one of {', '.join(KINDS)}")
+        raise ApiError(400, "bad_kind", f"kind must be one of {', '.join(KINDS)}")
     return kind
 
 
-def _version(raw: Any) -> int | None:
+def parse_version(raw: Any) -> int | None:
     if raw is None:
         return None
     message = f"version must be an integer from 1 to {MAX_VERSION}"
     if isinstance(raw, bool):
-        raise _ApiError(400, "bad_version", message)
+        raise ApiError(400, "bad_version", message)
     try:
         version = int(raw)
     except (TypeError, ValueError, OverflowError):  # OverflowError: float("inf")
-        raise _ApiError(400, "bad_version", message) from None
+        raise ApiError(400, "bad_version", message) from None
     if not 1 <= version <= MAX_VERSION or (isinstance(raw, float) and not raw.is_integer()):
-        raise _ApiError(400, "bad_version", message)
+        raise ApiError(400, "bad_version", message)
     return version
 
 
-def _check_id(entity_id: Any) -> str:
+def check_id(entity_id: Any) -> str:
     if not isinstance(entity_id, str) or not 1 <= len(entity_id) <= MAX_ID_LENGTH:
-        raise _ApiError(400, "bad_id", f"ids are strings of 1 to {MAX_ID_LENGTH} characters")
+        raise ApiError(400, "bad_id", f"ids are strings of 1 to {MAX_ID_LENGTH} characters")
     return entity_id
 
 
@@ -165,12 +177,12 @@ def _batch_body(raw: bytes) -> tuple[list[str], int | None]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise _ApiError(400, "bad_body", "the body must be JSON") from None
+        raise ApiError(400, "bad_body", "the body must be JSON") from None
     if not isinstance(body, dict) or not isinstance(body.get("ids"), list):
-        raise _ApiError(400, "bad_body", 'the body must be {"ids": [...], "version": V}')
+        raise ApiError(400, "bad_body", 'the body must be {"ids": [...], "version": V}')
     if len(body["ids"]) > MAX_BATCH_IDS:
-        raise _ApiError(400, "too_many_ids", f"at most {MAX_BATCH_IDS} ids per batch")
-    return [_check_id(entity_id) for entity_id in body["ids"]], _version(body.get("version"))
+        raise ApiError(400, "too_many_ids", f"at most {MAX_BATCH_IDS} ids per batch")
+    return [check_id(entity_id) for entity_id in body["ids"]], parse_version(body.get("version"))
 
 
 def _wants_binary(request: web.Request) -> bool:
@@ -179,7 +191,7 @@ def _wants_binary(request: web.Request) -> bool:
     if chosen is None:
         return _accept_prefers_binary(request.headers.get("Accept", ""))
     if chosen not in ("json", "binary"):
-        raise _ApiError(400, "bad_format", 'format must be "json" or "binary"')
+        raise ApiError(400, "bad_format", 'format must be "json" or "binary"')
     return chosen == "binary"
 
 
@@ -214,7 +226,8 @@ def _authorized(request: web.Request, token: str) -> bool:
 
 
 def _unauthorized() -> web.Response:
-    response = _json({"error": "unauthorized", "message": "a valid bearer token is required"}, status=401)
+    body = {"error": "unauthorized", "message": "a valid bearer token is required"}
+    response = json_response(body, status=401)
     response.headers["WWW-Authenticate"] = 'Bearer realm="embstream"'
     return response
 
@@ -227,16 +240,16 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return _unauthorized()
     try:
         return await handler(request)
-    except _ApiError as error:
-        return _json({"error": error.code, "message": error.message}, status=error.status)
+    except ApiError as error:
+        return json_response({"error": error.code, "message": error.message}, status=error.status)
     except VersionUnreachableError as error:
-        return _json({"error": "version_unreachable", "message": str(error)}, status=409)
+        return json_response({"error": "version_unreachable", "message": str(error)}, status=409)
     except NoServingVersionError as error:
-        return _json({"error": "no_serving_version", "message": str(error)}, status=503)
+        return json_response({"error": "no_serving_version", "message": str(error)}, status=503)
     except StoreDamagedError as error:
-        return _json({"error": "store_damaged", "message": str(error)}, status=503)
+        return json_response({"error": "store_damaged", "message": str(error)}, status=503)
     except web.HTTPRequestEntityTooLarge:
-        return _json(
+        return json_response(
             {"error": "body_too_large", "message": f"bodies are limited to {MAX_BODY_BYTES} bytes"}, 413
         )
 
@@ -248,21 +261,21 @@ def create_app(context: ApiContext) -> web.Application:
     @routes.get("/v1/embeddings/{kind}/{id}")
     async def get_one(request: web.Request) -> web.Response:
         kind = _kind(request)
-        entity_id = _check_id(request.match_info["id"])
-        version = _version(request.query.get("version"))
+        entity_id = check_id(request.match_info["id"])
+        version = parse_version(request.query.get("version"))
         resolved = resolve_many(context.store, kind, [entity_id], version, context.carry)[1][0]
         if resolved is None:
             record = context.store.get_record(kind, entity_id)
             if record is None:
-                raise _ApiError(404, "not_found", f"unknown {kind} {entity_id!r}")
+                raise ApiError(404, "not_found", f"unknown {kind} {entity_id!r}")
             held = [entry.version for entry in record]
             wanted = version if version is not None else context.store.serving_version
-            raise _ApiError(
+            raise ApiError(
                 404,
                 "version_not_found",
                 f"{kind} {entity_id!r} has no vector of version {wanted} (held: {held})",
             )
-        return _json(_vector_json(resolved))
+        return json_response(_vector_json(resolved))
 
     @routes.post("/v1/embeddings/{kind}/batch")
     async def get_batch(request: web.Request) -> web.Response:
@@ -273,7 +286,7 @@ def create_app(context: ApiContext) -> web.Application:
         if binary:
             return _vectors(resolve_matrix(context.store, kind, ids, version, context.carry))
         answered, resolved = resolve_many(context.store, kind, ids, version, context.carry)
-        return _json(
+        return json_response(
             {
                 "kind": kind,
                 "version": answered,
@@ -285,7 +298,7 @@ def create_app(context: ApiContext) -> web.Application:
     @routes.get("/v1/versions")
     async def versions(request: web.Request) -> web.Response:
         counts = context.store.version_counts()
-        return _json(
+        return json_response(
             {
                 "serving_version": context.store.serving_version,
                 "active_encoder_version": context.active_version,
@@ -301,7 +314,7 @@ def create_app(context: ApiContext) -> web.Application:
         directory inside its backup directory (``EMBSTREAM_BACKUP_DIR``; a relative PATH is
         taken from there), while it keeps running."""
         if context.backup_root is None or not context.admin_allowed:
-            raise _ApiError(
+            raise ApiError(
                 403,
                 "admin_disabled",
                 "backups through the API need EMBSTREAM_API_TOKEN when the API listens beyond loopback",
@@ -309,23 +322,23 @@ def create_app(context: ApiContext) -> web.Application:
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            raise _ApiError(400, "bad_body", "the body must be JSON") from None
+            raise ApiError(400, "bad_body", "the body must be JSON") from None
         raw = body.get("dir") if isinstance(body, dict) else None
         if not isinstance(raw, str) or not raw or "\x00" in raw:
-            raise _ApiError(
+            raise ApiError(
                 400, "bad_body", 'the body must be {"dir": "name or path in the backup directory"}'
             )
         root = context.backup_root.absolute().resolve()
         target = (root / raw).absolute().resolve()
         if target == root or not target.is_relative_to(root):
-            raise _ApiError(400, "bad_dir", f"backups go into a new directory inside {root}")
+            raise ApiError(400, "bad_dir", f"backups go into a new directory inside {root}")
         started = time.monotonic()
         try:
             root.mkdir(parents=True, exist_ok=True)
             written = await asyncio.to_thread(context.store.checkpoint, target)
         except (StoreError, OSError) as error:
-            raise _ApiError(409, "backup_failed", str(error)) from None
-        return _json(
+            raise ApiError(409, "backup_failed", str(error)) from None
+        return json_response(
             {
                 "path": str(written),
                 "serving_version": context.store.serving_version,
@@ -345,7 +358,7 @@ def create_app(context: ApiContext) -> web.Application:
         metrics = context.metrics
         rollout = None if context.controller is None else context.controller.describe()
         p50, p99 = metrics.lag_percentile(0.5), metrics.lag_percentile(0.99)
-        return _json(
+        return json_response(
             {
                 "serving_version": context.store.serving_version,
                 "staged_version": None if rollout is None else rollout.get("staged_version"),
@@ -367,12 +380,12 @@ def create_app(context: ApiContext) -> web.Application:
 
     @routes.get("/healthz")
     async def healthz(request: web.Request) -> web.Response:
-        return _json({"status": "ok", **context.health()})
+        return json_response({"status": "ok", **context.health()})
 
     @routes.get("/readyz")
     async def readyz(request: web.Request) -> web.Response:
         ready, reason = (True, "serving") if context.readiness is None else context.readiness()
-        response = _json({"ready": ready, "reason": reason})
+        response = json_response({"ready": ready, "reason": reason})
         if not ready:
             response.set_status(503)
         return response
@@ -391,4 +404,7 @@ def create_app(context: ApiContext) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
     app[CONTEXT_KEY] = context
     app.add_routes(routes)
+    from stream.api_recommend import add_recommendation_routes  # it builds on this module
+
+    add_recommendation_routes(app)
     return app

@@ -33,6 +33,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def _add_service_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--broker", help="host:port[,host:port] (default: EMBSTREAM_BROKER, else start the embedded broker)"
@@ -50,6 +57,11 @@ def _add_service_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--versions-kept", type=_positive_int, help="versions kept per id (default: 5)")
     parser.add_argument("--seed", type=int, help="seed for the default encoder and demo data")
+    parser.add_argument(
+        "--index-versions",
+        type=_non_negative_int,
+        help="versions with an item index for recommendations (default: 2; 0: off)",
+    )
     parser.add_argument(
         "--scale-out",
         action="store_const",
@@ -114,6 +126,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "encoder_version",
         "versions_kept",
         "seed",
+        "index_versions",
         "scale_out",
     )
     return Settings.from_env().with_overrides(**{n: getattr(args, n, None) for n in names})

@@ -195,7 +195,8 @@ def run_swap(args: argparse.Namespace) -> int:
             raise ControlError("no version is staged")
         if not args.force and not state.backfill_complete(state.staged):
             raise ControlError(
-                f"the backfill of version {state.staged} has not finished for users and items "
+                f"the backfill of version {state.staged} has not finished for users and items, "
+                "or its item index is not built yet "
                 "(see `embstream swap status`; --force to promote anyway)"
             )
         message = control_message("promote", version=state.staged, force=args.force)

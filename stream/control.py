@@ -166,9 +166,12 @@ class RolloutState:
 
     def backfill_complete(self, version: int, kinds: tuple[str, ...] = ("user", "item")) -> bool:
         """Every worker that acknowledged the stage of ``version`` or reported on it has
-        finished every kind (a worker that acknowledged and has not reported yet is not done)."""
+        finished every kind, and its item index where it reports one (a worker that
+        acknowledged and has not reported yet is not done)."""
         reports = {(w, k): dp for (w, v, k), dp in self.progress.items() if v == version}
         workers = {w for w, _ in reports} | self.acks.get(self.stage_ids.get(version, ""), set())
+        # Kinds a worker reports beyond those required (its item index) must be done too.
+        wanted = {(w, k) for w in workers for k in kinds} | set(reports)
         return bool(workers) and all(
-            (w, k) in reports and reports[(w, k)][0] >= reports[(w, k)][1] for w in workers for k in kinds
+            pair in reports and reports[pair][0] >= reports[pair][1] for pair in wanted
         )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from store.item_indexes import IndexStatus
     from store.serving_cache import ServingCache
 
 __all__ = ["LAG_BUCKETS_SECONDS", "STATUS_SAMPLES", "Metrics"]
@@ -33,6 +34,10 @@ class Metrics:
     written: Counter[tuple[str, int]] = field(default_factory=Counter)
     control_rejected: Counter[str] = field(default_factory=Counter)  # by reason
     unauthorized: int = 0  # API requests refused for a missing or wrong token
+    #: Recommendation answers by outcome (ok, no_user_vector, index_building, no_index, ...).
+    recommendations: Counter[str] = field(default_factory=Counter)
+    #: With item indexes: a callable giving each indexed version's status.
+    item_indexes: Callable[[], dict[int, IndexStatus]] | None = field(default=None, repr=False)
     lag_buckets: list[int] = field(default_factory=lambda: [0] * (len(LAG_BUCKETS_SECONDS) + 1))
     lag_sum: float = 0.0
     lag_count: int = 0
@@ -185,6 +190,8 @@ class Metrics:
             ]
         if self.scale_out is not None:
             lines += _scale_out_lines(self.scale_out())
+        if self.item_indexes is not None:
+            lines += _index_lines(self.item_indexes(), self.recommendations)
         lines += [
             "# HELP embstream_batches_total Micro-batches processed.",
             "# TYPE embstream_batches_total counter",
@@ -201,6 +208,25 @@ class Metrics:
             lines.append(f"embstream_refresh_lag_seconds_sum {self.lag_sum:.6f}")
             lines.append(f"embstream_refresh_lag_seconds_count {self.lag_count}")
         return "\n".join(lines) + "\n"
+
+
+def _index_lines(statuses: dict[int, IndexStatus], answers: Counter[str]) -> list[str]:
+    lines = [
+        "# HELP embstream_item_index_items Items searchable in a version's item index, by segment.",
+        "# TYPE embstream_item_index_items gauge",
+    ]
+    for version, status in statuses.items():
+        for segment, items in (("graph", status.graph_items), ("fresh", status.fresh_items)):
+            lines.append(f'embstream_item_index_items{{version="{version}",segment="{segment}"}} {items}')
+    lines += [
+        "# HELP embstream_item_index_ready 1 once a version's index is built and merged, else 0.",
+        "# TYPE embstream_item_index_ready gauge",
+        *(f'embstream_item_index_ready{{version="{v}"}} {int(s.ready)}' for v, s in statuses.items()),
+        "# HELP embstream_recommendations_total Recommendation answers, by outcome.",
+        "# TYPE embstream_recommendations_total counter",
+        *(f'embstream_recommendations_total{{outcome="{o}"}} {n}' for o, n in sorted(answers.items())),
+    ]
+    return lines
 
 
 def _scale_out_lines(status: dict[str, Any]) -> list[str]:

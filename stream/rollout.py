@@ -14,8 +14,9 @@ from typing import Any
 from models.encoder import Encoder, TorchEncoder
 from models.errors import ModelError
 from models.registry import EncoderRegistry, Manifest
+from store.item_indexes import ItemIndexes
 from store.vector_store import VersionedVectorStore
-from stream.backfill import Backfiller
+from stream.backfill import Backfiller, BackfillProgress
 from stream.control import ControlError, RolloutState, control_message
 
 __all__ = ["RolloutController", "check_swappable"]
@@ -47,9 +48,17 @@ class RolloutController:
     """Encoders and backfill of one worker, driven by control messages."""
 
     def __init__(
-        self, registry: EncoderRegistry, store: VersionedVectorStore, worker_id: str, user_window: int = 50
+        self,
+        registry: EncoderRegistry,
+        store: VersionedVectorStore,
+        worker_id: str,
+        user_window: int = 50,
+        indexes: ItemIndexes | None = None,
     ) -> None:
+        """``indexes``: the worker's item indexes; a staged version's index must then be
+        built before this worker reports its backfill complete."""
         self.registry = registry
+        self.indexes = indexes
         self.store = store
         self.worker_id = worker_id
         self.user_window = user_window
@@ -127,6 +136,25 @@ class RolloutController:
         self.backfiller = Backfiller(self.store, self.staged_encoder, self.user_window)
         log.info("staged version %d: dual write and backfill", version)
 
+    def progress(self) -> dict[str, BackfillProgress]:
+        """The staged version's backfill per kind and, with item indexes, its index (items in
+        the graph; complete once the backfill is and the index is built and merged)."""
+        if self.backfiller is None:
+            return {}
+        progress = self.backfiller.progress()
+        if self.indexes is not None:
+            status = self.indexes.status().get(self.backfiller.encoder.version)
+            items = progress["item"]
+            total = max(1, items.total, 0 if status is None else status.items)
+            complete = items.complete and status is not None and status.ready
+            done = total if complete else min(total - 1, 0 if status is None else status.graph_items)
+            progress["index"] = BackfillProgress(done, total, complete)
+        return progress
+
+    @property
+    def backfill_complete(self) -> bool:
+        return all(p.complete for p in self.progress().values())
+
     def progress_messages(self) -> list[dict[str, Any]]:
         if self.backfiller is None:
             return []
@@ -139,7 +167,7 @@ class RolloutController:
                 done=p.done,
                 total=p.total,
             )
-            for kind, p in self.backfiller.progress().items()
+            for kind, p in self.progress().items()
         ]
 
     def describe(self) -> dict[str, Any]:
@@ -147,7 +175,7 @@ class RolloutController:
         if self.backfiller is not None:
             backfill = {
                 kind: {"done": p.done, "total": p.total, "complete": p.complete}
-                for kind, p in self.backfiller.progress().items()
+                for kind, p in self.progress().items()
             }
         return {
             "serving_version": self.state.serving,

@@ -110,7 +110,7 @@ class RolloutPlane:
             if limit > 0:
                 self._last_backfill = now
                 await loop.run_in_executor(executor, backfiller.step, limit)
-            complete = await loop.run_in_executor(executor, lambda: backfiller.complete)
+            complete = await loop.run_in_executor(executor, lambda: self.controller.backfill_complete)
             if now - self._last_progress >= 1.0 or complete:
                 self._last_progress = now
                 await self._publish(self.controller.progress_messages())

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
+from store.item_indexes import ItemIndexes
 from store.vector_store import VersionedVectorStore
 from stream.api import ApiContext, create_app
 from stream.broker import EmbeddedBroker, ensure_topics
@@ -102,6 +103,57 @@ async def _keep_serving_cache_warm(store: VersionedVectorStore, stack: AsyncExit
         await task
 
     stack.push_async_callback(stop_warming)
+
+
+def _item_indexes(settings: Settings, store: VersionedVectorStore, registry: EncoderRegistry) -> ItemIndexes:
+    """Item indexes of the store, saying how each build goes (a bar on a terminal)."""
+    bars: dict[int, Any] = {}
+
+    def report(version: int, done: int, total: int) -> None:
+        bar = bars.get(version)
+        if bar is None:
+            say(f"item index of version {version}: building from the store ({total} items)")
+            bar = bars[version] = progress_bar(total=total, desc=f"indexing v{version}", unit="item")
+        bar.total = total
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+            say(f"item index of version {version}: built ({done} items scanned)")
+
+    return ItemIndexes(
+        store,
+        dim_of=lambda version: registry.manifest(version).dim,
+        keep=settings.index_versions,
+        on_build_progress=report,
+    )
+
+
+async def _keep_indexes_tracking(
+    indexes: ItemIndexes, controller: RolloutController, stack: AsyncExitStack
+) -> None:
+    """Index the serving and staged versions (and older ones the bound allows), following
+    every stage, promote, rollback and cancel; stopped before the store closes."""
+    indexes.track(controller.store.serving_version, controller.state.staged)
+    indexes.start()
+
+    async def follow() -> None:
+        tracked = (controller.store.serving_version, controller.state.staged)
+        while True:
+            await asyncio.sleep(0.1)
+            wanted = (controller.store.serving_version, controller.state.staged)
+            if wanted != tracked:
+                await asyncio.to_thread(indexes.track, *wanted)
+                tracked = wanted
+
+    task = asyncio.ensure_future(follow())
+
+    async def stop_indexes() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.to_thread(indexes.stop)
+
+    stack.push_async_callback(stop_indexes)
 
 
 async def _sample_status(metrics: Metrics, stack: AsyncExitStack, every_s: float = 2.0) -> None:
@@ -223,7 +275,8 @@ async def run_service(
             worker.start(), asyncio.to_thread(prepare_registry, registry, settings, store)
         )
         worker_id = worker_identity(store)
-        controller = RolloutController(registry, store, worker_id, settings.user_window)
+        indexes = _item_indexes(settings, store, registry) if settings.index_versions else None
+        controller = RolloutController(registry, store, worker_id, settings.user_window, indexes)
         assert worker.producer is not None
         plane = RolloutPlane(
             controller,
@@ -238,6 +291,10 @@ async def run_service(
         await plane.start(serving, override=settings.encoder_version is not None)
         stack.push_async_callback(plane.stop)
         await _keep_serving_cache_warm(store, stack)
+        if indexes is not None:
+            await _keep_indexes_tracking(indexes, controller, stack)
+            context.item_indexes = indexes
+            metrics.item_indexes = indexes.status
         context.controller = controller
         encoder = controller.serving_encoder
         assert encoder is not None

@@ -53,6 +53,9 @@ class Settings:
     block_cache_mb: int = 256  # RocksDB block cache for vectors and state (0: RocksDB's default)
     # The serving version's vectors in memory for lookups (0: off; reads go to RocksDB).
     serving_cache_mb: int = 512
+    # Versions whose item vectors get a nearest-neighbour index for /v1/recommendations: the
+    # serving and staged versions always, older ones while this allows (0: no indexes at all).
+    index_versions: int = 2
     # Who may do what (README "Security"): a bearer token for every API route but /healthz,
     # and a shared key signing control messages (HMAC-SHA256). Empty: not required.
     api_token: str = field(default="", repr=False)
@@ -79,6 +82,8 @@ class Settings:
             raise SettingsError(f"EMBSTREAM_USER_WINDOW={self.user_window} must be between 1 and 65535")
         if self.block_cache_mb < 0:
             raise SettingsError(f"EMBSTREAM_BLOCK_CACHE_MB={self.block_cache_mb} must be 0 or more")
+        if self.index_versions < 0:
+            raise SettingsError(f"EMBSTREAM_INDEX_VERSIONS={self.index_versions} must be 0 or more")
         if self.serving_cache_mb < 0:
             raise SettingsError(f"EMBSTREAM_SERVING_CACHE_MB={self.serving_cache_mb} must be 0 or more")
         try:

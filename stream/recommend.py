@@ -1,0 +1,97 @@
+"""Where a recommendation resolves a version: the user's vector and the item index of one
+version, never a mix.
+
+The user's vector is resolved like a lookup (:func:`store.lookup.resolve_many`: the serving
+version by default, an older one natively or carried back from the serving version), then
+searched against the item index of exactly the version it was resolved at. Items the user
+interacted with recently (the window kept in the user's state) are left out unless asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from models.features import UserState
+from store.item_index import Neighbours
+from store.item_indexes import ItemIndexes
+from store.lookup import CarryProvider, resolve_many
+from store.vector_store import VersionedVectorStore
+
+__all__ = ["MAX_K", "Recommendation", "RecommendationError", "recommend_many"]
+
+MAX_K = 1_000
+
+
+class RecommendationError(Exception):
+    """A recommendation that cannot be given: ``status`` and ``code`` as the API answers."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The ``k`` best items for one user at ``version`` (user vector and items alike)."""
+
+    user_id: str
+    version: int
+    #: ``native`` or ``aligned``: how the user's vector of ``version`` was obtained.
+    user_vector: str
+    items: Neighbours
+    #: Items left out because the user interacted with them recently.
+    excluded: int
+
+
+def recommend_many(
+    store: VersionedVectorStore,
+    indexes: ItemIndexes,
+    user_ids: Sequence[str],
+    k: int,
+    version: int | None = None,
+    carry: CarryProvider | None = None,
+    exclude_seen: bool = True,
+) -> tuple[int, list[Recommendation | None]]:
+    """The top ``k`` items for each user, all at one version (``None`` for users with no
+    vector to give). Raises :class:`RecommendationError` when that version has no index or
+    its index is still being built."""
+    if not 1 <= k <= MAX_K:
+        raise RecommendationError(400, "bad_k", f"k must be an integer from 1 to {MAX_K}")
+    answered, users = resolve_many(store, "user", list(user_ids), version, carry)
+    index = indexes.index(answered)
+    if index is None:
+        status = indexes.status().get(answered)
+        if status is not None:
+            raise RecommendationError(
+                503,
+                "index_building",
+                f"the item index of version {answered} is being built "
+                f"({status.built_items} of {status.build_total} items scanned); try again shortly",
+            )
+        raise RecommendationError(
+            404,
+            "no_index",
+            f"version {answered} has no item index (indexed versions: {indexes.versions}; "
+            "EMBSTREAM_INDEX_VERSIONS bounds how many are kept)",
+        )
+    states = store.get_states("user", list(user_ids)) if exclude_seen else [None] * len(user_ids)
+    results: list[Recommendation | None] = []
+    for user, state in zip(users, states, strict=True):
+        if user is None:
+            results.append(None)
+            continue
+        seen = _seen_items(state)
+        found = index.search(user.vector, k, exclude=seen)
+        results.append(Recommendation(user.id, answered, user.source, found, len(seen)))
+    return answered, results
+
+
+def _seen_items(state: bytes | None) -> frozenset[str]:
+    """The item ids in a user's window of recent interactions (none for a damaged state)."""
+    if state is None:
+        return frozenset()
+    try:
+        return frozenset(UserState.from_bytes(state).item_ids)
+    except Exception:  # a damaged state must not fail the read: nothing to leave out
+        return frozenset()
