@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from stream.events import MAX_ID_LENGTH
+from stream.openapi_recommend import RECOMMENDATION_SCHEMA, recommendation_paths
 from stream.vector_format import VECTORS_MEDIA_TYPE
 
 __all__ = ["openapi_document"]
@@ -66,11 +67,12 @@ def openapi_document(max_batch_ids: int, max_body_bytes: int) -> dict[str, Any]:
             "description": "Versioned embeddings by kind and id; reads never mix versions.",
         },
         "components": {
-            "schemas": {"Error": _ERROR, "Embedding": _EMBEDDING},
+            "schemas": {"Error": _ERROR, "Embedding": _EMBEDDING, "Recommendation": RECOMMENDATION_SCHEMA},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{}, {"bearer": []}],
         "paths": {
+            **recommendation_paths(_error, _COMMON_ERRORS, max_batch_ids),
             "/v1/embeddings/{kind}/{id}": {
                 "get": {
                     "operationId": "getEmbedding",

@@ -19,6 +19,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import allow_header_conformance
 
+from store.item_indexes import ItemIndexes
 from store.vector_store import VersionedVectorStore
 from stream.api import MAX_BATCH_IDS, MAX_BODY_BYTES, ApiContext, create_app
 from stream.broker import free_port
@@ -49,6 +50,10 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     store.set_serving_version(2)
     registry: Any = OneAlignerRegistry()
     context = ApiContext(store=store, metrics=Metrics(), registry=registry, health=lambda: {"store": "ready"})
+    indexes = ItemIndexes(store, dim_of=lambda version: DIM, keep=1)  # version 2 only: 1 answers no_index
+    indexes.track(serving=2)
+    indexes.start()
+    context.item_indexes = indexes
     port = free_port()
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(create_app(context), access_log=None)
@@ -68,6 +73,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+    indexes.stop()
     store.close()
 
 
