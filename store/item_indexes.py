@@ -4,8 +4,8 @@ kept equal to the store's item vectors of that version.
 - Writes: the manager is a commit listener of the store (like the serving cache). After a
   write batch commits, every item vector it wrote at an indexed version is upserted into
   that version's index, and every vector it evicted is discarded from it.
-- Builds: :meth:`ItemIndexes.track` names the versions wanted (serving, staged, then older
-  ones while ``keep`` allows). A new index is built from the store in the background: the
+- Builds: :meth:`ItemIndexes.track` names the versions wanted (serving, staged, then the
+  newest others held while ``keep`` allows, such as the version rolled back from). A new index is built from the store in the background: the
   builder scans the version's item vectors into the graph while commits keep flowing into
   the fresh segment (a value scanned before a later commit never replaces it).
 - Merges: one thread moves fresh rows into each index's graph (see :mod:`store.item_index`).
@@ -85,8 +85,8 @@ class ItemIndexes:
     # ----- which versions -----------------------------------------------------------------
 
     def track(self, serving: int | None, staged: int | None = None) -> None:
-        """Index ``serving`` and ``staged``, then older versions held in the store (newest
-        first) while ``keep`` allows; drop indexes of versions past that bound."""
+        """Index ``serving`` and ``staged``, then other versions already indexed or held in
+        the store (newest first) while ``keep`` allows; drop indexes past that bound."""
         wanted: list[int] = [v for v in (serving, staged) if v is not None]
         held = sorted(self.store.version_counts().get("item", {}), reverse=True)
         with self._lock:
@@ -94,7 +94,7 @@ class ItemIndexes:
         for version in [*kept, *held]:
             if len(wanted) >= self.keep:
                 break
-            if version not in wanted and (serving is None or version < serving):
+            if version not in wanted:
                 wanted.append(version)
         with self._lock:
             for version in [v for v in self._indexes if v not in wanted]:

@@ -85,6 +85,7 @@ class Load:
         self.failures: list[str] = []
         self.reads = 0
         self.versions_seen: set[int] = set()
+        self.recommendation_versions: set[int] = set()
         self.threads = [threading.Thread(target=self._produce), threading.Thread(target=self._read)]
 
     def __enter__(self) -> Load:
@@ -126,7 +127,53 @@ class Load:
                 if any(r is None for r in body["results"]):
                     self.failures.append(f"missing {kind} at version {body['version']}")
                 self.versions_seen |= versions
+            self._recommend(ids[:20])
             self.reads += 1
+
+    def _recommend(self, users: list[str]) -> None:
+        """Every answer names one version, for the user vector and all the items."""
+        status, body = http_json(
+            "POST", f"{self.worker.api}/v1/recommendations/batch", {"user_ids": users, "k": 5}
+        )
+        if status != 200:
+            self.failures.append(f"recommendations {status} {body}")
+            return
+        version = body["version"]
+        self.recommendation_versions.add(version)
+        if any(r is None or r["version"] != version or len(r["items"]) != 5 for r in body["results"]):
+            self.failures.append(f"recommendations missing, short or of another version than {version}")
+
+
+def _scores_match_the_store(worker: WorkerProcess, version: int, users: list[str]) -> int:
+    """Once writes are quiet: each recommended item's score is the user's vector of
+    ``version`` times the item's vector of ``version``. Returns how many scores were checked."""
+    checked = 0
+    for user_id in users:
+        status, body = http_json("GET", f"{worker.api}/v1/recommendations/{user_id}?k=5&version={version}")
+        assert status == 200 and body["version"] == version, body
+        _, user = http_json("GET", f"{worker.api}/v1/embeddings/user/{user_id}?version={version}")
+        ids = [item["id"] for item in body["items"]]
+        _, items = http_json(
+            "POST", f"{worker.api}/v1/embeddings/item/batch", {"ids": ids, "version": version}
+        )
+        for item, vector in zip(body["items"], items["results"], strict=True):
+            expected = sum(a * b for a, b in zip(user["vector"], vector["vector"], strict=True))
+            assert abs(expected - item["score"]) < 1e-4, (version, user_id, item, expected)
+            checked += 1
+    return checked
+
+
+def _quiet(worker: WorkerProcess) -> None:
+    """Wait until the worker has applied everything produced (its consumed count stands still)."""
+    last = -1.0
+
+    def settled() -> bool:
+        nonlocal last
+        now = worker.metric("embstream_events_consumed_total")
+        done, last = now == last, now
+        return done
+
+    wait_until(settled, timeout_s=30, interval_s=1.0)
 
 
 @pytest.fixture
@@ -183,6 +230,10 @@ def test_stage_promote_rollback_under_load_never_fail_or_mix(worker: WorkerProce
         time.sleep(1.0)
     assert load.failures == [], load.failures[:5]
     assert load.reads > 10 and load.versions_seen == {1, 2}
+    assert load.recommendation_versions == {1, 2}
+    _quiet(worker)
+    users = [f"u{n}" for n in range(0, 30, 3)]
+    assert _scores_match_the_store(worker, 1, users) + _scores_match_the_store(worker, 2, users) == 100
     status_code, _ = http_json("GET", f"{worker.api}/v1/embeddings/user/u3?version=3")
     assert status_code == 404  # v3 was never written: not held, and newer than serving
 
