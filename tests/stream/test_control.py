@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
-from models.features import ItemInput, UserInput, UserState
+from models.features import ItemInput, ItemState, UserInput, UserState
+from store.item_index import IndexTuning
+from store.item_indexes import ItemIndexes
 from store.vector_store import VersionedVectorStore
 from stream.backfill import Backfiller, fill_missing
 from stream.control import RolloutState, control_message, decode_control
+from stream.rollout import RolloutController
+from tests.conftest import wait_until
 
 
 def _fold(messages: list[dict]) -> RolloutState:
@@ -69,6 +74,21 @@ def test_a_worker_that_acknowledged_the_stage_but_has_not_reported_holds_promote
     other = control_message("stage", version=4)
     state.apply(other)  # acks of another stage command do not count for version 2
     state.apply(control_message("ack", worker="w3", of=other["id"], command="stage"))
+    assert state.backfill_complete(2)
+
+
+def test_a_worker_reporting_an_item_index_holds_promote_back_until_it_is_built() -> None:
+    stage = control_message("stage", version=2)
+    state = _fold([control_message("worker", worker="w1", serving=1), stage])
+    for kind in ("user", "item"):
+        state.apply(control_message("progress", worker="w1", version=2, kind=kind, done=3, total=3))
+    state.apply(control_message("progress", worker="w1", version=2, kind="index", done=1, total=3))
+    assert not state.backfill_complete(2)
+    state.apply(control_message("progress", worker="w1", version=2, kind="index", done=3, total=3))
+    assert state.backfill_complete(2)
+    # a worker with indexes off reports no "index": users and items suffice for it
+    for kind in ("user", "item"):
+        state.apply(control_message("progress", worker="w2", version=2, kind=kind, done=3, total=3))
     assert state.backfill_complete(2)
 
 
@@ -131,4 +151,33 @@ def test_a_store_that_missed_a_rollout_fills_the_serving_version_once(tmp_path: 
         assert fill_missing(store, encoder, user_window=5) == 0
         assert store.get_meta("fill:8:user") is None  # its progress is not left behind
     finally:
+        store.close()
+
+
+def test_a_staged_version_is_complete_only_once_its_item_index_is_built(tmp_path: Path) -> None:
+    """The controller's progress adds an "index" kind: complete when the backfill has
+    written every item and the staged version's index holds them in its graph."""
+    store = VersionedVectorStore(tmp_path / "db")
+    indexes = ItemIndexes(store, dim_of=lambda version: 2, tuning=IndexTuning(merge_chunk=10, merge_after_s=3600))
+    try:
+        writer = store.writer()
+        for n in range(30):
+            writer.put_state("item", f"i{n:02d}", ItemState().to_bytes())
+        writer.commit()
+        controller = RolloutController(cast(Any, None), store, "w1", indexes=indexes)
+        controller.backfiller = Backfiller(store, ConstantEncoder())
+        indexes.track(serving=1, staged=9)
+        indexes.start()
+        while not controller.backfiller.complete:
+            controller.backfiller.step(100)
+        index = wait_until(lambda: indexes.index(9))
+        assert len(index) == 30 and index.fresh_rows > 10  # written, not yet merged
+        assert not controller.backfill_complete and not controller.progress()["index"].complete
+        messages = controller.progress_messages()
+        assert {m["kind"] for m in messages} == {"user", "item", "index"}
+        index.merge_all()
+        assert controller.backfill_complete
+        assert controller.describe()["backfill"]["index"] == {"done": 30, "total": 30, "complete": True}
+    finally:
+        indexes.stop()
         store.close()
