@@ -66,9 +66,17 @@ def produce_events(bootstrap: str, topic: str, events: int, partitions: int) -> 
 
 
 def run_ingest(
-    bootstrap: str, topic: str, events: int, *, partitions: int, registry: Path, work_dir: Path
+    bootstrap: str,
+    topic: str,
+    events: int,
+    *,
+    partitions: int,
+    registry: Path,
+    work_dir: Path,
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """Our worker (default settings, default encoder) over ``events`` already in ``topic``."""
+    """Our worker (default settings but ``overrides``, default encoder) over ``events``
+    already in ``topic``."""
     settings = Settings(
         broker=bootstrap,
         data_dir=work_dir / "embstream-data",
@@ -79,7 +87,7 @@ def run_ingest(
         group_id=f"bench-embstream-{time.time_ns()}",
         updates_topic=f"{topic}.updates",
         control_topic=f"{topic}.control",
-    )
+    ).with_overrides(**overrides)
     return asyncio.run(_measure(settings, events))
 
 

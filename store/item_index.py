@@ -8,15 +8,16 @@ Two segments answer every query together::
                                       graph segment (HNSW, hnswlib)
 
 - A write lands in the fresh segment inside the store's commit, so a query sees an item as
-  soon as a lookup would. An item already in the graph is hidden there at once (its graph
-  row stops counting) and marked deleted in the graph by the merger.
+  soon as a lookup would. An item already in the graph is marked deleted there at once.
 - The merger (:meth:`ItemIndex.merge_step`, run by :class:`store.item_indexes.ItemIndexes`)
   moves fresh rows into the graph once enough gathered or the oldest waited long enough.
   A row written again while it was being moved stays fresh; the moved copy is dropped.
 - A query searches both and merges by score, leaving out ids it was asked to exclude.
 
-Only the merger changes the graph (adds, deletes, resizes); queries run beside adds
-(hnswlib releases the GIL and supports it) and wait only for a resize.
+Queries run beside adds (hnswlib releases the GIL and supports it); a resize of the graph
+waits for searches and deletes, and they for it. Rows being added are searchable before the
+merge records whose they are: a search skips them and, if that leaves fewer than ``k``,
+asks the graph for more.
 """
 
 from __future__ import annotations
@@ -50,10 +51,12 @@ class IndexTuning:
     merge_rows: int = 1024
     #: ... once the oldest fresh row is this old.
     merge_after_s: float = 2.0
-    #: Rows moved per merge step (the merger's unit of work).
-    merge_chunk: int = 4096
-    #: Threads the merger adds with.
+    #: Rows moved per merge step (the merger's unit of work); with more than this waiting,
+    #: the merger adds with ``build_threads``.
+    merge_chunk: int = 2048
+    #: Threads the merger adds with, and a build from the store.
     threads: int = 1
+    build_threads: int = 2
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class _FreshSegment:
         self.ids: list[str | None] = []
         self.matrix = np.empty((0, dim), dtype=np.float32)
         self.seq = np.empty(0, dtype=np.int64)
+        self.live = np.zeros(0, dtype=bool)
         self.free: list[int] = []
         self.oldest = math.inf  # monotonic time the oldest row was written
 
@@ -89,8 +93,12 @@ class _FreshSegment:
                 grown = max(_FIRST_ROWS, 2 * self.matrix.shape[0])
                 self.matrix = np.resize(self.matrix, (grown, self.dim))
                 self.seq = np.resize(self.seq, grown)
+                live = np.zeros(grown, dtype=bool)
+                live[: self.live.shape[0]] = self.live
+                self.live = live
             self.row_of[entity_id] = row
             self.ids[row] = entity_id
+            self.live[row] = True
             if not math.isfinite(self.oldest):
                 self.oldest = time.monotonic()
         self.matrix[row] = vector
@@ -100,6 +108,7 @@ class _FreshSegment:
         row = self.row_of.pop(entity_id, None)
         if row is not None:
             self.ids[row] = None
+            self.live[row] = False
             self.free.append(row)
         if not self.row_of:
             self.oldest = math.inf
@@ -119,9 +128,9 @@ class _FreshSegment:
             return []
         used = len(self.ids)
         scores = self.matrix[:used] @ query
-        live = np.fromiter((entity_id is not None for entity_id in self.ids), dtype=bool, count=used)
+        live = self.live[:used]
         scores[~live] = -np.inf
-        count = min(count, int(live.sum()))
+        count = min(count, len(self.row_of))
         best = np.argpartition(-scores, count - 1)[:count] if count < used else np.arange(used)
         return [(float(scores[row]), self.ids[row] or "") for row in best if live[row]]
 
@@ -148,8 +157,7 @@ class ItemIndex:
         self._fresh = _FreshSegment(dim)
         self._id_of: dict[int, str] = {}  # live graph label -> id
         self._label_of: dict[str, int] = {}  # id -> its live graph label
-        self._hidden: list[int] = []  # graph labels superseded, not yet marked deleted
-        self._hidden_count = 0  # graph labels searchable but not live (being added, superseded)
+        self._in_flight = 0  # graph labels being added, not yet live
         self._marked = 0  # graph labels marked deleted (the graph skips them itself)
         self._next_label = 0
         self._seq = 0
@@ -181,28 +189,36 @@ class ItemIndex:
         """Items written at this version: searchable from now on with these vectors."""
         vectors = np.asarray(vectors, dtype=np.float32)
         with self._lock:
+            superseded = []
             for entity_id, vector in zip(ids, vectors, strict=True):
                 self._seq += 1
-                self._hide_locked(entity_id)
+                superseded.append(self._label_of.pop(entity_id, None))
                 self._fresh.put(entity_id, vector, self._seq)
                 if self._touched is not None:
                     self._touched.add(entity_id)
+            self._delete_locked(superseded)
 
     def discard(self, ids: Sequence[str]) -> None:
         """Items whose vector of this version left the store: never returned again."""
         with self._lock:
+            removed = []
             for entity_id in ids:
-                self._hide_locked(entity_id)
+                removed.append(self._label_of.pop(entity_id, None))
                 self._fresh.remove(entity_id)
                 if self._touched is not None:
                     self._touched.add(entity_id)
+            self._delete_locked(removed)
 
-    def _hide_locked(self, entity_id: str) -> None:
-        label = self._label_of.pop(entity_id, None)
-        if label is not None:
-            del self._id_of[label]
-            self._hidden.append(label)
-            self._hidden_count += 1
+    def _delete_locked(self, labels: list[int | None]) -> None:
+        """Mark graph labels deleted: the graph never returns them again."""
+        labels = [label for label in labels if label is not None]
+        if not labels:
+            return
+        with self._graph_lock:
+            for label in labels:
+                self._id_of.pop(label, None)
+                self._graph.mark_deleted(label)
+        self._marked += len(labels)
 
     # ----- bulk load (start-up, from the store) ------------------------------------------
 
@@ -228,18 +244,18 @@ class ItemIndex:
         if not keep:
             return 0
         picked = [ids[at] for at in keep]
-        self._add_to_graph(np.asarray(vectors, dtype=np.float32)[keep], labels)
+        self._add_to_graph(np.asarray(vectors, dtype=np.float32)[keep], labels, self.tuning.build_threads)
         with self._lock:
             touched = self._touched or set()
-            added = 0
+            stale: list[int | None] = []
             for entity_id, label in zip(picked, labels, strict=True):
                 if entity_id in touched or entity_id in self._label_of or entity_id in self._fresh.row_of:
-                    self._hidden.append(label)  # written or removed meanwhile: the copy is stale
+                    stale.append(label)  # written or removed meanwhile: the copy is stale
                 else:
                     self._label_of[entity_id], self._id_of[label] = label, entity_id
-                    self._hidden_count -= 1
-                    added += 1
-        return added
+            self._in_flight -= len(labels)
+            self._delete_locked(stale)
+        return len(labels) - len(stale)
 
     def end_load(self) -> None:
         with self._lock:
@@ -248,61 +264,57 @@ class ItemIndex:
     # ----- the merger ---------------------------------------------------------------------
 
     def merge_due(self) -> bool:
-        """Whether :meth:`merge_step` has work: rows to move or labels to delete."""
+        """Whether :meth:`merge_step` has rows to move now."""
         fresh = self._fresh
-        return bool(self._hidden) or (
-            len(fresh) >= self.tuning.merge_rows
-            or (len(fresh) > 0 and time.monotonic() - fresh.oldest >= self.tuning.merge_after_s)
+        return len(fresh) >= self.tuning.merge_rows or (
+            len(fresh) > 0 and time.monotonic() - fresh.oldest >= self.tuning.merge_after_s
         )
 
     def merge_step(self, force: bool = False) -> int:
-        """Delete superseded graph rows, then move one chunk of fresh rows into the graph
-        (when due, or always with ``force``). Returns how many rows moved. One caller at a time."""
+        """Move one chunk of fresh rows into the graph (when due, or always with ``force``).
+        Returns how many rows moved. One caller at a time."""
         with self._lock:
-            hidden, self._hidden = self._hidden, []
             due = len(self._fresh) > 0 and (force or self.merge_due())
-            ids, vectors, seqs = self._fresh.take(self.tuning.merge_chunk) if due else ([], None, None)
+            if not due:
+                return 0
+            ids, vectors, seqs = self._fresh.take(self.tuning.merge_chunk)
             labels = self._reserve_locked(len(ids))
-        for label in hidden:
-            self._graph.mark_deleted(label)
+        backlog = len(self._fresh) > self.tuning.merge_chunk
+        self._add_to_graph(vectors, labels, self.tuning.build_threads if backlog else self.tuning.threads)
         with self._lock:
-            self._hidden_count -= len(hidden)
-            self._marked += len(hidden)
-        if not ids or vectors is None or seqs is None:
-            return 0
-        self._add_to_graph(vectors, labels)
-        moved = 0
-        with self._lock:
+            stale: list[int | None] = []
             for entity_id, label, seq in zip(ids, labels, seqs.tolist(), strict=True):
                 if self._fresh.seq_of(entity_id) == seq:  # not written again meanwhile
                     self._fresh.remove(entity_id)
                     self._label_of[entity_id], self._id_of[label] = label, entity_id
-                    self._hidden_count -= 1
-                    moved += 1
                 else:
-                    self._hidden.append(label)  # the moved copy is stale: deleted next step
-        return moved
+                    stale.append(label)  # the moved copy is stale
+            self._in_flight -= len(labels)
+            self._delete_locked(stale)
+        return len(labels) - len(stale)
 
     def merge_all(self) -> None:
         """Move every fresh row into the graph now (tests, benchmarks, a bulk build)."""
-        while self.fresh_rows or self._hidden:
+        while self.fresh_rows:
             self.merge_step(force=True)
 
     def _reserve_locked(self, count: int) -> list[int]:
-        """``count`` new graph labels, hidden (unsearchable) until their ids are set."""
+        """``count`` new graph labels, skipped by searches until their ids are set."""
         first = self._next_label
         self._next_label += count
-        self._hidden_count += count
+        self._in_flight += count
         return list(range(first, first + count))
 
-    def _add_to_graph(self, vectors: np.ndarray, labels: list[int]) -> None:
+    def _add_to_graph(self, vectors: np.ndarray, labels: list[int], threads: int | None = None) -> None:
         graph = self._graph
         with self._adding:
             needed = graph.get_current_count() + len(labels)
             if needed > graph.get_max_elements():
                 with self._graph_lock:  # resizing moves the graph's memory: no search meanwhile
                     graph.resize_index(max(needed, 2 * graph.get_max_elements()))
-            graph.add_items(vectors, np.asarray(labels, dtype=np.int64), num_threads=self.tuning.threads)
+            graph.add_items(
+                vectors, np.asarray(labels, dtype=np.int64), num_threads=threads or self.tuning.threads
+            )
 
     # ----- queries ------------------------------------------------------------------------
 
@@ -313,11 +325,10 @@ class ItemIndex:
             raise ValueError(f"a query of dimension {query.shape[0]} for an index of dimension {self.dim}")
         with self._lock:
             found = self._fresh.search(query, k + len(exclude))
-            stale = self._hidden_count
             graph_live = len(self._label_of)
         found = [(score, entity_id) for score, entity_id in found if entity_id not in exclude]
         if graph_live:
-            found.extend(self._search_graph(query, k, exclude, stale, graph_live))
+            found.extend(self._search_graph(query, k, exclude))
         found.sort(key=lambda pair: (-pair[0], pair[1]))
         best: dict[str, float] = {}  # an id moved from fresh to graph meanwhile is found twice
         for score, entity_id in found:
@@ -326,12 +337,10 @@ class ItemIndex:
             best.setdefault(entity_id, score)
         return Neighbours(list(best), list(best.values()))
 
-    def _search_graph(
-        self, query: np.ndarray, k: int, exclude: Collection[str], stale: int, graph_live: int
-    ) -> list[tuple[float, str]]:
+    def _search_graph(self, query: np.ndarray, k: int, exclude: Collection[str]) -> list[tuple[float, str]]:
         """Up to ``k`` live graph rows not excluded, asking the graph for more while rows it
-        returns are superseded or excluded (a bounded number of times)."""
-        ask = k + len(exclude) + stale
+        returns are excluded or still being added (a bounded number of times)."""
+        ask = k + len(exclude)
         found: list[tuple[float, str]] = []
         for _ in range(_SEARCH_ATTEMPTS):
             with self._graph_lock:

@@ -5,9 +5,10 @@ kept equal to the store's item vectors of that version.
   write batch commits, every item vector it wrote at an indexed version is upserted into
   that version's index, and every vector it evicted is discarded from it.
 - Builds: :meth:`ItemIndexes.track` names the versions wanted (serving, staged, then the
-  newest others held while ``keep`` allows, such as the version rolled back from). A new index is built from the store in the background: the
-  builder scans the version's item vectors into the graph while commits keep flowing into
-  the fresh segment (a value scanned before a later commit never replaces it).
+  newest others held while ``keep`` allows, such as the version rolled back from). A new
+  index is built from the store in the background: the builder scans the version's item
+  vectors into the graph while commits keep flowing into the fresh segment (a value
+  scanned before a later commit never replaces it).
 - Merges: one thread moves fresh rows into each index's graph (see :mod:`store.item_index`).
 
 An index answers queries once built (:meth:`ItemIndexes.status`); before that, callers say

@@ -132,8 +132,8 @@ def test_a_write_during_a_merge_keeps_the_newer_vector() -> None:
     real_add = index._add_to_graph
     newer = unit_rows(1, seed=2)
 
-    def add_then_write(vectors: np.ndarray, labels: list[int]) -> None:
-        real_add(vectors, labels)
+    def add_then_write(vectors: np.ndarray, labels: list[int], threads: int | None = None) -> None:
+        real_add(vectors, labels, threads)
         index.upsert(["x"], newer)  # lands between the add and the merge's bookkeeping
 
     index._add_to_graph = add_then_write  # type: ignore[method-assign]
