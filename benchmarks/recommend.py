@@ -3,7 +3,8 @@
 Same vectors as ``python -m benchmarks.ann`` (the default encoder's item tower for N items,
 user-tower queries). For one :class:`~store.item_index.ItemIndex`, as the worker uses it:
 
-- build: a bulk load from the store's scan (10,000 rows per call, as at start-up);
+- build: a bulk load from the store's scan (10,000 rows per call, as at start-up), and the
+  resident memory it added (graph and id maps);
 - recall@10 against exact search, single-query p50/p99 and queries/s, graph only;
 - the same with 10,000 items just updated (moved vectors, in the exact fresh segment);
 - the update rate: upserts per second (the commit path) and rows moved into the graph per
@@ -50,6 +51,14 @@ def _queries(index: ItemIndex, ids: list[str], queries: np.ndarray, truth: list[
     }
 
 
+def _rss_mb() -> float:
+    """This process's resident memory, MiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _truth(ids: list[str], items: np.ndarray, queries: np.ndarray) -> list[set[str]]:
     return [{ids[n] for n in row} for row in _exact(items, queries).tolist()]
 
@@ -61,12 +70,14 @@ def run_recommend(items: int, queries: int = 1_000, updated: int = 10_000) -> di
     index = ItemIndex(1, item_vectors.shape[1], tuning, capacity=items)
     result: dict[str, Any] = {"items": items, "queries": queries, "dim": int(item_vectors.shape[1]),
                               "cores": os.cpu_count(), "tuning": tuning.__dict__}  # fmt: skip
+    rss_before = _rss_mb()
     began = time.perf_counter()
     index.begin_load()
     for start in range(0, items, 10_000):
         index.load(ids[start : start + 10_000], item_vectors[start : start + 10_000])
     index.end_load()
     result["build_seconds"] = round(time.perf_counter() - began, 2)
+    result["index_memory_mb"] = round(_rss_mb() - rss_before, 1)  # resident growth while building
     result["build_items_per_second"] = round(items / (time.perf_counter() - began))
     print("built", result["build_seconds"], "s", file=sys.stderr, flush=True)
     result["graph_only"] = _queries(index, ids, query_vectors, _truth(ids, item_vectors, query_vectors))

@@ -14,10 +14,15 @@ Two segments answer every query together::
   A row written again while it was being moved stays fresh; the moved copy is dropped.
 - A query searches both and merges by score, leaving out ids it was asked to exclude.
 
-Queries run beside adds (hnswlib releases the GIL and supports it); a resize of the graph
-waits for searches and deletes, and they for it. Rows being added are searchable before the
-merge records whose they are: a search skips them and, if that leaves fewer than ``k``,
-asks the graph for more.
+Every call into the graph holds one lock: hnswlib does not let a search run beside an add.
+Adds go in slices of :data:`_ADD_SLICE` rows, so a search waits for one slice at most. Rows
+being added are searchable before the merge records whose they are: a search skips them
+and, if that leaves fewer than ``k``, asks the graph for more.
+
+A write of an item already in the graph deletes its old graph row (hnswlib marks it; the
+slot stays). Once deleted rows outnumber live ones, the merger compacts: it copies the live
+rows into a new graph and swaps it in (:meth:`ItemIndex.compact`), so the graph grows with
+the items, not with their updates.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ __all__ = ["IndexTuning", "ItemIndex", "Neighbours"]
 _FIRST_ROWS = 1024
 #: Graph searches per query at most, each asking for twice as many rows as the last.
 _SEARCH_ATTEMPTS = 6
+#: Rows per call adding to the graph: what a search may have to wait for.
+_ADD_SLICE = 64
+#: Rows copied per step of a compaction.
+_COPY_CHUNK = 10_000
 
 
 @dataclass(frozen=True)
@@ -54,9 +63,11 @@ class IndexTuning:
     #: Rows moved per merge step (the merger's unit of work); with more than this waiting,
     #: the merger adds with ``build_threads``.
     merge_chunk: int = 2048
-    #: Threads the merger adds with, and a build from the store.
+    #: Threads the merger adds with, and a build from the store (or a backlog, a compaction).
     threads: int = 1
     build_threads: int = 2
+    #: Compact once deleted graph rows outnumber live ones and are at least this many.
+    compact_min_deleted: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -143,16 +154,9 @@ class ItemIndex:
         self.dim = dim
         self.tuning = tuning or IndexTuning()
         self._lock = threading.Lock()  # the id maps and the fresh segment
-        self._graph_lock = threading.Lock()  # searches of the graph against its resize
-        self._adding = threading.Lock()  # one adder at a time (a bulk load beside the merger)
-        self._graph = hnswlib.Index(space="ip", dim=dim)
-        self._graph.init_index(
-            max_elements=max(_FIRST_ROWS, capacity),
-            M=self.tuning.connectivity,
-            ef_construction=self.tuning.ef_construction,
-        )
-        self._graph.set_ef(self.tuning.ef_search)
-        self._graph.set_num_threads(1)
+        self._graph_lock = threading.Lock()  # every call into the graph
+        self._adding = threading.Lock()  # one adder at a time (merger, bulk load, compaction)
+        self._graph = self._new_graph(capacity)
         self._ef = self.tuning.ef_search
         self._fresh = _FreshSegment(dim)
         self._id_of: dict[int, str] = {}  # live graph label -> id
@@ -163,6 +167,20 @@ class ItemIndex:
         self._seq = 0
         #: Ids written or removed since a bulk load began (see :meth:`load`).
         self._touched: set[str] | None = None
+        #: Graph labels deleted while a compaction copies (replayed on the new graph).
+        self._deleted_while_copying: list[int] | None = None
+        self.compactions = 0
+
+    def _new_graph(self, capacity: int) -> hnswlib.Index:
+        graph = hnswlib.Index(space="ip", dim=self.dim)
+        graph.init_index(
+            max_elements=max(_FIRST_ROWS, capacity),
+            M=self.tuning.connectivity,
+            ef_construction=self.tuning.ef_construction,
+        )
+        graph.set_ef(self.tuning.ef_search)
+        graph.set_num_threads(1)
+        return graph
 
     # ----- sizes -------------------------------------------------------------------------
 
@@ -209,9 +227,9 @@ class ItemIndex:
                     self._touched.add(entity_id)
             self._delete_locked(removed)
 
-    def _delete_locked(self, labels: list[int | None]) -> None:
+    def _delete_locked(self, maybe_labels: list[int | None]) -> None:
         """Mark graph labels deleted: the graph never returns them again."""
-        labels = [label for label in labels if label is not None]
+        labels = [label for label in maybe_labels if label is not None]
         if not labels:
             return
         with self._graph_lock:
@@ -219,6 +237,8 @@ class ItemIndex:
                 self._id_of.pop(label, None)
                 self._graph.mark_deleted(label)
         self._marked += len(labels)
+        if self._deleted_while_copying is not None:
+            self._deleted_while_copying.extend(labels)
 
     # ----- bulk load (start-up, from the store) ------------------------------------------
 
@@ -291,6 +311,8 @@ class ItemIndex:
                     stale.append(label)  # the moved copy is stale
             self._in_flight -= len(labels)
             self._delete_locked(stale)
+            if len(self._fresh):  # what is left waits its own turn, not the moved rows'
+                self._fresh.oldest = time.monotonic()
         return len(labels) - len(stale)
 
     def merge_all(self) -> None:
@@ -306,15 +328,56 @@ class ItemIndex:
         return list(range(first, first + count))
 
     def _add_to_graph(self, vectors: np.ndarray, labels: list[int], threads: int | None = None) -> None:
-        graph = self._graph
+        keys = np.asarray(labels, dtype=np.int64)
         with self._adding:
-            needed = graph.get_current_count() + len(labels)
-            if needed > graph.get_max_elements():
-                with self._graph_lock:  # resizing moves the graph's memory: no search meanwhile
-                    graph.resize_index(max(needed, 2 * graph.get_max_elements()))
-            graph.add_items(
-                vectors, np.asarray(labels, dtype=np.int64), num_threads=threads or self.tuning.threads
-            )
+            for start in range(0, len(labels), _ADD_SLICE):
+                with self._graph_lock:
+                    graph = self._graph
+                    needed = graph.get_current_count() + min(_ADD_SLICE, len(labels) - start)
+                    if needed > graph.get_max_elements():
+                        graph.resize_index(max(needed, 2 * graph.get_max_elements()))
+                    graph.add_items(
+                        vectors[start : start + _ADD_SLICE],
+                        keys[start : start + _ADD_SLICE],
+                        num_threads=threads or self.tuning.threads,
+                    )
+
+    # ----- compaction ---------------------------------------------------------------------
+
+    def compact_due(self) -> bool:
+        """Deleted graph rows outnumber live ones (and are at least ``compact_min_deleted``)."""
+        return self._marked >= max(self.tuning.compact_min_deleted, len(self._label_of) + 1)
+
+    def compact(self) -> None:
+        """Copy the live graph rows into a new graph and swap it in; deletes made while
+        copying are replayed on it. Searches and writes go on meanwhile (merges wait)."""
+        with self._adding:
+            with self._lock:
+                labels = list(self._id_of)
+                self._deleted_while_copying = []
+            graph = self._new_graph(int(len(labels) * 1.25) + self.tuning.merge_chunk)
+            copied: set[int] = set()
+            try:
+                for start in range(0, len(labels), _COPY_CHUNK):
+                    with self._lock, self._graph_lock:  # no delete between the check and the read
+                        part = [
+                            label for label in labels[start : start + _COPY_CHUNK] if label in self._id_of
+                        ]
+                        vectors = np.asarray(self._graph.get_items(part), dtype=np.float32)
+                    if part:
+                        graph.add_items(
+                            vectors, np.asarray(part, dtype=np.int64), num_threads=self.tuning.build_threads
+                        )
+                        copied.update(part)
+                with self._lock, self._graph_lock:
+                    replayed = [label for label in self._deleted_while_copying if label in copied]
+                    for label in replayed:
+                        graph.mark_deleted(label)
+                    self._graph, self._marked, self._ef = graph, len(replayed), self.tuning.ef_search
+                    self.compactions += 1
+            finally:
+                with self._lock:
+                    self._deleted_while_copying = None
 
     # ----- queries ------------------------------------------------------------------------
 

@@ -17,7 +17,9 @@ it is being built. Indexes live in memory: a restart builds them again from the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +36,21 @@ log = logging.getLogger("embstream.index")
 
 #: ``progress(version, done, total)`` while a build scans the store.
 BuildProgress = Callable[[int, int, int], None]
+#: Seconds before a failed build or merge is tried again.
+_RETRY_S = 5.0
+
+
+def _at_low_priority(target: Callable[[], None]) -> Callable[[], None]:
+    """``target``, run by a thread at nice 10 where the system allows it (Linux sets niceness
+    per thread): index work yields the cores to the stream worker under load and catches up
+    when they are idle."""
+
+    def run() -> None:
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        target()
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -76,7 +93,7 @@ class ItemIndexes:
         self._lock = threading.Lock()
         self._indexes: dict[int, ItemIndex] = {}
         self._building: dict[int, tuple[int, int]] = {}  # version -> (scanned, total)
-        self._queue: list[int] = []
+        self._queue: list[tuple[int, ItemIndex]] = []  # builds to run, oldest first
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -97,20 +114,25 @@ class ItemIndexes:
                 break
             if version not in wanted:
                 wanted.append(version)
+        dims: dict[int, int] = {}
+        for version in wanted:
+            if version not in self._indexes:
+                try:
+                    dims[version] = self.dim_of(version)
+                except Exception as error:  # e.g. deleted from the registry: nothing to index it with
+                    log.warning("item index of version %d not built: %s", version, error)
         with self._lock:
             for version in [v for v in self._indexes if v not in wanted]:
                 del self._indexes[version]
                 self._building.pop(version, None)
                 log.info("item index of version %d dropped (more than %d versions)", version, self.keep)
-            for version in wanted:
+            for version, dim in dims.items():
                 if version not in self._indexes:
-                    index = ItemIndex(
-                        version, self.dim_of(version), self.tuning, capacity=self._expected(version)
-                    )
+                    index = ItemIndex(version, dim, self.tuning, capacity=self._expected(version))
                     index.begin_load()  # before it sees any write, so the scan never undoes one
                     self._indexes[version] = index
                     self._building[version] = (0, self._expected(version))
-                    self._queue.append(version)
+                    self._queue.append((version, index))
         self._wake.set()
 
     def _expected(self, version: int) -> int:
@@ -163,6 +185,7 @@ class ItemIndexes:
                     vectors.shape[1],
                     index.dim,
                 )
+                index.discard(ids)  # their earlier vectors are gone from the store too
                 return
             index.upsert(ids, vectors)
             self._wake.set()
@@ -181,7 +204,7 @@ class ItemIndexes:
             ("embstream-index-build", self._build_loop),
             ("embstream-index-merge", self._merge_loop),
         ):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread = threading.Thread(target=_at_low_priority(target), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -195,26 +218,31 @@ class ItemIndexes:
     def _build_loop(self) -> None:
         while not self._stop.is_set():
             with self._lock:
-                version = self._queue.pop(0) if self._queue else None
-                index = None if version is None else self._indexes.get(version)
-            if version is None or index is None:
+                queued = self._queue.pop(0) if self._queue else None
+            if queued is None:
                 self._wake.wait(0.2)
                 self._wake.clear()
                 continue
+            version, index = queued
+            if self._indexes.get(version) is not index or version not in self._building:
+                continue  # dropped (or replaced) since it was queued
             try:
                 self.build(version, index)
-            except Exception:  # a damaged store: lookups report it; the index stays building
-                log.exception("item index of version %d not built", version)
+            except Exception:  # e.g. a damaged store: say so, and try again later
+                log.exception("item index of version %d not built; trying again in %.0f s", version, _RETRY_S)
+                self._stop.wait(_RETRY_S)
+                with self._lock:
+                    self._queue.append(queued)
 
     def build(self, version: int, index: ItemIndex) -> None:
         """Scan ``version``'s item vectors into ``index`` (already receiving commits)."""
         started = time.monotonic()
         total = self._expected(version)
         scanned = 0
-        for ids, vectors in self.store.iter_vectors("item", version, self.build_chunk):
+        for ids, vectors in self.store.iter_vectors("item", version, self.build_chunk, dim=index.dim):
             if self._stop.is_set() or self._indexes.get(version) is not index:
                 return
-            if vectors.shape[1] == index.dim:
+            if len(ids):
                 index.load(ids, vectors)
             scanned += len(ids)
             with self._lock:
@@ -239,8 +267,14 @@ class ItemIndexes:
                 indexes = list(self._indexes.values())
             moved = 0
             for index in indexes:
-                if index.merge_due():
-                    moved += index.merge_step()
+                try:
+                    if index.compact_due():
+                        index.compact()
+                    if index.merge_due():
+                        moved += index.merge_step()
+                except Exception:  # keep merging the others; this one is tried again
+                    log.exception("item index of version %d: merge failed", index.version)
+                    self._stop.wait(_RETRY_S)
             self.merged_rows += moved
             if not moved:
                 self._wake.wait(0.1)

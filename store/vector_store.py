@@ -314,10 +314,11 @@ class VersionedVectorStore:
         return copied
 
     def iter_vectors(
-        self, kind: str, version: int, chunk: int = 10_000
+        self, kind: str, version: int, chunk: int = 10_000, dim: int | None = None
     ) -> Iterator[tuple[list[str], np.ndarray]]:
         """Every stored vector of ``version`` of one kind, in key order: ``(ids, matrix)``
-        chunks of at most ``chunk`` rows, float32 (rows of another dimension are skipped)."""
+        chunks of at most ``chunk`` ids scanned, float32; rows of a dimension other than
+        ``dim`` (default: the first row's) are left out."""
         prefix = entity_key(kind, "")
         ids: list[str] = []
         rows: list[np.ndarray] = []
@@ -327,13 +328,16 @@ class VersionedVectorStore:
             span = locate_entry(raw, version)
             if span is None:
                 continue
-            ids.append(key[len(prefix) :].decode("utf-8"))
-            rows.append(span_vector(raw, span))
+            row = span_vector(raw, span)
+            dim = row.shape[0] if dim is None else dim
+            if row.shape[0] == dim:
+                ids.append(key[len(prefix) :].decode("utf-8"))
+                rows.append(row)
             if len(ids) >= chunk:
-                yield _stacked(ids, rows)
+                yield ids, np.stack(rows).astype(np.float32, copy=False)
                 ids, rows = [], []
         if ids:
-            yield _stacked(ids, rows)
+            yield ids, np.stack(rows).astype(np.float32, copy=False)
 
     def checkpoint(self, target: str | Path) -> Path:
         """A consistent copy of the whole store in ``target`` (a new directory), taken while
@@ -486,13 +490,6 @@ def damaged_message(path: Path, detail: str) -> str:
         "start the worker again, which rebuilds state and vectors from the events the "
         "interactions topic still retains"
     )
-
-
-def _stacked(ids: list[str], rows: list[np.ndarray]) -> tuple[list[str], np.ndarray]:
-    """Rows as one float32 matrix, keeping the ids of the first row's dimension."""
-    dim = rows[0].shape[0]
-    kept = [at for at, row in enumerate(rows) if row.shape[0] == dim]
-    return [ids[at] for at in kept], np.stack([rows[at] for at in kept]).astype(np.float32, copy=False)
 
 
 def _fill(

@@ -3,13 +3,20 @@ vector's own version (see :mod:`stream.recommend`)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from stream.api import CONTEXT_KEY, MAX_BATCH_IDS, ApiError, check_id, json_response, parse_version
-from stream.recommend import MAX_K, Recommendation, RecommendationError, recommend_many
+from stream.api import CONTEXT_KEY, ApiError, check_id, json_response, parse_version
+from stream.recommend import (
+    MAX_K,
+    MAX_RECOMMENDATION_USERS,
+    Recommendation,
+    RecommendationError,
+    recommend_many,
+)
 
 __all__ = ["DEFAULT_K", "add_recommendation_routes"]
 
@@ -59,10 +66,18 @@ def add_recommendation_routes(app: web.Application) -> None:
     ) -> tuple[int, list[Recommendation | None]]:
         context = request.app[CONTEXT_KEY]
         if context.item_indexes is None:
+            context.metrics.recommendations["no_index"] += 1
             raise ApiError(404, "no_index", "item indexes are off (EMBSTREAM_INDEX_VERSIONS=0)")
-        try:
-            answered, results = recommend_many(
-                context.store, context.item_indexes, user_ids, k, version, context.carry, exclude_seen
+        try:  # on a thread: a large batch must not hold up the event loop
+            answered, results = await asyncio.to_thread(
+                recommend_many,
+                context.store,
+                context.item_indexes,
+                user_ids,
+                k,
+                version,
+                context.carry,
+                exclude_seen,
             )
         except RecommendationError as error:
             context.metrics.recommendations[error.code] += 1
@@ -88,8 +103,8 @@ def add_recommendation_routes(app: web.Application) -> None:
             raise ApiError(400, "bad_body", "the body must be JSON") from None
         if not isinstance(body, dict) or not isinstance(body.get("user_ids"), list):
             raise ApiError(400, "bad_body", 'the body must be {"user_ids": [...], "k": K, "version": V}')
-        if len(body["user_ids"]) > MAX_BATCH_IDS:
-            raise ApiError(400, "too_many_ids", f"at most {MAX_BATCH_IDS} users per batch")
+        if len(body["user_ids"]) > MAX_RECOMMENDATION_USERS:
+            raise ApiError(400, "too_many_ids", f"at most {MAX_RECOMMENDATION_USERS} users per batch")
         user_ids = [check_id(user_id) for user_id in body["user_ids"]]
         k = _k(body.get("k"))
         version = parse_version(body.get("version"))

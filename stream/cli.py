@@ -1,4 +1,4 @@
-"""The ``embstream`` command line: run, demo, produce, lookup, train, models, swap, store."""
+"""The ``embstream`` command line: run, demo, produce, lookup, recommend, train, models, swap, store."""
 
 from __future__ import annotations
 
@@ -111,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument(
         "--api", default=None, help="API base URL (default: EMBSTREAM_API_URL or http://127.0.0.1:8080)"
     )
+    recommend = commands.add_parser("recommend", help="top-k items for a user from a running API")
+    recommend.add_argument("user_id")
+    recommend.add_argument("--k", type=_positive_int, help="how many items (default: 10)")
+    recommend.add_argument("--version", type=_positive_int, help="version (default: serving)")
+    recommend.add_argument(
+        "--include-seen", action="store_true", help="keep items the user interacted with recently"
+    )
+    recommend.add_argument(
+        "--api", default=None, help="API base URL (default: EMBSTREAM_API_URL or http://127.0.0.1:8080)"
+    )
     return parser
 
 
@@ -205,12 +215,24 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 
 
 def _cmd_lookup(args: argparse.Namespace) -> int:
+    path = f"/v1/embeddings/{args.kind}/{urllib.parse.quote(args.id, safe='')}"
+    return _get_api(args.api, path, {"version": args.version})
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    path = f"/v1/recommendations/{urllib.parse.quote(args.user_id, safe='')}"
+    query = {"k": args.k, "version": args.version, "exclude_seen": "false" if args.include_seen else None}
+    return _get_api(args.api, path, query)
+
+
+def _get_api(api: str | None, path: str, query: dict[str, object]) -> int:
+    """GET ``path`` from a running API and print the JSON: exit 1 on an error answer, 2 when
+    the API cannot be reached."""
     import os
 
-    base = (args.api or os.environ.get("EMBSTREAM_API_URL") or "http://127.0.0.1:8080").rstrip("/")
-    url = f"{base}/v1/embeddings/{args.kind}/{urllib.parse.quote(args.id, safe='')}"
-    if args.version is not None:
-        url += f"?version={args.version}"
+    base = (api or os.environ.get("EMBSTREAM_API_URL") or "http://127.0.0.1:8080").rstrip("/")
+    given = {name: value for name, value in query.items() if value is not None}
+    url = f"{base}{path}" + (f"?{urllib.parse.urlencode(given)}" if given else "")
     request = urllib.request.Request(url)
     token = os.environ.get("EMBSTREAM_API_TOKEN")
     if token:
@@ -239,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _cmd_demo,
         "produce": _cmd_produce,
         "lookup": _cmd_lookup,
+        "recommend": _cmd_recommend,
         "train": run_train,
         "models": run_models,
         "swap": run_swap,

@@ -72,7 +72,7 @@ def openapi_document(max_batch_ids: int, max_body_bytes: int) -> dict[str, Any]:
         },
         "security": [{}, {"bearer": []}],
         "paths": {
-            **recommendation_paths(_error, _COMMON_ERRORS, max_batch_ids),
+            **recommendation_paths(_error, _COMMON_ERRORS),
             "/v1/embeddings/{kind}/{id}": {
                 "get": {
                     "operationId": "getEmbedding",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from stream.events import MAX_ID_LENGTH
-from stream.recommend import MAX_K
+from stream.recommend import MAX_K, MAX_RECOMMENDATION_USERS
 
 __all__ = ["RECOMMENDATION_SCHEMA", "recommendation_paths"]
 
@@ -36,7 +36,7 @@ def _nullable(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {**schema, "nullable": True, "description": description}
 
 
-def recommendation_paths(error: Any, common_errors: dict[str, Any], max_batch_ids: int) -> dict[str, Any]:
+def recommendation_paths(error: Any, common_errors: dict[str, Any]) -> dict[str, Any]:
     """``/v1/recommendations/{user_id}`` and ``/v1/recommendations/batch``."""
     errors = {
         **common_errors,
@@ -86,7 +86,7 @@ def recommendation_paths(error: Any, common_errors: dict[str, Any], max_batch_id
                                 "properties": {
                                     "user_ids": {
                                         "type": "array",
-                                        "maxItems": max_batch_ids,
+                                        "maxItems": MAX_RECOMMENDATION_USERS,
                                         "items": _USER_ID,
                                     },
                                     "k": _nullable(_K, "default 10"),

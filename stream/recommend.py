@@ -18,9 +18,11 @@ from store.item_indexes import ItemIndexes
 from store.lookup import CarryProvider, resolve_many
 from store.vector_store import VersionedVectorStore
 
-__all__ = ["MAX_K", "Recommendation", "RecommendationError", "recommend_many"]
+__all__ = ["MAX_K", "MAX_RECOMMENDATION_USERS", "Recommendation", "RecommendationError", "recommend_many"]
 
 MAX_K = 1_000
+#: Users per batch request: each is one index search of up to k + window rows.
+MAX_RECOMMENDATION_USERS = 1_000
 
 
 class RecommendationError(Exception):

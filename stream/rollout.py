@@ -137,19 +137,23 @@ class RolloutController:
         log.info("staged version %d: dual write and backfill", version)
 
     def progress(self) -> dict[str, BackfillProgress]:
-        """The staged version's backfill per kind and, with item indexes, its index (items in
-        the graph; complete once the backfill is and the index is built and merged)."""
+        """The staged version's index and backfill per kind. The index counts items in its
+        graph and is complete once the item backfill is and the index is built and merged."""
         if self.backfiller is None:
             return {}
-        progress = self.backfiller.progress()
+        backfill = self.backfiller.progress()
+        # The index first: a promote reading between these reports must never see users and
+        # items complete before it sees the index. A worker without indexes reports 0 of 0,
+        # so an index row it left before a restart with indexes off does not hold promote.
+        index = BackfillProgress(0, 0, True)
         if self.indexes is not None:
             status = self.indexes.status().get(self.backfiller.encoder.version)
-            items = progress["item"]
+            items = backfill["item"]
             total = max(1, items.total, 0 if status is None else status.items)
             complete = items.complete and status is not None and status.ready
             done = total if complete else min(total - 1, 0 if status is None else status.graph_items)
-            progress["index"] = BackfillProgress(done, total, complete)
-        return progress
+            index = BackfillProgress(done, total, complete)
+        return {"index": index, **backfill}
 
     @property
     def backfill_complete(self) -> bool:

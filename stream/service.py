@@ -142,7 +142,11 @@ async def _keep_indexes_tracking(
             await asyncio.sleep(0.1)
             wanted = (controller.store.serving_version, controller.state.staged)
             if wanted != tracked:
-                await asyncio.to_thread(indexes.track, *wanted)
+                try:
+                    await asyncio.to_thread(indexes.track, *wanted)
+                except Exception as error:  # e.g. a store read failing: try again next round
+                    log.error("item indexes not updated for versions %s: %s", wanted, error)
+                    continue
                 tracked = wanted
 
     task = asyncio.ensure_future(follow())

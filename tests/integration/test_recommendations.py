@@ -3,6 +3,9 @@ the freshness budget, seen items left out, indexes rebuilt from the store after 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,3 +140,18 @@ def test_a_restart_rebuilds_the_index_from_the_store(worker: WorkerProcess) -> N
         assert [i["id"] for i in after[user]] == [i["id"] for i in items]
         assert [i["score"] for i in after[user]] == pytest.approx([i["score"] for i in items], abs=1e-5)
     assert "item index of version 1: built" in worker.log()
+
+
+def test_the_cli_prints_recommendations(worker: WorkerProcess) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "stream.cli", "recommend", *args, "--api", worker.api]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    shown = cli("u1", "--k", "3")
+    assert shown.returncode == 0, shown.stderr
+    body = json.loads(shown.stdout)
+    assert body["user_id"] == "u1" and len(body["items"]) == 3
+    with_seen = json.loads(cli("u1", "--k", str(ITEMS + 10), "--include-seen").stdout)
+    assert with_seen["excluded_seen"] == 0
+    missing = cli("nobody")
+    assert missing.returncode == 1 and "no vector" in missing.stderr

@@ -4,6 +4,7 @@ and no stale or removed item ever returned, whatever the interleaving of writes 
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -191,3 +192,56 @@ def test_queries_beside_merges_and_writes_see_only_current_vectors() -> None:
     index.merge_all()
     assert len(index) == 3_000 - len(discarded)
     assert index.graph_rows == 3_000 - len(discarded)
+
+
+def test_updates_do_not_grow_the_graph_without_bound() -> None:
+    """Every update deletes a graph row; once deleted rows outnumber live ones a compaction
+    copies the live rows into a new graph, and answers stay the same."""
+    index = make_index(compact_min_deleted=500)
+    ids = [f"i{n}" for n in range(400)]
+    rows = unit_rows(400)
+    for round_ in range(6):
+        rows = unit_rows(400, seed=round_)
+        index.upsert(ids, rows)
+        index.merge_all()
+        if index.compact_due():
+            index.compact()
+    assert index.compactions >= 1
+    assert index._graph.get_current_count() <= 2 * 400 + 500
+    assert len(index) == 400 == index.graph_rows
+    query = unit_rows(1, seed=99)[0]
+    assert index.search(query, 20).ids == exact_top(ids, rows, query, 20)
+
+
+def test_deletes_while_compacting_are_kept_on_the_new_graph() -> None:
+    index = make_index(compact_min_deleted=1)
+    ids = [f"i{n}" for n in range(300)]
+    rows = unit_rows(300)
+    index.upsert(ids, rows)
+    index.merge_all()
+    index.upsert(ids[:200], unit_rows(200, seed=5))
+    index.merge_all()
+    real_get = index._graph.get_items
+    done: list[bool] = []
+
+    class Spy:
+        """Deletes an item in the middle of the copy (after its row was copied)."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(graph, name)
+
+        def get_items(self, labels: list[int]) -> object:
+            found = real_get(labels)
+            if not done:
+                done.append(True)
+                threading.Thread(target=index.discard, args=(["i250"],)).start()
+                time.sleep(0.2)
+            return found
+
+    graph = index._graph
+    index._graph = Spy()  # type: ignore[assignment]
+    index.compact()
+    assert "i250" not in index
+    for query in unit_rows(20, seed=3):
+        assert "i250" not in index.search(query, 300).ids
+    assert len(index.search(unit_rows(1, seed=4)[0], 400).ids) == 299

@@ -158,7 +158,9 @@ def test_a_staged_version_is_complete_only_once_its_item_index_is_built(tmp_path
     """The controller's progress adds an "index" kind: complete when the backfill has
     written every item and the staged version's index holds them in its graph."""
     store = VersionedVectorStore(tmp_path / "db")
-    indexes = ItemIndexes(store, dim_of=lambda version: 2, tuning=IndexTuning(merge_chunk=10, merge_after_s=3600))
+    indexes = ItemIndexes(
+        store, dim_of=lambda version: 2, tuning=IndexTuning(merge_chunk=10, merge_after_s=3600)
+    )
     try:
         writer = store.writer()
         for n in range(30):
@@ -174,10 +176,24 @@ def test_a_staged_version_is_complete_only_once_its_item_index_is_built(tmp_path
         assert len(index) == 30 and index.fresh_rows > 10  # written, not yet merged
         assert not controller.backfill_complete and not controller.progress()["index"].complete
         messages = controller.progress_messages()
-        assert {m["kind"] for m in messages} == {"user", "item", "index"}
+        assert [m["kind"] for m in messages] == ["index", "user", "item"]  # the index first
         index.merge_all()
         assert controller.backfill_complete
         assert controller.describe()["backfill"]["index"] == {"done": 30, "total": 30, "complete": True}
     finally:
         indexes.stop()
+        store.close()
+
+
+def test_a_worker_without_indexes_reports_its_index_as_nothing_to_do(tmp_path: Path) -> None:
+    """0 of 0: an index row left by an earlier run with indexes on cannot hold promote."""
+    store = VersionedVectorStore(tmp_path / "db")
+    try:
+        controller = RolloutController(cast(Any, None), store, "w1")
+        controller.backfiller = Backfiller(store, ConstantEncoder())
+        controller.backfiller.step(10)
+        index = controller.progress()["index"]
+        assert (index.done, index.total, index.complete) == (0, 0, True)
+        assert controller.backfill_complete
+    finally:
         store.close()
