@@ -191,7 +191,8 @@ def test_a_worker_without_indexes_reports_its_index_as_nothing_to_do(tmp_path: P
     try:
         controller = RolloutController(cast(Any, None), store, "w1")
         controller.backfiller = Backfiller(store, ConstantEncoder())
-        controller.backfiller.step(10)
+        while not controller.backfiller.complete:
+            controller.backfiller.step(10)
         index = controller.progress()["index"]
         assert (index.done, index.total, index.complete) == (0, 0, True)
         assert controller.backfill_complete
