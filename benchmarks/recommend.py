@@ -9,10 +9,11 @@ user-tower queries). For one :class:`~store.item_index.ItemIndex`, as the worker
 - the same with 10,000 items just updated (moved vectors, in the exact fresh segment);
 - the update rate: upserts per second (the commit path) and rows moved into the graph per
   second by the merger; and query p50/p99 while the merger runs beside them;
+- recall@10 of a graph built from scratch on the updated vectors, for reference;
 - ``--ingest N``: worker throughput with item indexes on (the default) and off, alternating,
   each on the same N events in one broker.
 
-    python -m benchmarks.recommend --items 100000 [--ingest 200000] [--out FILE]
+    python -m benchmarks.recommend --items 100000 [--ingest 200000] [--no-rebuild] [--out FILE]
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def _truth(ids: list[str], items: np.ndarray, queries: np.ndarray) -> list[set[s
     return [{ids[n] for n in row} for row in _exact(items, queries).tolist()]
 
 
-def run_recommend(items: int, queries: int = 1_000, updated: int = 10_000) -> dict[str, Any]:
+def run_recommend(
+    items: int, queries: int = 1_000, updated: int = 10_000, rebuild: bool = True
+) -> dict[str, Any]:
     item_vectors, query_vectors = _vectors(items, queries)
     ids = [f"i{n}" for n in range(items)]
     tuning = IndexTuning()
@@ -130,6 +133,8 @@ def run_recommend(items: int, queries: int = 1_000, updated: int = 10_000) -> di
     }
     result["after_merge"] = _queries(index, ids, query_vectors, truth)
     print("updates", result["updates"], result["after_merge"], file=sys.stderr, flush=True)
+    if not rebuild:
+        return result
     rebuilt = ItemIndex(1, item_vectors.shape[1], tuning, capacity=items)  # the same vectors, from scratch
     rebuilt.begin_load()
     for start in range(0, items, 10_000):
@@ -170,9 +175,10 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=1_000)
     parser.add_argument("--ingest", type=int, default=0, metavar="EVENTS")
+    parser.add_argument("--no-rebuild", action="store_true", help="skip the from-scratch reference build")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    result = run_recommend(args.items, args.queries)
+    result = run_recommend(args.items, args.queries, rebuild=not args.no_rebuild)
     if args.ingest:
         result["ingest_cost"] = run_ingest_cost(args.ingest)
     emit_results(result, args.out)

@@ -197,6 +197,15 @@ def worker(
         running.stop()
 
 
+def _all_present(worker: WorkerProcess) -> bool:
+    """Every user and item a :class:`Load` reads has a vector on ``worker``."""
+    for kind, ids in (("user", [f"u{n}" for n in range(60)]), ("item", [f"i{n}" for n in range(60)])):
+        status, body = http_json("POST", f"{worker.api}/v1/embeddings/{kind}/batch", {"ids": ids})
+        if status != 200 or any(result is None for result in body["results"]):
+            return False
+    return True
+
+
 def _serving(worker: WorkerProcess) -> int:
     return http_json("GET", f"{worker.api}/v1/versions")[1]["serving_version"]
 
@@ -317,14 +326,8 @@ def test_a_swap_with_two_scale_out_workers_moves_both_and_keeps_replicas_equal(
         a.start()
         b.start()
         send_records([broker.bootstrap], topic, _events(range(0, 600), 500, 0))
-        for node in (a, b):
-            wait_until(
-                lambda n=node: (
-                    http_json("GET", f"{n.api}/v1/embeddings/item/i59")[0] == 200
-                    and http_json("GET", f"{n.api}/v1/embeddings/user/u599")[0] == 200
-                ),
-                timeout_s=60,
-            )
+        for node in (a, b):  # every id the loads read, on both nodes (items come one hop later)
+            wait_until(lambda n=node: _all_present(n), timeout_s=60)
         with Load(a, users=600) as load_a, Load(b, users=600) as load_b:
             staged = _swap(a, "stage", "2")
             assert staged.returncode == 0, staged.stderr
