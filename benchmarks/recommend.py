@@ -14,6 +14,7 @@ user-tower queries). For one :class:`~store.item_index.ItemIndex`, as the worker
   each on the same N events in one broker.
 
     python -m benchmarks.recommend --items 100000 [--ingest 200000] [--no-rebuild] [--out FILE]
+    python -m benchmarks.recommend --items 0 --ingest 200000    # the ingest cost only
 """
 
 from __future__ import annotations
@@ -70,10 +71,10 @@ def run_recommend(
     item_vectors, query_vectors = _vectors(items, queries)
     ids = [f"i{n}" for n in range(items)]
     tuning = IndexTuning()
+    rss_before = _rss_mb()
     index = ItemIndex(1, item_vectors.shape[1], tuning, capacity=items)
     result: dict[str, Any] = {"items": items, "queries": queries, "dim": int(item_vectors.shape[1]),
                               "cores": os.cpu_count(), "tuning": tuning.__dict__}  # fmt: skip
-    rss_before = _rss_mb()
     began = time.perf_counter()
     index.begin_load()
     for start in range(0, items, 10_000):
@@ -178,7 +179,7 @@ def main() -> None:
     parser.add_argument("--no-rebuild", action="store_true", help="skip the from-scratch reference build")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    result = run_recommend(args.items, args.queries, rebuild=not args.no_rebuild)
+    result = run_recommend(args.items, args.queries, rebuild=not args.no_rebuild) if args.items else {}
     if args.ingest:
         result["ingest_cost"] = run_ingest_cost(args.ingest)
     emit_results(result, args.out)

@@ -8,7 +8,9 @@ Two segments answer every query together::
                                       graph segment (HNSW, hnswlib)
 
 - A write lands in the fresh segment inside the store's commit, so a query sees an item as
-  soon as a lookup would. An item already in the graph is marked deleted there at once.
+  soon as a lookup would. An item already in the graph stops being live there at once
+  (searches skip its row); the merger marks the row deleted in the graph later, so the
+  commit never waits for the graph.
 - The merger (:meth:`ItemIndex.merge_step`, run by :class:`store.item_indexes.ItemIndexes`)
   moves fresh rows into the graph once enough gathered or the oldest waited long enough.
   A row written again while it was being moved stays fresh; the moved copy is dropped.
@@ -43,6 +45,8 @@ _FIRST_ROWS = 1024
 _SEARCH_ATTEMPTS = 6
 #: Rows per call adding to the graph: what a search may have to wait for.
 _ADD_SLICE = 64
+#: Labels marked deleted per hold of the graph's lock.
+_MARK_SLICE = 1_024
 #: Rows copied per step of a compaction.
 _COPY_CHUNK = 10_000
 
@@ -163,6 +167,7 @@ class ItemIndex:
         self._label_of: dict[str, int] = {}  # id -> its live graph label
         self._in_flight = 0  # graph labels being added, not yet live
         self._marked = 0  # graph labels marked deleted (the graph skips them itself)
+        self._unmarked: list[int] = []  # labels no longer live, not yet marked in the graph
         self._next_label = 0
         self._seq = 0
         #: Ids written or removed since a bulk load began (see :meth:`load`).
@@ -228,17 +233,29 @@ class ItemIndex:
             self._delete_locked(removed)
 
     def _delete_locked(self, maybe_labels: list[int | None]) -> None:
-        """Mark graph labels deleted: the graph never returns them again."""
+        """Graph labels no longer live: searches skip them from now on, and the merger marks
+        them deleted in the graph (the commit path never waits for the graph)."""
         labels = [label for label in maybe_labels if label is not None]
         if not labels:
             return
-        with self._graph_lock:
-            for label in labels:
-                self._id_of.pop(label, None)
-                self._graph.mark_deleted(label)
-        self._marked += len(labels)
+        for label in labels:
+            self._id_of.pop(label, None)
+        self._unmarked.extend(labels)
         if self._deleted_while_copying is not None:
             self._deleted_while_copying.extend(labels)
+
+    def mark_pending(self) -> int:
+        """Mark in the graph the labels that stopped being live (the merger's job); returns
+        how many. Searches skip them meanwhile."""
+        with self._lock:
+            labels, self._unmarked = self._unmarked, []
+        for start in range(0, len(labels), _MARK_SLICE):
+            with self._graph_lock:
+                for label in labels[start : start + _MARK_SLICE]:
+                    self._graph.mark_deleted(label)
+            with self._lock:
+                self._marked += len(labels[start : start + _MARK_SLICE])
+        return len(labels)
 
     # ----- bulk load (start-up, from the store) ------------------------------------------
 
@@ -319,6 +336,7 @@ class ItemIndex:
         """Move every fresh row into the graph now (tests, benchmarks, a bulk build)."""
         while self.fresh_rows:
             self.merge_step(force=True)
+        self.mark_pending()
 
     def _reserve_locked(self, count: int) -> list[int]:
         """``count`` new graph labels, skipped by searches until their ids are set."""
@@ -346,7 +364,8 @@ class ItemIndex:
 
     def compact_due(self) -> bool:
         """Deleted graph rows outnumber live ones (and are at least ``compact_min_deleted``)."""
-        return self._marked >= max(self.tuning.compact_min_deleted, len(self._label_of) + 1)
+        dead = self._marked + len(self._unmarked)
+        return dead >= max(self.tuning.compact_min_deleted, len(self._label_of) + 1)
 
     def compact(self) -> None:
         """Copy the live graph rows into a new graph and swap it in; deletes made while
@@ -374,6 +393,9 @@ class ItemIndex:
                     for label in replayed:
                         graph.mark_deleted(label)
                     self._graph, self._marked, self._ef = graph, len(replayed), self.tuning.ef_search
+                    # labels deleted before they were copied are not in the new graph, and
+                    # those deleted since were marked just now: nothing is left to mark
+                    self._unmarked = []
                     self.compactions += 1
             finally:
                 with self._lock:

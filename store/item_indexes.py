@@ -268,6 +268,7 @@ class ItemIndexes:
             moved = 0
             for index in indexes:
                 try:
+                    index.mark_pending()
                     if index.compact_due():
                         index.compact()
                     if index.merge_due():
