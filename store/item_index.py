@@ -47,8 +47,8 @@ _SEARCH_ATTEMPTS = 6
 _ADD_SLICE = 64
 #: Labels marked deleted per hold of the graph's lock.
 _MARK_SLICE = 1_024
-#: Rows copied per step of a compaction.
-_COPY_CHUNK = 10_000
+#: Rows copied per step of a compaction (one hold of the graph's lock).
+_COPY_CHUNK = 1_000
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,6 @@ class ItemIndex:
         self._fresh = _FreshSegment(dim)
         self._id_of: dict[int, str] = {}  # live graph label -> id
         self._label_of: dict[str, int] = {}  # id -> its live graph label
-        self._in_flight = 0  # graph labels being added, not yet live
         self._marked = 0  # graph labels marked deleted (the graph skips them itself)
         self._unmarked: list[int] = []  # labels no longer live, not yet marked in the graph
         self._next_label = 0
@@ -244,18 +243,30 @@ class ItemIndex:
         if self._deleted_while_copying is not None:
             self._deleted_while_copying.extend(labels)
 
+    def marks_due(self) -> bool:
+        """Labels wait to be marked deleted in the graph (:meth:`mark_pending`)."""
+        return bool(self._unmarked)
+
     def mark_pending(self) -> int:
         """Mark in the graph the labels that stopped being live (the merger's job); returns
         how many. Searches skip them meanwhile."""
-        with self._lock:
-            labels, self._unmarked = self._unmarked, []
-        for start in range(0, len(labels), _MARK_SLICE):
-            with self._graph_lock:
-                for label in labels[start : start + _MARK_SLICE]:
-                    self._graph.mark_deleted(label)
+        with self._adding:  # never beside a compaction, which swaps the graph
             with self._lock:
-                self._marked += len(labels[start : start + _MARK_SLICE])
-        return len(labels)
+                labels, self._unmarked = self._unmarked, []
+            done = 0
+            try:
+                for start in range(0, len(labels), _MARK_SLICE):
+                    with self._graph_lock:
+                        for label in labels[start : start + _MARK_SLICE]:
+                            self._graph.mark_deleted(label)
+                            self._marked += 1  # with the mark, so searches count it right
+                            done += 1
+                    time.sleep(0)  # let a waiting search in
+            except BaseException:
+                with self._lock:  # the rest is tried again; the one that failed is not
+                    self._unmarked[:0] = labels[done + 1 :]
+                raise
+            return done
 
     # ----- bulk load (start-up, from the store) ------------------------------------------
 
@@ -268,6 +279,10 @@ class ItemIndex:
     def load(self, ids: Sequence[str], vectors: np.ndarray) -> int:
         """Items read from the store after :meth:`begin_load`: straight into the graph,
         except ids written or removed since (the index holds newer). Returns how many went in."""
+        with self._adding:  # rows added and recorded before a compaction can copy the graph
+            return self._load_adding(ids, vectors)
+
+    def _load_adding(self, ids: Sequence[str], vectors: np.ndarray) -> int:
         with self._lock:
             touched = self._touched or set()
             keep = [
@@ -290,7 +305,6 @@ class ItemIndex:
                     stale.append(label)  # written or removed meanwhile: the copy is stale
                 else:
                     self._label_of[entity_id], self._id_of[label] = label, entity_id
-            self._in_flight -= len(labels)
             self._delete_locked(stale)
         return len(labels) - len(stale)
 
@@ -309,14 +323,18 @@ class ItemIndex:
 
     def merge_step(self, force: bool = False) -> int:
         """Move one chunk of fresh rows into the graph (when due, or always with ``force``).
-        Returns how many rows moved. One caller at a time."""
+        Returns how many rows moved."""
+        with self._adding:  # rows added and recorded before a compaction can copy the graph
+            return self._merge_adding(force)
+
+    def _merge_adding(self, force: bool) -> int:
         with self._lock:
             due = len(self._fresh) > 0 and (force or self.merge_due())
             if not due:
                 return 0
             ids, vectors, seqs = self._fresh.take(self.tuning.merge_chunk)
             labels = self._reserve_locked(len(ids))
-        backlog = len(self._fresh) > self.tuning.merge_chunk
+            backlog = len(self._fresh) > self.tuning.merge_chunk
         self._add_to_graph(vectors, labels, self.tuning.build_threads if backlog else self.tuning.threads)
         with self._lock:
             stale: list[int | None] = []
@@ -326,7 +344,6 @@ class ItemIndex:
                     self._label_of[entity_id], self._id_of[label] = label, entity_id
                 else:
                     stale.append(label)  # the moved copy is stale
-            self._in_flight -= len(labels)
             self._delete_locked(stale)
             if len(self._fresh):  # what is left waits its own turn, not the moved rows'
                 self._fresh.oldest = time.monotonic()
@@ -342,23 +359,23 @@ class ItemIndex:
         """``count`` new graph labels, skipped by searches until their ids are set."""
         first = self._next_label
         self._next_label += count
-        self._in_flight += count
         return list(range(first, first + count))
 
     def _add_to_graph(self, vectors: np.ndarray, labels: list[int], threads: int | None = None) -> None:
+        """Add rows in slices (the caller holds ``_adding``)."""
         keys = np.asarray(labels, dtype=np.int64)
-        with self._adding:
-            for start in range(0, len(labels), _ADD_SLICE):
-                with self._graph_lock:
-                    graph = self._graph
-                    needed = graph.get_current_count() + min(_ADD_SLICE, len(labels) - start)
-                    if needed > graph.get_max_elements():
-                        graph.resize_index(max(needed, 2 * graph.get_max_elements()))
-                    graph.add_items(
-                        vectors[start : start + _ADD_SLICE],
-                        keys[start : start + _ADD_SLICE],
-                        num_threads=threads or self.tuning.threads,
-                    )
+        for start in range(0, len(labels), _ADD_SLICE):
+            with self._graph_lock:
+                graph = self._graph
+                needed = graph.get_current_count() + min(_ADD_SLICE, len(labels) - start)
+                if needed > graph.get_max_elements():
+                    graph.resize_index(max(needed, 2 * graph.get_max_elements()))
+                graph.add_items(
+                    vectors[start : start + _ADD_SLICE],
+                    keys[start : start + _ADD_SLICE],
+                    num_threads=threads or self.tuning.threads,
+                )
+            time.sleep(0)  # let a waiting search take the lock before the next slice
 
     # ----- compaction ---------------------------------------------------------------------
 
@@ -378,11 +395,13 @@ class ItemIndex:
             copied: set[int] = set()
             try:
                 for start in range(0, len(labels), _COPY_CHUNK):
-                    with self._lock, self._graph_lock:  # no delete between the check and the read
-                        part = [
-                            label for label in labels[start : start + _COPY_CHUNK] if label in self._id_of
-                        ]
-                        vectors = np.asarray(self._graph.get_items(part), dtype=np.float32)
+                    with self._lock:
+                        live = self._id_of
+                        part = [label for label in labels[start : start + _COPY_CHUNK] if label in live]
+                    # A label deleted from here on is still in the graph (only the holder of
+                    # _adding marks deletions) and is replayed on the new graph below.
+                    with self._graph_lock:
+                        vectors = np.asarray(self._graph.get_items(part) if part else [], dtype=np.float32)
                     if part:
                         graph.add_items(
                             vectors, np.asarray(part, dtype=np.int64), num_threads=self.tuning.build_threads
@@ -426,21 +445,23 @@ class ItemIndex:
         """Up to ``k`` live graph rows not excluded, asking the graph for more while rows it
         returns are excluded or still being added (a bounded number of times)."""
         ask = k + len(exclude)
+        ceiling: int | None = None  # the smallest count the graph failed to return
         found: list[tuple[float, str]] = []
         for _ in range(_SEARCH_ATTEMPTS):
             with self._graph_lock:
                 total = max(1, self._graph.get_current_count() - self._marked)
-                ask = max(1, min(ask, total))
+                ask = max(1, min(ask, total, ceiling - 1 if ceiling else total))
                 ef = max(self.tuning.ef_search, ask)
                 if ef != self._ef:
                     self._graph.set_ef(ef)
                     self._ef = ef
                 try:
                     labels, distances = self._graph.knn_query(query, k=ask, num_threads=1)
-                except RuntimeError:  # the graph found fewer rows than asked (deletes meanwhile)
-                    ask //= 2
-                    if ask == 0:
+                except RuntimeError:  # the graph reached fewer rows than asked
+                    ceiling = ask
+                    if ask == 1:
                         return found
+                    ask //= 2
                     continue
             with self._lock:
                 id_of = self._id_of
@@ -449,7 +470,8 @@ class ItemIndex:
                     for label, distance in zip(labels[0].tolist(), distances[0].tolist(), strict=True)
                     if label in id_of and id_of[label] not in exclude
                 ]
-            if len(found) >= k or ask >= total:
+            grown = min(2 * ask, total, ceiling - 1 if ceiling else total)
+            if len(found) >= k or grown <= ask:
                 return found
-            ask *= 2
+            ask = grown
         return found

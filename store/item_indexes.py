@@ -97,6 +97,7 @@ class ItemIndexes:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._retry_at: dict[tuple[int, str], float] = {}  # (version, step) -> not before
         self.merged_rows = 0
         store.add_commit_listener(self)
 
@@ -200,6 +201,7 @@ class ItemIndexes:
 
     def start(self) -> None:
         """Start the builder and the merger threads (daemons; :meth:`stop` ends them)."""
+        self._stop.clear()
         for name, target in (
             ("embstream-index-build", self._build_loop),
             ("embstream-index-merge", self._merge_loop),
@@ -246,7 +248,7 @@ class ItemIndexes:
                 index.load(ids, vectors)
             scanned += len(ids)
             with self._lock:
-                if version in self._building:
+                if version in self._building and self._indexes.get(version) is index:
                     self._building[version] = (scanned, max(total, scanned))
             if self.on_build_progress is not None:
                 self.on_build_progress(version, scanned, max(total, scanned))
@@ -266,16 +268,23 @@ class ItemIndexes:
             with self._lock:
                 indexes = list(self._indexes.values())
             moved = 0
+            now = time.monotonic()
             for index in indexes:
-                try:
-                    index.mark_pending()
-                    if index.compact_due():
-                        index.compact()
-                    if index.merge_due():
-                        moved += index.merge_step()
-                except Exception:  # keep merging the others; this one is tried again
-                    log.exception("item index of version %d: merge failed", index.version)
-                    self._stop.wait(_RETRY_S)
+                for step, due, run in (
+                    ("mark", index.marks_due, index.mark_pending),
+                    ("compact", index.compact_due, index.compact),
+                    ("merge", index.merge_due, index.merge_step),
+                ):
+                    if self._retry_at.get((index.version, step), 0.0) > now or not due():
+                        continue
+                    try:
+                        done = run()
+                    except Exception:  # each step of each index is tried again on its own
+                        log.exception("item index of version %d: %s failed", index.version, step)
+                        self._retry_at[(index.version, step)] = now + _RETRY_S
+                        continue
+                    if step == "merge":
+                        moved += done or 0
             self.merged_rows += moved
             if not moved:
                 self._wake.wait(0.1)

@@ -159,7 +159,8 @@ class RolloutController:
     def backfill_complete(self) -> bool:
         return all(p.complete for p in self.progress().values())
 
-    def progress_messages(self) -> list[dict[str, Any]]:
+    def progress_messages(self, progress: dict[str, BackfillProgress] | None = None) -> list[dict[str, Any]]:
+        """Progress reports to publish (of ``progress``, or of the progress now)."""
         if self.backfiller is None:
             return []
         return [
@@ -171,7 +172,7 @@ class RolloutController:
                 done=p.done,
                 total=p.total,
             )
-            for kind, p in self.progress().items()
+            for kind, p in (self.progress() if progress is None else progress).items()
         ]
 
     def describe(self) -> dict[str, Any]:

@@ -110,10 +110,12 @@ class RolloutPlane:
             if limit > 0:
                 self._last_backfill = now
                 await loop.run_in_executor(executor, backfiller.step, limit)
-            complete = await loop.run_in_executor(executor, lambda: self.controller.backfill_complete)
+            # One reading serves both: what is published is what "complete" was decided on.
+            progress = await loop.run_in_executor(executor, self.controller.progress)
+            complete = all(p.complete for p in progress.values())
             if now - self._last_progress >= 1.0 or complete:
                 self._last_progress = now
-                await self._publish(self.controller.progress_messages())
+                await self._publish(self.controller.progress_messages(progress))
                 self._reported_complete = complete
 
     def _decode(self, raw: bytes | None) -> dict[str, Any] | None:

@@ -245,3 +245,34 @@ def test_deletes_while_compacting_are_kept_on_the_new_graph() -> None:
     for query in unit_rows(20, seed=3):
         assert "i250" not in index.search(query, 300).ids
     assert len(index.search(unit_rows(1, seed=4)[0], 400).ids) == 299
+
+
+def test_a_compaction_beside_a_bulk_load_keeps_every_loaded_item() -> None:
+    """A load's rows are recorded before a compaction can copy the graph, so none is lost."""
+    index = make_index(compact_min_deleted=1)
+    index.upsert([f"old{n}" for n in range(200)], unit_rows(200, seed=1))
+    index.merge_all()
+    index.upsert([f"old{n}" for n in range(200)], unit_rows(200, seed=2))  # 200 superseded rows
+    index.merge_all()
+    index.begin_load()
+    ids = [f"i{n}" for n in range(2_000)]
+    rows = unit_rows(2_000, seed=3)
+    stop = threading.Event()
+
+    def compact_repeatedly() -> None:
+        while not stop.is_set():
+            index.compact()
+
+    compactor = threading.Thread(target=compact_repeatedly)
+    compactor.start()
+    try:
+        for start in range(0, 2_000, 50):
+            index.load(ids[start : start + 50], rows[start : start + 50])
+    finally:
+        stop.set()
+        compactor.join()
+    index.end_load()
+    index.compact()
+    assert len(index) == 2_200 and index.graph_rows == 2_200
+    for at in (0, 777, 1_999):
+        assert index.search(rows[at], 1).ids == [ids[at]]
