@@ -17,7 +17,8 @@ Two segments answer every query together::
 - A query searches both and merges by score, leaving out ids it was asked to exclude.
 
 Every call into the graph holds one lock: hnswlib does not let a search run beside an add.
-Adds go in slices of :data:`_ADD_SLICE` rows, so a search waits for one slice at most. Rows
+Searches go first (:class:`_SearchFirstLock`), and adds go in slices of :data:`_ADD_SLICE`
+rows, so a search waits for one slice at most. Rows
 being added are searchable before the merge records whose they are: a search skips them
 and, if that leaves fewer than ``k``, asks the graph for more.
 
@@ -29,10 +30,11 @@ the items, not with their updates.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import hnswlib
@@ -44,7 +46,7 @@ _FIRST_ROWS = 1024
 #: Graph searches per query at most, each asking for twice as many rows as the last.
 _SEARCH_ATTEMPTS = 6
 #: Rows per call adding to the graph: what a search may have to wait for.
-_ADD_SLICE = 64
+_ADD_SLICE = 16
 #: Labels marked deleted per hold of the graph's lock.
 _MARK_SLICE = 1_024
 #: Rows copied per step of a compaction (one hold of the graph's lock).
@@ -150,6 +152,44 @@ class _FreshSegment:
         return [(float(scores[row]), self.ids[row] or "") for row in best if live[row]]
 
 
+class _SearchFirstLock:
+    """Exclusive access to a graph, searches first: an update (add, delete, resize, copy)
+    waits while a search runs or waits, so a query waits for one update slice at most."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._searches_waiting = 0
+
+    @contextlib.contextmanager
+    def search(self) -> Iterator[None]:
+        with self._cond:
+            self._searches_waiting += 1
+            while self._busy:
+                self._cond.wait()
+            self._searches_waiting -= 1
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def update(self) -> Iterator[None]:
+        with self._cond:
+            while self._busy or self._searches_waiting:
+                self._cond.wait()
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
 class ItemIndex:
     """The item vectors of one version: a fresh segment and an HNSW graph (module docs)."""
 
@@ -158,7 +198,7 @@ class ItemIndex:
         self.dim = dim
         self.tuning = tuning or IndexTuning()
         self._lock = threading.Lock()  # the id maps and the fresh segment
-        self._graph_lock = threading.Lock()  # every call into the graph
+        self._graph_lock = _SearchFirstLock()  # every call into the graph
         self._adding = threading.Lock()  # one adder at a time (merger, bulk load, compaction)
         self._graph = self._new_graph(capacity)
         self._ef = self.tuning.ef_search
@@ -256,12 +296,11 @@ class ItemIndex:
             done = 0
             try:
                 for start in range(0, len(labels), _MARK_SLICE):
-                    with self._graph_lock:
+                    with self._graph_lock.update():
                         for label in labels[start : start + _MARK_SLICE]:
                             self._graph.mark_deleted(label)
                             self._marked += 1  # with the mark, so searches count it right
                             done += 1
-                    time.sleep(0)  # let a waiting search in
             except BaseException:
                 with self._lock:  # the rest is tried again; the one that failed is not
                     self._unmarked[:0] = labels[done + 1 :]
@@ -365,7 +404,7 @@ class ItemIndex:
         """Add rows in slices (the caller holds ``_adding``)."""
         keys = np.asarray(labels, dtype=np.int64)
         for start in range(0, len(labels), _ADD_SLICE):
-            with self._graph_lock:
+            with self._graph_lock.update():
                 graph = self._graph
                 needed = graph.get_current_count() + min(_ADD_SLICE, len(labels) - start)
                 if needed > graph.get_max_elements():
@@ -375,7 +414,6 @@ class ItemIndex:
                     keys[start : start + _ADD_SLICE],
                     num_threads=threads or self.tuning.threads,
                 )
-            time.sleep(0)  # let a waiting search take the lock before the next slice
 
     # ----- compaction ---------------------------------------------------------------------
 
@@ -400,14 +438,14 @@ class ItemIndex:
                         part = [label for label in labels[start : start + _COPY_CHUNK] if label in live]
                     # A label deleted from here on is still in the graph (only the holder of
                     # _adding marks deletions) and is replayed on the new graph below.
-                    with self._graph_lock:
+                    with self._graph_lock.update():
                         vectors = np.asarray(self._graph.get_items(part) if part else [], dtype=np.float32)
                     if part:
                         graph.add_items(
                             vectors, np.asarray(part, dtype=np.int64), num_threads=self.tuning.build_threads
                         )
                         copied.update(part)
-                with self._lock, self._graph_lock:
+                with self._lock, self._graph_lock.update():
                     replayed = [label for label in self._deleted_while_copying if label in copied]
                     for label in replayed:
                         graph.mark_deleted(label)
@@ -448,7 +486,7 @@ class ItemIndex:
         ceiling: int | None = None  # the smallest count the graph failed to return
         found: list[tuple[float, str]] = []
         for _ in range(_SEARCH_ATTEMPTS):
-            with self._graph_lock:
+            with self._graph_lock.search():
                 total = max(1, self._graph.get_current_count() - self._marked)
                 ask = max(1, min(ask, total, ceiling - 1 if ceiling else total))
                 ef = max(self.tuning.ef_search, ask)
