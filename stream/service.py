@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -263,6 +263,11 @@ async def run_service(
             health=lambda: {
                 "assigned_partitions": worker.assigned,
                 **({"scale_out": metrics.scale_out()} if metrics.scale_out is not None else {}),
+                **(
+                    {"item_indexes": {str(v): asdict(i) for v, i in metrics.item_indexes().items()}}
+                    if metrics.item_indexes is not None
+                    else {}
+                ),
                 "events_consumed": metrics.events_consumed,
                 "uptime_s": round(time.monotonic() - started_at, 1),
             },

@@ -119,6 +119,9 @@ def test_errors_are_clear(worker: WorkerProcess) -> None:
     assert status == 404 and body["error"] == "no_index", body
     status, body = _recommend(worker, "u1", "?exclude_seen=maybe")
     assert status == 400 and body["error"] == "bad_flag"
+    _, health = http_json("GET", f"{worker.api}/healthz")
+    index = health["item_indexes"]["1"]
+    assert index["ready"] and not index["building"] and index["items"] >= ITEMS
     metrics = http_json("GET", f"{worker.api}/metrics")[1]
     assert 'embstream_item_index_items{version="1",segment="graph"}' in metrics
     assert 'embstream_recommendations_total{outcome="ok"}' in metrics
