@@ -47,6 +47,8 @@ _FIRST_ROWS = 1024
 _SEARCH_ATTEMPTS = 6
 #: Rows per call adding to the graph: what a search may have to wait for.
 _ADD_SLICE = 16
+#: How long an update of the graph lets searches go first before it goes next.
+_UPDATE_PATIENCE_S = 0.002
 #: Labels marked deleted per hold of the graph's lock.
 _MARK_SLICE = 1_024
 #: Rows copied per step of a compaction (one hold of the graph's lock).
@@ -154,19 +156,26 @@ class _FreshSegment:
 
 class _SearchFirstLock:
     """Exclusive access to a graph, searches first: an update (add, delete, resize, copy)
-    waits while a search runs or waits, so a query waits for one update slice at most."""
+    waits while a search runs or waits, so a query waits for one update slice at most; an
+    update that has waited :data:`_UPDATE_PATIENCE_S` goes next, so a stream of queries
+    cannot stall merges."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._busy = False
         self._searches_waiting = 0
+        self._update_since: float | None = None  # when the waiting update began to wait
+
+    def _update_overdue(self) -> bool:
+        since = self._update_since
+        return since is not None and time.monotonic() - since >= _UPDATE_PATIENCE_S
 
     @contextlib.contextmanager
     def search(self) -> Iterator[None]:
         with self._cond:
             self._searches_waiting += 1
-            while self._busy:
-                self._cond.wait()
+            while self._busy or self._update_overdue():
+                self._cond.wait(_UPDATE_PATIENCE_S)
             self._searches_waiting -= 1
             self._busy = True
         try:
@@ -179,8 +188,10 @@ class _SearchFirstLock:
     @contextlib.contextmanager
     def update(self) -> Iterator[None]:
         with self._cond:
-            while self._busy or self._searches_waiting:
-                self._cond.wait()
+            self._update_since = time.monotonic()
+            while self._busy or (self._searches_waiting and not self._update_overdue()):
+                self._cond.wait(_UPDATE_PATIENCE_S)
+            self._update_since = None
             self._busy = True
         try:
             yield
