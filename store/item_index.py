@@ -346,7 +346,9 @@ class ItemIndex:
         if not keep:
             return 0
         picked = [ids[at] for at in keep]
-        self._add_to_graph(np.asarray(vectors, dtype=np.float32)[keep], labels, self.tuning.build_threads)
+        # One call: nothing searches an index while it is being built (ItemIndexes.index).
+        rows = np.asarray(vectors, dtype=np.float32)[keep]
+        self._add_to_graph(rows, labels, self.tuning.build_threads, slice_rows=len(labels))
         with self._lock:
             touched = self._touched or set()
             stale: list[int | None] = []
@@ -411,18 +413,20 @@ class ItemIndex:
         self._next_label += count
         return list(range(first, first + count))
 
-    def _add_to_graph(self, vectors: np.ndarray, labels: list[int], threads: int | None = None) -> None:
-        """Add rows in slices (the caller holds ``_adding``)."""
+    def _add_to_graph(
+        self, vectors: np.ndarray, labels: list[int], threads: int | None = None, slice_rows: int = _ADD_SLICE
+    ) -> None:
+        """Add rows, ``slice_rows`` per hold of the graph's lock (the caller holds ``_adding``)."""
         keys = np.asarray(labels, dtype=np.int64)
-        for start in range(0, len(labels), _ADD_SLICE):
+        for start in range(0, len(labels), slice_rows):
             with self._graph_lock.update():
                 graph = self._graph
-                needed = graph.get_current_count() + min(_ADD_SLICE, len(labels) - start)
+                needed = graph.get_current_count() + min(slice_rows, len(labels) - start)
                 if needed > graph.get_max_elements():
                     graph.resize_index(max(needed, 2 * graph.get_max_elements()))
                 graph.add_items(
-                    vectors[start : start + _ADD_SLICE],
-                    keys[start : start + _ADD_SLICE],
+                    vectors[start : start + slice_rows],
+                    keys[start : start + slice_rows],
                     num_threads=threads or self.tuning.threads,
                 )
 
