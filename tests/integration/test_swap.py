@@ -361,6 +361,9 @@ def test_a_swap_with_two_scale_out_workers_moves_both_and_keeps_replicas_equal(
         # Once the last events have reached both nodes, both hold the same vectors: written by
         # the owner, or encoded by each replica's backfill from the same state.
         wait_until(lambda: largest_difference() < 1e-4, timeout_s=30)
+        users = [f"u{n}" for n in range(0, 30, 3)]
+        for node in (a, b):  # recommendations at the new version, from each node's own index
+            assert _scores_match_the_store(node, 2, users) == 50
         for node in (a, b):
             status_code, old = http_json("GET", f"{node.api}/v1/embeddings/user/u3?version=1")
             assert status_code == 200 and old["version"] == 1
