@@ -252,6 +252,8 @@ class ItemIndexes:
                     self._building[version] = (scanned, max(total, scanned))
             if self.on_build_progress is not None:
                 self.on_build_progress(version, scanned, max(total, scanned))
+        if scanned == 0 and self.on_build_progress is not None:
+            self.on_build_progress(version, 0, 0)  # an empty store: say it is built all the same
         index.end_load()
         with self._lock:
             if self._indexes.get(version) is index:

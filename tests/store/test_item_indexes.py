@@ -70,6 +70,18 @@ def test_an_index_is_built_from_the_store_then_fed_by_commits(store: VersionedVe
         indexes.stop()
 
 
+def test_an_empty_store_builds_an_empty_index_and_says_so(store: VersionedVectorStore) -> None:
+    progress: list[tuple[int, int, int]] = []
+    indexes = ItemIndexes(store, dim_of=lambda v: DIM, on_build_progress=lambda *p: progress.append(p))
+    indexes.track(serving=1)
+    indexes.start()
+    try:
+        wait_built(indexes, 1)
+        assert progress == [(1, 0, 0)] and indexes.status()[1].ready
+    finally:
+        indexes.stop()
+
+
 def test_evicted_vectors_leave_the_index(store: VersionedVectorStore) -> None:
     write(store, "item", 1, ["a", "b"], unit_rows(2, seed=1))
     indexes = ItemIndexes(store, dim_of=lambda v: DIM, keep=3)
