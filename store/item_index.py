@@ -181,9 +181,7 @@ class _SearchFirstLock:
         try:
             yield
         finally:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
+            self._release()
 
     @contextlib.contextmanager
     def update(self) -> Iterator[None]:
@@ -196,9 +194,12 @@ class _SearchFirstLock:
         try:
             yield
         finally:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
+            self._release()
+
+    def _release(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
 
 
 class ItemIndex:
