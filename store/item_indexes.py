@@ -98,7 +98,6 @@ class ItemIndexes:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._retry_at: dict[tuple[int, str], float] = {}  # (version, step) -> not before
-        self.merged_rows = 0
         store.add_commit_listener(self)
 
     # ----- which versions -----------------------------------------------------------------
@@ -129,10 +128,11 @@ class ItemIndexes:
                 log.info("item index of version %d dropped (more than %d versions)", version, self.keep)
             for version, dim in dims.items():
                 if version not in self._indexes:
-                    index = ItemIndex(version, dim, self.tuning, capacity=self._expected(version))
+                    expected = self._expected(version)
+                    index = ItemIndex(version, dim, self.tuning, capacity=expected)
                     index.begin_load()  # before it sees any write, so the scan never undoes one
                     self._indexes[version] = index
-                    self._building[version] = (0, self._expected(version))
+                    self._building[version] = (0, expected)
                     self._queue.append((version, index))
         self._wake.set()
 
@@ -287,7 +287,6 @@ class ItemIndexes:
                         continue
                     if step == "merge":
                         moved += done or 0
-            self.merged_rows += moved
             if not moved:
                 self._wake.wait(0.1)
                 self._wake.clear()
