@@ -20,6 +20,7 @@ import logging
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -36,7 +37,15 @@ from models.features import (
 )
 from models.hashing import id_hash64
 
-__all__ = ["EventColumns", "ItemCounts", "UserHistories", "apply_item_events", "apply_user_events"]
+__all__ = [
+    "EventColumns",
+    "ItemCounts",
+    "ParsedEvent",
+    "UserHistories",
+    "apply_item_events",
+    "apply_user_events",
+    "event_columns",
+]
 
 _USER_HEADER = np.dtype([("format", "u1"), ("count", "<u4"), ("last_ts", "<u8"), ("entries", "<u2")])
 _ENTRY_BYTES = 8 + 1 + 4 + 2 + 8  # timestamp, code, value, id length, id hash
@@ -69,6 +78,47 @@ class EventColumns:
 
     def __len__(self) -> int:
         return len(self.user_ids)
+
+    def take(self, rows: Sequence[int]) -> EventColumns:
+        """The events at ``rows``, in that order."""
+        index = np.asarray(rows, dtype=np.int64)
+        return EventColumns(
+            [self.user_ids[row] for row in rows],
+            [self.item_ids[row] for row in rows],
+            self.type_codes[index],
+            self.values[index],
+            self.timestamps_ms[index],
+        )
+
+
+class ParsedEvent(Protocol):
+    """One valid event as the stream parses it (``stream.events.Interaction``)."""
+
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def item_id(self) -> str: ...
+    @property
+    def type_code(self) -> int: ...
+    @property
+    def value(self) -> float | None: ...
+    @property
+    def ts_ms(self) -> int: ...
+
+
+_NAN = float("nan")
+
+
+def event_columns(events: Sequence[ParsedEvent]) -> EventColumns:
+    """Parsed events as columns (NaN where an event has no value)."""
+    count = len(events)
+    return EventColumns(
+        [event.user_id for event in events],
+        [event.item_id for event in events],
+        np.fromiter((event.type_code for event in events), np.uint8, count),
+        np.fromiter((_NAN if event.value is None else event.value for event in events), np.float32, count),
+        np.fromiter((event.ts_ms for event in events), np.int64, count),
+    )
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ class Metrics:
     events_duplicate: int = 0
     batches: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    #: Records dead-lettered because they killed the worker twice (stream/poison.py).
+    quarantined: int = 0
     written: Counter[tuple[str, int]] = field(default_factory=Counter)
     control_rejected: Counter[str] = field(default_factory=Counter)  # by reason
     unauthorized: int = 0  # API requests refused for a missing or wrong token
@@ -134,8 +136,12 @@ class Metrics:
             label = reason.replace("\\", "\\\\").replace('"', '\\"')
             lines.append(f'embstream_events_rejected_total{{reason="{label}"}} {count}')
         lines += [
-            "# HELP embstream_control_rejected_total Control messages ignored, by reason "
-            "(malformed, unsigned, forged).",
+            "# HELP embstream_events_quarantined_total Records dead-lettered because the worker "
+            "died twice applying them (reason 'poison: crashed the worker').",
+            "# TYPE embstream_events_quarantined_total counter",
+            f"embstream_events_quarantined_total {self.quarantined}",
+            "# HELP embstream_control_rejected_total Control messages ignored or refused, by reason "
+            "(malformed, unsigned, forged, refused).",
             "# TYPE embstream_control_rejected_total counter",
             *(
                 f'embstream_control_rejected_total{{reason="{reason}"}} {count}'

@@ -11,6 +11,7 @@ a crash cut short is applied again from the source, by whichever worker owns it 
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from collections.abc import Callable, Sequence
@@ -18,9 +19,11 @@ from dataclasses import dataclass, field
 
 import msgspec
 import numpy as np
+import orjson
 
 from models.encoder import Encoder
-from models.state_batch import EventColumns, apply_item_events, apply_user_events
+from models.features import EVENT_TYPES
+from models.state_batch import EventColumns, event_columns
 from store.vector_store import StoreWriter, VersionedVectorStore
 from stream.backfill import encode_states
 from stream.changelog import (
@@ -31,9 +34,10 @@ from stream.changelog import (
     decode_bundle,
     encode_bundle,
 )
-from stream.events import Interaction, Rejection, parse_event
+from stream.events import MAX_EVENT_BYTES, Interaction, Rejection, parse_event
 from stream.outbox import OutgoingMessage
-from stream.refresher import BatchOutcome, EmbeddingRefresher, SourceRecord, _distinct, _latest_per_row
+from stream.poison import POISON_CRASHED
+from stream.refresher import BatchOutcome, ConsumedRecord, EmbeddingRefresher, Refreshed, SourceRecord
 
 __all__ = [
     "KEY_NOT_USER_ID",
@@ -72,6 +76,17 @@ class ChangelogOutcome:
     reason: str  # "applied", "duplicate", "gap", "fence"
 
 
+def _assign_owners(
+    refreshed: Refreshed, partitions: list[int], ids_by_partition: dict[int, list[str]]
+) -> None:
+    """Add each entity of ``refreshed`` to the source partition of its events
+    (``partitions[i]``: the partition of applied event ``i``)."""
+    owner = np.zeros(len(refreshed.ids), dtype=np.int64)
+    owner[refreshed.rows] = np.asarray(partitions, dtype=np.int64)
+    for entity_id, partition in zip(refreshed.ids, owner.tolist(), strict=True):
+        ids_by_partition[partition].append(entity_id)
+
+
 def _watermark_name(by_item: str, item_partition: int, source_partition: int) -> str:
     return f"watermark:{by_item}/{item_partition}/{source_partition}"
 
@@ -91,6 +106,7 @@ class PartitionedRefresher(EmbeddingRefresher):
         dlq_topic: str,
         user_window: int = 50,
         max_future_skew_ms: int = 86_400_000,
+        max_event_bytes: int = MAX_EVENT_BYTES,
         clock_ms: Callable[[], int] | None = None,
     ) -> None:
         extra = {} if clock_ms is None else {"clock_ms": clock_ms}
@@ -101,6 +117,7 @@ class PartitionedRefresher(EmbeddingRefresher):
             dlq_topic=dlq_topic,
             user_window=user_window,
             max_future_skew_ms=max_future_skew_ms,
+            max_event_bytes=max_event_bytes,
             **extra,
         )
         self.topic = topic
@@ -112,78 +129,68 @@ class PartitionedRefresher(EmbeddingRefresher):
     def prepare(self, records: Sequence[SourceRecord], generation: int) -> PreparedBatch:
         """Apply ``records`` (either topic, in partition order) to an uncommitted write."""
         prepared = PreparedBatch(self.store.writer(), BatchOutcome())
+        quarantine = self.guard.begin(records)
         user_records = [r for r in records if r.topic == self.topic]
         item_records = [r for r in records if r.topic == self.by_item]
         prepared.outcome.consumed = len(user_records)
         if user_records:
-            self._prepare_users(user_records, generation, prepared)
+            self._prepare_users(user_records, generation, prepared, quarantine)
         if item_records:
             self._prepare_items(item_records, generation, prepared)
+        self.guard.finish(prepared.writer, records)
         return prepared
 
-    def _prepare_users(self, records: list[SourceRecord], generation: int, prepared: PreparedBatch) -> None:
+    def _prepare_users(
+        self,
+        records: list[SourceRecord],
+        generation: int,
+        prepared: PreparedBatch,
+        quarantine: set[tuple[str, int, int]],
+    ) -> None:
         outcome = prepared.outcome
         now_ms = self.clock_ms()
         starts: dict[int, int] = {}
         ends: dict[int, int] = {}
         events: list[Interaction] = []
-        event_partitions: list[int] = []
-        event_offsets: list[int] = []
+        sources: list[SourceRecord] = []
         for record in records:
-            partition = record.partition
             if not self._in_range(self.topic, record, starts, ends):
                 outcome.duplicates += 1
                 continue
-            parsed = parse_event(record.value, record.timestamp, now_ms, self.max_future_skew_ms)
+            if quarantine and (record.topic, record.partition, record.offset) in quarantine:
+                outcome.quarantined += 1
+                self._reject_into(prepared, record, POISON_CRASHED)
+                continue
+            parsed = parse_event(
+                record.value, record.timestamp, now_ms, self.max_future_skew_ms, self.max_event_bytes
+            )
             if not isinstance(parsed, Rejection) and record.key != parsed.user_id.encode("utf-8"):
                 parsed = Rejection(KEY_NOT_USER_ID)
             if isinstance(parsed, Rejection):
-                outcome.rejected[parsed.reason] = outcome.rejected.get(parsed.reason, 0) + 1
-                prepared.messages.append(self._dead_letter(record, parsed.reason))
+                self._reject_into(prepared, record, parsed.reason)
                 continue
             events.append(parsed)
-            event_partitions.append(partition)
-            event_offsets.append(record.offset)
-        outcome.applied = len(events)
-        writer = prepared.writer
+            sources.append(record)
         ids_by_partition: dict[int, list[str]] = {partition: [] for partition in ends}
-        encoded: dict[int, np.ndarray] = {}
-        written_at = self.clock_ms()
-        states: list[bytes] = []
-        user_ids: list[str] = []
+        refreshed: Refreshed | None = None
+        written_at = 0
         if events:
-            count = len(events)
-            columns = EventColumns(
-                [event.user_id for event in events],
-                [event.item_id for event in events],
-                np.fromiter((event.type_code for event in events), np.uint8, count),
-                np.fromiter((_NAN if e.value is None else e.value for e in events), np.float32, count),
-                np.fromiter((event.ts_ms for event in events), np.int64, count),
+            (refreshed,), kept = self.refresh(
+                ("user",),
+                event_columns(events),
+                lambda row, reason: self._reject_into(prepared, sources[row], reason),
             )
-            user_ids, user_rows = _distinct(columns.user_ids)
-            states, histories = apply_user_events(
-                user_ids, self.store.get_states("user", user_ids), self.user_window, columns, user_rows
+            outcome.applied = len(kept)
+            applied = [events[row] for row in kept]
+            partitions = [sources[row].partition for row in kept]
+            _assign_owners(refreshed, partitions, ids_by_partition)
+            prepared.messages.extend(
+                self._bundles(applied, partitions, [sources[row].offset for row in kept])
             )
-            for user_id, state in zip(user_ids, states, strict=True):
-                writer.put_state("user", user_id, state)
-            latest = _latest_per_row(len(user_ids), user_rows, columns.timestamps_ms)
-            owner = np.zeros(len(user_ids), dtype=np.int64)
-            owner[user_rows] = np.asarray(event_partitions, dtype=np.int64)
-            for user_id, partition in zip(user_ids, owner.tolist(), strict=True):
-                ids_by_partition[partition].append(user_id)
-            prepared.messages.extend(self._bundles(events, event_partitions, event_offsets))
-            encoded = self._encode(
-                "user",
-                user_ids,
-                lambda encoder: encoder.encode_users(histories),
-                latest,
-                written_at,
-                prepared,
-            )
+            written_at = self.stage(prepared.writer, refreshed, outcome, prepared.messages)
         prepared.changelog += self._changelog(
-            writer, "user", self.topic, starts, ends, ids_by_partition, user_ids, states, encoded, written_at,
-            generation,
-        )  # fmt: skip
+            prepared.writer, self.topic, starts, ends, ids_by_partition, refreshed, written_at, generation
+        )
 
     def _in_range(
         self, topic: str, record: SourceRecord, starts: dict[int, int], ends: dict[int, int]
@@ -234,7 +241,7 @@ class PartitionedRefresher(EmbeddingRefresher):
         codes: list[int] = []
         values: list[float] = []
         stamps: list[int] = []
-        partitions_of_event: list[int] = []
+        sources: list[SourceRecord] = []  # the bundle each item event came in
         for record in records:
             partition = record.partition
             if partition not in watermarks:
@@ -245,9 +252,7 @@ class PartitionedRefresher(EmbeddingRefresher):
                 bundle = decode_bundle(record.value or b"")
                 entries = list(bundle.columns())
             except (msgspec.DecodeError, ValueError):
-                reason = "not an item bundle"
-                outcome.rejected[reason] = outcome.rejected.get(reason, 0) + 1
-                prepared.messages.append(self._dead_letter(record, reason))
+                self._reject_into(prepared, record, "not an item bundle")
                 continue
             marks = watermarks[partition]
             floor = marks.get(bundle.source_partition, 0)
@@ -259,85 +264,68 @@ class PartitionedRefresher(EmbeddingRefresher):
                 codes.append(code)
                 values.append(value)
                 stamps.append(ts_ms)
-                partitions_of_event.append(partition)
+                sources.append(record)
             if entries:
                 marks[bundle.source_partition] = max(floor, entries[-1][0] + 1)
-        distinct: list[str] = []
-        states: list[bytes] = []
-        encoded: dict[int, np.ndarray] = {}
-        written_at = self.clock_ms()
         ids_by_partition: dict[int, list[str]] = {partition: [] for partition in ends}
-        outcome.item_events = len(item_ids)
+        refreshed: Refreshed | None = None
+        written_at = 0
         if item_ids:
-            count = len(item_ids)
             columns = EventColumns(
-                item_ids,
-                item_ids,
-                np.asarray(codes, np.uint8),
-                np.asarray(values, np.float32),
+                item_ids, item_ids, np.asarray(codes, np.uint8), np.asarray(values, np.float32),
                 np.asarray(stamps, np.int64),
-            )
-            distinct, rows_of = _distinct(item_ids)
-            states, counts = apply_item_events(
-                distinct, self.store.get_states("item", distinct), columns, rows_of
-            )
-            for item_id, state in zip(distinct, states, strict=True):
-                writer.put_state("item", item_id, state)
-            latest = _latest_per_row(len(distinct), rows_of, columns.timestamps_ms)
-            owner = np.zeros(len(distinct), dtype=np.int64)
-            owner[rows_of] = np.asarray(partitions_of_event[:count], dtype=np.int64)
-            for item_id, partition in zip(distinct, owner.tolist(), strict=True):
-                ids_by_partition[partition].append(item_id)
-            encoded = self._encode(
-                "item", distinct, lambda encoder: encoder.encode_items(counts), latest, written_at, prepared
-            )
+            )  # fmt: skip
+
+            def dead_letter(row: int, reason: str) -> None:
+                event = {"item_id": item_ids[row], "type": EVENT_TYPES[codes[row]], "ts": stamps[row]}
+                if not math.isnan(values[row]):
+                    event["value"] = values[row]
+                bundle = sources[row]  # dead-lettered as the event, with the bundle's source
+                record = ConsumedRecord(
+                    bundle.topic, bundle.partition, bundle.offset, None, orjson.dumps(event), bundle.timestamp
+                )
+                self._reject_into(prepared, record, reason)
+
+            (refreshed,), kept = self.refresh(("item",), columns, dead_letter)
+            outcome.item_events = len(kept)
+            _assign_owners(refreshed, [sources[row].partition for row in kept], ids_by_partition)
+            written_at = self.stage(writer, refreshed, outcome, prepared.messages)
         for partition in ends:
             for source, mark in watermarks[partition].items():
                 writer.put_meta(_watermark_name(self.by_item, partition, source), _U64.pack(mark))
         prepared.changelog += self._changelog(
-            writer, "item", self.by_item, starts, ends, ids_by_partition, distinct, states, encoded,
-            written_at, generation, watermarks,
-        )  # fmt: skip
+            writer,
+            self.by_item,
+            starts,
+            ends,
+            ids_by_partition,
+            refreshed,
+            written_at,
+            generation,
+            watermarks,
+        )
 
-    def _encode(
-        self,
-        kind: str,
-        ids: list[str],
-        encode: Callable[[Encoder], np.ndarray],
-        latest: np.ndarray,
-        written_at: int,
-        prepared: PreparedBatch,
-    ) -> dict[int, np.ndarray]:
-        """Encode ``ids`` with every refresh version, stage the vectors, count them, and queue
-        their update messages; returns the vectors per version."""
-        encoded: dict[int, np.ndarray] = {}
-        encoders = list(self.encoders())
-        for encoder in encoders:
-            vectors = encode(encoder)
-            encoded[encoder.version] = vectors
-            prepared.writer.put_vectors(kind, ids, encoder.version, vectors, written_at)
-            prepared.outcome.written[(kind, encoder.version)] = len(ids)
-            if encoder is encoders[0]:  # freshness is measured on the serving version
-                prepared.outcome.lags_seconds.extend(np.maximum(0.0, (written_at - latest) / 1000.0).tolist())
-            prepared.messages.extend(self._updates(kind, ids, encoder.version, written_at, latest))
-        return encoded
+    def _reject_into(self, prepared: PreparedBatch, record: SourceRecord, reason: str) -> None:
+        prepared.outcome.reject(reason)
+        prepared.messages.append(self._dead_letter(record, reason))
 
     def _changelog(
         self,
         writer: StoreWriter,
-        kind: str,
         source_topic: str,
         starts: dict[int, int],
         ends: dict[int, int],
         ids_by_partition: dict[int, list[str]],
-        ids: list[str],
-        states: list[bytes],
-        encoded: dict[int, np.ndarray],
+        refreshed: Refreshed | None,
         written_at: int,
         generation: int,
         watermarks: dict[int, dict[int, int]] | None = None,
     ) -> list[ChangelogBatch]:
         """Stage each source partition's next offset; describe its part of the batch."""
+        kind = "user" if source_topic == self.topic else "item"
+        ids = [] if refreshed is None else refreshed.ids
+        states = [] if refreshed is None else refreshed.states
+        encoded = {} if refreshed is None else refreshed.vectors
         row_of = {entity_id: row for row, entity_id in enumerate(ids)}
         batches = []
         for partition, end in ends.items():

@@ -365,10 +365,25 @@ class ScaleOutWorker(StreamWorker):
         if generation < 0:  # the session expired: the rejoin assigns and seeks again
             await self._rewind(kept)
             return
+        for batch in refresher.plan(records):  # one, unless the last run died mid-batch
+            if not await self._apply(batch, generation, refresher, loop):
+                return
+
+    async def _apply(
+        self,
+        records: list,  # type: ignore[type-arg]
+        generation: int,
+        refresher: PartitionedRefresher,
+        loop: asyncio.AbstractEventLoop,
+    ) -> bool:
+        """Prepare, publish and commit one batch; ``False`` when the group took its partitions
+        away meanwhile (the batch is dropped, uncommitted)."""
+        consumer, follower = self.consumer, self.follower
+        assert consumer is not None and follower is not None
         prepared = await loop.run_in_executor(self._executor, refresher.prepare, records, generation)
         if not prepared.changelog:  # only redelivered records, below the stored offsets
             self._count(prepared.outcome)
-            return
+            return True
         # Item bundles go out (acknowledged) before the changelog batch: once any worker can
         # see the batch, its bundles are ahead of every bundle a later owner of the partition
         # sends, so the item side's per-source watermarks never skip a late bundle.
@@ -389,7 +404,7 @@ class ScaleOutWorker(StreamWorker):
             self.batches_fenced += 1
             log.warning("batch dropped: this worker no longer owns its partitions (%s)", error)
             await self._rewind(ends)
-            return
+            return False
         except KafkaError as error:
             raise BrokerError(
                 f"committing source offsets failed ({error}); the worker stops, and a restart "
@@ -399,6 +414,7 @@ class ScaleOutWorker(StreamWorker):
             follower.record_position(prepared.writer, changelog, offset, generation)
         await loop.run_in_executor(self._executor, prepared.writer.commit)
         self._count(prepared.outcome)
+        return True
 
     async def _publish_changelog(self, prepared: PreparedBatch) -> dict[TopicPartition, int]:
         """Send each changelog batch (in parts when large), in order per partition; returns

@@ -313,6 +313,7 @@ async def run_service(
             "dlq_topic": settings.dlq_topic,
             "user_window": settings.user_window,
             "max_future_skew_ms": settings.max_future_skew_ms,
+            "max_event_bytes": settings.max_event_bytes,
         }
         refresher: EmbeddingRefresher
         if isinstance(worker, ScaleOutWorker):

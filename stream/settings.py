@@ -39,6 +39,8 @@ class Settings:
     batch_max_records: int = 5_000
     batch_max_wait_ms: int = 50
     max_future_skew_ms: int = 86_400_000
+    # Larger record values are dead-lettered unread ("value larger than N bytes").
+    max_event_bytes: int = 65_536
     session_timeout_ms: int = 6_000
     heartbeat_interval_ms: int = 1_000
     # Several workers share the group's partitions (README "Scale-out"): items are repartitioned
@@ -80,6 +82,8 @@ class Settings:
             raise SettingsError(f"EMBSTREAM_TORCH_THREADS={self.torch_threads} must be at least 1")
         if not 1 <= self.user_window <= 65_535:
             raise SettingsError(f"EMBSTREAM_USER_WINDOW={self.user_window} must be between 1 and 65535")
+        if self.max_event_bytes < 256:
+            raise SettingsError(f"EMBSTREAM_MAX_EVENT_BYTES={self.max_event_bytes} must be at least 256")
         if self.block_cache_mb < 0:
             raise SettingsError(f"EMBSTREAM_BLOCK_CACHE_MB={self.block_cache_mb} must be 0 or more")
         if self.index_versions < 0:

@@ -144,11 +144,12 @@ class StreamWorker:
             if not fetched:
                 continue
             records = [record for messages in fetched.values() for record in messages]
-            outcome = await loop.run_in_executor(self._executor, refresher.process, records)
-            self._count(outcome)
-            if outcome.outbox:
-                await self._publish(outcome.outbox)
-                self.store.clear_outbox()
+            for batch in refresher.plan(records):  # one, unless the last run died mid-batch
+                outcome = await loop.run_in_executor(self._executor, refresher.process, batch)
+                self._count(outcome)
+                if outcome.outbox:
+                    await self._publish(outcome.outbox)
+                    self.store.clear_outbox()
             await self._commit_to_kafka(fetched)
 
     async def stop(self) -> None:
@@ -167,6 +168,7 @@ class StreamWorker:
         metrics.events_duplicate += outcome.duplicates
         metrics.batches += 1
         metrics.rejected.update(outcome.rejected)
+        metrics.quarantined += outcome.quarantined
         metrics.written.update(outcome.written)
         metrics.observe_lags(outcome.lags_seconds)
 
