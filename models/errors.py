@@ -3,7 +3,9 @@
 ModelError
 ├── RegistryError          the registry directory or a manifest is unusable
 │   ├── VersionMissingError    no such version in the registry
-│   └── IntegrityError         weights do not match the manifest's sha256
+│   ├── IntegrityError         weights do not match the manifest's sha256
+│   │   └── UnloadableError    weights are not plain tensors of the version's architecture
+│   └── IncompatibleVersionsError  no chain of backward aligners between two versions
 └── TrainingError          training cannot run on the given data
 """
 
@@ -15,6 +17,7 @@ __all__ = [
     "ModelError",
     "RegistryError",
     "TrainingError",
+    "UnloadableError",
     "VersionMissingError",
 ]
 
@@ -33,6 +36,11 @@ class VersionMissingError(RegistryError):
 
 class IntegrityError(RegistryError):
     """A version's weights do not match the sha256 recorded in its manifest."""
+
+
+class UnloadableError(IntegrityError):
+    """A version's weights (or aligner) match their sha256 but are not plain tensors of its
+    architecture: a pickled object, a truncated file, another model's tensors."""
 
 
 class TrainingError(ModelError):

@@ -31,12 +31,34 @@ import torch
 
 from models.aligners import BackwardAligner
 from models.encoder import EncoderConfig, TorchEncoder, TwoTowerModel
-from models.errors import IncompatibleVersionsError, IntegrityError, RegistryError, VersionMissingError
+from models.errors import (
+    IncompatibleVersionsError,
+    IntegrityError,
+    RegistryError,
+    UnloadableError,
+    VersionMissingError,
+)
 
-__all__ = ["EncoderRegistry", "Manifest"]
+__all__ = ["MAX_VERSION", "EncoderRegistry", "Manifest", "version_number"]
 
 MANIFEST_FORMAT = 1
-_VERSION_DIR = re.compile(r"^v(\d+)$")
+_VERSION_DIR = re.compile(r"^v([0-9]+)$")  # ASCII digits: \d would take "v١" as version 1
+#: Versions are positive integers that fit a signed 32-bit field.
+MAX_VERSION = 2**31 - 1
+
+
+def version_number(text: str) -> int:
+    """A version written as text (a command-line argument, a setting): ASCII digits only,
+    1 to :data:`MAX_VERSION`; ``ValueError`` otherwise (``int()`` alone takes "١" or " 1")."""
+    if (
+        not text
+        or len(text) > 10
+        or not text.isascii()
+        or not text.isdigit()
+        or not 1 <= int(text) <= MAX_VERSION
+    ):
+        raise ValueError(f"versions are integers from 1 to {MAX_VERSION} in ASCII digits, got {text!r}")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,28 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RegistryError(f"malformed manifest: {exc}") from exc
+
+
+def _load_into(module: torch.nn.Module, version: int, name: str, data: bytes) -> None:
+    """Load ``data`` into ``module``, accepting nothing but a state dict of plain tensors
+    with the module's own names and shapes (anything else is an :class:`UnloadableError`:
+    a pickled object, a truncated file, tensors of another architecture)."""
+    try:
+        module.load_state_dict(_tensors(version, name, data))
+    except RuntimeError as error:  # missing or unexpected keys, shape mismatches
+        first = str(error).strip().splitlines()[0]
+        raise UnloadableError(f"version {version}: {name} does not fit its architecture ({first})") from None
+
+
+def _tensors(version: int, name: str, data: bytes) -> dict[str, torch.Tensor]:
+    try:
+        loaded = torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as error:  # UnpicklingError for pickled objects, RuntimeError for garbage
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UnloadableError(f"version {version}: {name} is not a plain tensor file ({first})") from None
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise UnloadableError(f"version {version}: {name} does not hold a state dict of tensors")
+    return loaded
 
 
 def _sha256(path: Path) -> str:
@@ -134,11 +178,13 @@ class EncoderRegistry:
             raise RegistryError(f"{path} is not valid JSON: {exc}") from exc
 
     def verify(self, version: int) -> Manifest:
-        """Re-hash the weights (and aligner) of ``version``; raise :class:`IntegrityError`."""
+        """Check that ``version`` can be served: its weights (and aligner) match the
+        manifest's sha256 and load as plain tensors into its architecture; raise
+        :class:`IntegrityError` (or :class:`UnloadableError`) otherwise."""
         manifest = self.manifest(version)
-        self._check_hash(version, "weights.pt", manifest.weights_sha256)
+        self.load(version)
         if manifest.aligner is not None:
-            self._check_hash(version, "backward.pt", str(manifest.aligner.get("sha256")))
+            self.load_aligner(version)
         return manifest
 
     def _check_hash(self, version: int, name: str, expected: str) -> bytes:
@@ -161,7 +207,7 @@ class EncoderRegistry:
         manifest = self.manifest(version)
         weights = self._check_hash(version, "weights.pt", manifest.weights_sha256)
         model = TwoTowerModel(manifest.architecture)
-        model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+        _load_into(model, version, "weights.pt", weights)
         return TorchEncoder(model, version)
 
     def load_aligner(self, version: int) -> BackwardAligner | None:
@@ -171,7 +217,7 @@ class EncoderRegistry:
             return None
         data = self._check_hash(version, "backward.pt", str(manifest.aligner["sha256"]))
         aligner = BackwardAligner(int(manifest.aligner["source_dim"]), int(manifest.aligner["target_dim"]))
-        aligner.load_state_dict(torch.load(io.BytesIO(data), weights_only=True))
+        _load_into(aligner, version, "backward.pt", data)
         return aligner.eval()
 
     def lineage(self, version: int) -> list[int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from aiohttp import web
 
 from models.aligners import BackwardAligner
 from models.errors import IncompatibleVersionsError, VersionMissingError
-from models.registry import EncoderRegistry
+from models.registry import MAX_VERSION, EncoderRegistry
 from store.errors import NoServingVersionError, StoreDamagedError, StoreError, VersionUnreachableError
 from store.item_indexes import ItemIndexes
 from store.keys import KINDS
@@ -49,12 +50,14 @@ __all__ = [
     "check_id",
     "create_app",
     "json_response",
+    "parse_int",
     "parse_version",
+    "query_param",
 ]
 
+log = logging.getLogger("embstream.api")
+
 MAX_BATCH_IDS = 10_000
-#: Encoder versions are small positive integers; anything larger is a bad request, not a 500.
-MAX_VERSION = 2**31 - 1
 MAX_BODY_BYTES = 4 << 20
 
 
@@ -75,6 +78,8 @@ class ApiContext:
     admin_allowed: bool = False
     #: The per-version item indexes behind ``/v1/recommendations`` (``None``: off).
     item_indexes: ItemIndexes | None = None
+    #: A request body must arrive within this many seconds (else 408 ``body_timeout``).
+    body_timeout_s: float = 30.0
     _chains: dict[tuple[int, int], list[BackwardAligner]] = field(default_factory=dict)
 
     @property
@@ -151,19 +156,36 @@ def _kind(request: web.Request) -> str:
     return kind
 
 
-def parse_version(raw: Any) -> int | None:
+def parse_int(raw: Any, code: str, name: str, low: int, high: int, *, in_json: bool = False) -> int:
+    """An integer from ``low`` to ``high``: ASCII digits in a query string, a JSON integer in
+    a body (``in_json``: not ``1.0``, not ``"1"``, not ``true``); else a 400 ``code``."""
+    message = f"{name} must be an integer from {low} to {high}"
+    if isinstance(raw, str) and not in_json:
+        # str.isdigit() alone would take other scripts' digits ("١") and superscripts.
+        if not raw or len(raw) > 12 or not raw.isascii() or not raw.isdigit():
+            raise ApiError(400, code, message)
+        value = int(raw)
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    else:
+        raise ApiError(400, code, message)
+    if not low <= value <= high:
+        raise ApiError(400, code, message)
+    return value
+
+
+def parse_version(raw: Any, *, in_json: bool = False) -> int | None:
     if raw is None:
         return None
-    message = f"version must be an integer from 1 to {MAX_VERSION}"
-    if isinstance(raw, bool):
-        raise ApiError(400, "bad_version", message)
-    try:
-        version = int(raw)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: float("inf")
-        raise ApiError(400, "bad_version", message) from None
-    if not 1 <= version <= MAX_VERSION or (isinstance(raw, float) and not raw.is_integer()):
-        raise ApiError(400, "bad_version", message)
-    return version
+    return parse_int(raw, "bad_version", "version", 1, MAX_VERSION, in_json=in_json)
+
+
+def query_param(request: web.Request, name: str, code: str) -> str | None:
+    """The query parameter ``name``, given at most once (a repeated one is a 400 ``code``)."""
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise ApiError(400, code, f"{name} is given {len(values)} times; give it once")
+    return values[0] if values else None
 
 
 def check_id(entity_id: Any) -> str:
@@ -182,12 +204,14 @@ def _batch_body(raw: bytes) -> tuple[list[str], int | None]:
         raise ApiError(400, "bad_body", 'the body must be {"ids": [...], "version": V}')
     if len(body["ids"]) > MAX_BATCH_IDS:
         raise ApiError(400, "too_many_ids", f"at most {MAX_BATCH_IDS} ids per batch")
-    return [check_id(entity_id) for entity_id in body["ids"]], parse_version(body.get("version"))
+    return [check_id(entity_id) for entity_id in body["ids"]], parse_version(
+        body.get("version"), in_json=True
+    )
 
 
 def _wants_binary(request: web.Request) -> bool:
     """Whether the batch answer is binary: ``?format`` decides, else the ``Accept`` header."""
-    chosen = request.query.get("format")
+    chosen = query_param(request, "format", "bad_format")
     if chosen is None:
         return _accept_prefers_binary(request.headers.get("Accept", ""))
     if chosen not in ("json", "binary"):
@@ -239,7 +263,23 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         context.metrics.unauthorized += 1
         return _unauthorized()
     try:
+        if request.body_exists:  # read within the time allowed; handlers get it from memory
+            try:
+                await asyncio.wait_for(request.read(), context.body_timeout_s)
+            except TimeoutError:
+                response = json_response(
+                    {
+                        "error": "body_timeout",
+                        "message": f"the body did not arrive within {context.body_timeout_s} s",
+                    },
+                    status=408,
+                )
+                response.force_close()
+                return response
         return await handler(request)
+    except ConnectionResetError:  # the client went away: nobody to answer
+        log.debug("client %s went away during %s %s", request.remote, request.method, request.path)
+        return web.Response(status=400)
     except ApiError as error:
         return json_response({"error": error.code, "message": error.message}, status=error.status)
     except VersionUnreachableError as error:
@@ -262,7 +302,7 @@ def create_app(context: ApiContext) -> web.Application:
     async def get_one(request: web.Request) -> web.Response:
         kind = _kind(request)
         entity_id = check_id(request.match_info["id"])
-        version = parse_version(request.query.get("version"))
+        version = parse_version(query_param(request, "version", "bad_version"))
         resolved = resolve_many(context.store, kind, [entity_id], version, context.carry)[1][0]
         if resolved is None:
             record = context.store.get_record(kind, entity_id)

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from stream.api import CONTEXT_KEY, ApiError, check_id, json_response, parse_version
+from stream.api import CONTEXT_KEY, ApiError, check_id, json_response, parse_int, parse_version, query_param
 from stream.recommend import (
     MAX_K,
     MAX_RECOMMENDATION_USERS,
@@ -23,16 +23,8 @@ __all__ = ["DEFAULT_K", "add_recommendation_routes"]
 DEFAULT_K = 10
 
 
-def _k(raw: Any) -> int:
-    if raw is None:
-        return DEFAULT_K
-    try:
-        k = int(raw)
-    except (TypeError, ValueError, OverflowError):
-        raise ApiError(400, "bad_k", f"k must be an integer from 1 to {MAX_K}") from None
-    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()) or not 1 <= k <= MAX_K:
-        raise ApiError(400, "bad_k", f"k must be an integer from 1 to {MAX_K}")
-    return k
+def _k(raw: Any, *, in_json: bool = False) -> int:
+    return DEFAULT_K if raw is None else parse_int(raw, "bad_k", "k", 1, MAX_K, in_json=in_json)
 
 
 def _flag(raw: Any, name: str) -> bool:
@@ -88,9 +80,9 @@ def add_recommendation_routes(app: web.Application) -> None:
 
     async def get_one(request: web.Request) -> web.Response:
         user_id = check_id(request.match_info["user_id"])
-        k = _k(request.query.get("k"))
-        version = parse_version(request.query.get("version"))
-        exclude_seen = _flag(request.query.get("exclude_seen"), "exclude_seen")
+        k = _k(query_param(request, "k", "bad_k"))
+        version = parse_version(query_param(request, "version", "bad_version"))
+        exclude_seen = _flag(query_param(request, "exclude_seen", "bad_flag"), "exclude_seen")
         answered, results = await recommend(request, [user_id], k, version, exclude_seen)
         if results[0] is None:
             raise ApiError(404, "not_found", f"user {user_id!r} has no vector of version {answered}")
@@ -106,8 +98,8 @@ def add_recommendation_routes(app: web.Application) -> None:
         if len(body["user_ids"]) > MAX_RECOMMENDATION_USERS:
             raise ApiError(400, "too_many_ids", f"at most {MAX_RECOMMENDATION_USERS} users per batch")
         user_ids = [check_id(user_id) for user_id in body["user_ids"]]
-        k = _k(body.get("k"))
-        version = parse_version(body.get("version"))
+        k = _k(body.get("k"), in_json=True)
+        version = parse_version(body.get("version"), in_json=True)
         exclude_seen = _flag(body.get("exclude_seen"), "exclude_seen")
         answered, results = await recommend(request, user_ids, k, version, exclude_seen)
         return json_response(

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from models.errors import ModelError
+from models.registry import version_number
 from store.errors import StoreError
 from stream.broker import BrokerError
 from stream.cli_models import add_model_commands, run_models, run_train
@@ -52,7 +53,7 @@ def _add_service_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitions", type=_positive_int, help="partitions of new topics (default: 4)")
     parser.add_argument(
         "--encoder-version",
-        type=_positive_int,
+        type=version_number,
         help="version to refresh with (default: the registry's latest)",
     )
     parser.add_argument("--versions-kept", type=_positive_int, help="versions kept per id (default: 5)")
@@ -107,14 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     lookup = commands.add_parser("lookup", help="fetch one embedding from a running API")
     lookup.add_argument("kind", choices=["user", "item"])
     lookup.add_argument("id")
-    lookup.add_argument("--version", type=_positive_int)
+    lookup.add_argument("--version", type=version_number)
     lookup.add_argument(
         "--api", default=None, help="API base URL (default: EMBSTREAM_API_URL or http://127.0.0.1:8080)"
     )
     recommend = commands.add_parser("recommend", help="top-k items for a user from a running API")
     recommend.add_argument("user_id")
     recommend.add_argument("--k", type=_positive_int, help="how many items (default: 10)")
-    recommend.add_argument("--version", type=_positive_int, help="version (default: serving)")
+    recommend.add_argument("--version", type=version_number, help="version (default: serving)")
     recommend.add_argument(
         "--include-seen", action="store_true", help="keep items the user interacted with recently"
     )

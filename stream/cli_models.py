@@ -11,7 +11,7 @@ from typing import Any
 from models.aligners import ALIGNER_METHODS
 from models.errors import IntegrityError
 from models.interaction_log import read_interaction_log
-from models.registry import EncoderRegistry
+from models.registry import EncoderRegistry, version_number
 from models.training import TrainingProgress
 from models.versioning import DEFAULT_GATE_PCT, VersionRequest, train_version
 from stream.progress import progress_bar
@@ -24,7 +24,7 @@ def add_model_commands(commands: Any) -> None:
     train = commands.add_parser("train", help="train a new encoder version with its backward aligner")
     train.add_argument("--events", required=True, type=Path, help="JSON lines or CSV interaction log")
     train.add_argument("--registry", type=Path, help="model registry (default: embstream-registry)")
-    train.add_argument("--parent", type=int, help="parent version (default: the latest)")
+    train.add_argument("--parent", type=version_number, help="parent version (default: the latest)")
     train.add_argument("--dim", type=int, help="embedding dimensions (default: the parent's, or 64)")
     train.add_argument("--epochs", type=int, default=3)
     train.add_argument("--seed", type=int, default=0)
@@ -54,7 +54,7 @@ def add_model_commands(commands: Any) -> None:
         ("delete", "remove a version"),
     ):
         sub = action.add_parser(name, help=text)
-        sub.add_argument("version", type=int)
+        sub.add_argument("version", type=version_number)
         sub.add_argument("--registry", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         if name == "delete":
             sub.add_argument("--force", action="store_true", help="even if other versions descend from it")

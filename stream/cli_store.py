@@ -29,8 +29,8 @@ def add_store_commands(commands: Any) -> None:
     backup.add_argument("dir", type=Path, help="where the backup goes (must not exist)")
     backup.add_argument(
         "--api",
-        help="the running worker's API, used when the store is in use "
-        "(default: EMBSTREAM_API_URL or http://127.0.0.1:8080)",
+        help="the running worker's API, asked when the store is in use or not here "
+        "(default: EMBSTREAM_API_URL, else EMBSTREAM_API_HOST:EMBSTREAM_API_PORT, 127.0.0.1:8080)",
     )
     restore = actions.add_parser("restore", help="replace the store with a backup (worker stopped)")
     restore.add_argument("dir", type=Path, help="a directory written by `embstream store backup`")
@@ -46,9 +46,10 @@ def add_store_commands(commands: Any) -> None:
 
 
 def run_store(args: argparse.Namespace) -> int:
-    data_dir = Settings.from_env().with_overrides(data_dir=args.data_dir).data_dir
+    settings = Settings.from_env().with_overrides(data_dir=args.data_dir)
+    data_dir = settings.data_dir
     if args.action == "backup":
-        return _backup(data_dir, args.dir, args.api)
+        return _backup(settings, args.dir, args.api)
     if args.action == "restore":
         with progress_bar(None, "checking the backup", unit=" keys") as bar:
             restored = restore_store(args.dir, data_dir, bar.update, new_worker=args.as_new_worker)
@@ -73,34 +74,58 @@ def run_store(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backup(data_dir: Path, target: Path, api: str | None) -> int:
-    if not (data_dir / "CURRENT").is_file():
-        raise StoreError(f"there is no store at {data_dir} (pass --data-dir or set EMBSTREAM_DATA_DIR)")
+def _backup(settings: Settings, target: Path, api: str | None) -> int:
+    """Copy the store here when no worker holds it; otherwise (or with ``--api``) ask the
+    worker that does, found through the same ``EMBSTREAM_*`` settings it runs with."""
+    data_dir = settings.data_dir
+    local = (data_dir / "CURRENT").is_file()
+    if local and api is None:
+        try:
+            store = VersionedVectorStore(data_dir, block_cache_mb=0)
+        except StoreInUseError:  # the worker writes it, inside its EMBSTREAM_BACKUP_DIR
+            pass
+        else:
+            target = target.absolute()
+            try:
+                store.checkpoint(target)
+                described = describe_store(store)
+            finally:
+                store.close()
+            _say(f"backup of {data_dir} written to {target}")
+            print(json.dumps({**described, "path": str(target)}, indent=2))
+            return 0
+    base = (api or os.environ.get("EMBSTREAM_API_URL") or _api_of(settings)).rstrip("/")
     try:
-        store = VersionedVectorStore(data_dir, block_cache_mb=0)
-    except StoreInUseError:  # the worker writes it, inside its EMBSTREAM_BACKUP_DIR
-        return _backup_through_api(target, api)
-    target = target.absolute()
-    try:
-        store.checkpoint(target)
-        described = describe_store(store)
-    finally:
-        store.close()
-    _say(f"backup of {data_dir} written to {target}")
-    print(json.dumps({**described, "path": str(target)}, indent=2))
-    return 0
+        return _backup_through_api(target, base, settings.api_token)
+    except urllib.error.URLError as error:
+        if isinstance(error, urllib.error.HTTPError):
+            raise
+        where = "is in use" if local else f"is not at {data_dir} (EMBSTREAM_DATA_DIR, --data-dir)"
+        raise StoreError(
+            f"the store {where}, and no worker answers at {base} ({error.reason}): run the command "
+            "with the worker's EMBSTREAM_* settings, or pass --data-dir (a stopped worker's store) "
+            "or --api (a running worker's address)"
+        ) from None
 
 
-def _backup_through_api(target: Path, api: str | None) -> int:
+def _api_of(settings: Settings) -> str:
+    """The worker's API address from its settings (a wildcard bind is reached on loopback)."""
+    host = settings.api_host
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"
+    elif ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    return f"http://{host}:{settings.api_port}"
+
+
+def _backup_through_api(target: Path, base: str, token: str) -> int:
     """The store is held by a running worker: ask it to write the checkpoint."""
-    base = (api or os.environ.get("EMBSTREAM_API_URL") or "http://127.0.0.1:8080").rstrip("/")
     request = urllib.request.Request(
         f"{base}/v1/admin/backup",
         data=json.dumps({"dir": str(target)}).encode(),
         method="POST",
         headers={"Content-Type": "application/json"},
     )
-    token = os.environ.get("EMBSTREAM_API_TOKEN")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -112,13 +137,8 @@ def _backup_through_api(target: Path, api: str | None) -> int:
             message = json.loads(raw).get("message", error.reason)
         except (ValueError, AttributeError):
             message = raw[:200].decode(errors="replace") or error.reason
-        raise StoreError(f"the running worker refused the backup: {error.code} {message}") from None
-    except urllib.error.URLError as error:
-        raise StoreError(
-            f"the store is in use and the worker's API at {base} cannot be reached ({error.reason}); "
-            "pass --api with the running worker's address"
-        ) from None
-    _say(f"backup written by the running worker to {body['path']}")
+        raise StoreError(f"the running worker at {base} refused the backup: {error.code} {message}") from None
+    _say(f"backup written by the running worker at {base} to {body['path']}")
     print(json.dumps(body, indent=2))
     return 0
 

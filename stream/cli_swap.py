@@ -11,10 +11,10 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from models.registry import EncoderRegistry
+from models.registry import EncoderRegistry, version_number
 from stream.broker import ensure_topics
-from stream.control import ControlCodec, ControlError, RolloutState, control_message
-from stream.rollout import check_swappable
+from stream.control import ControlCodec, ControlError, RolloutState, VersionCheck, control_message
+from stream.rollout import check_swappable, version_check
 from stream.settings import Settings, SettingsError
 
 __all__ = ["add_swap_commands", "read_rollout", "run_swap"]
@@ -24,7 +24,7 @@ def add_swap_commands(commands: Any) -> None:
     swap = commands.add_parser("swap", help="move a running system to another encoder version")
     actions = swap.add_subparsers(dest="action", required=True, metavar="ACTION")
     stage = actions.add_parser("stage", help="dual-write and backfill version V")
-    stage.add_argument("version", type=int)
+    stage.add_argument("version", type=version_number)
     stage.add_argument("--rate", type=float, help="backfill entities per second (default: unlimited)")
     stage.add_argument("--force", action="store_true", help="stage even if the compatibility gate fails")
     actions.add_parser("status", help="serving and staged versions, backfill progress, acks")
@@ -53,10 +53,13 @@ def read_rollout(
     topic: str,
     idle_s: float = 0.5,
     codec: ControlCodec | None = None,
+    check: VersionCheck | None = None,
     **client_config: Any,
 ) -> tuple[RolloutState, list[dict]]:
-    """Fold the whole control topic; returns the state and every message accepted (with a
-    control key, unsigned and forged messages are left out and counted in ``state.ignored``)."""
+    """Fold the whole control topic as workers do (with ``check``, the registry's side of
+    it: :func:`stream.rollout.version_check`); returns the state and every message read
+    (with a control key, unsigned and forged messages are left out and counted in
+    ``state.ignored``, as are malformed and refused ones)."""
     codec = codec or ControlCodec()
     consumer = KafkaConsumer(
         bootstrap_servers=servers,
@@ -76,7 +79,7 @@ def read_rollout(
                 for record in records:
                     message, reason = codec.decode(record.value)
                     if message is not None:
-                        state.apply(message)
+                        state.fold(message, check)
                         messages.append(message)
                     else:
                         state.ignored[reason or "malformed"] += 1
@@ -153,6 +156,7 @@ def _status(state: RolloutState, messages: list[dict]) -> dict[str, Any]:
         "backfill": progress,
         "backfill_complete": None if staged is None else state.backfill_complete(staged),
         "ignored_messages": dict(state.ignored),
+        "refused_commands": state.refused,
     }
 
 
@@ -161,7 +165,26 @@ def run_swap(args: argparse.Namespace) -> int:
     security = settings.kafka_security.kafka_python()
     ensure_topics(settings.broker_servers, {settings.control_topic: 1}, **security)
     codec = ControlCodec(settings.control_key)
-    state, messages = read_rollout(settings.broker_servers, settings.control_topic, codec=codec, **security)
+    registry = EncoderRegistry(settings.registry)
+    if not registry.versions():
+        raise ControlError(
+            f"no encoder versions in the registry at {settings.registry}: pass the workers' --registry "
+            "(or set EMBSTREAM_REGISTRY); commands are checked against it as the workers check them"
+        )
+    loaded: set[int] = set()
+
+    def load(version: int) -> None:  # what a worker loads before acting; successes only kept
+        if version not in loaded:
+            registry.load(version)
+            loaded.add(version)
+
+    state, messages = read_rollout(
+        settings.broker_servers,
+        settings.control_topic,
+        codec=codec,
+        check=version_check(registry, load),
+        **security,
+    )
     if args.action == "status":
         status = _status(state, messages)
         if sys.stdout.isatty():
@@ -174,6 +197,8 @@ def run_swap(args: argparse.Namespace) -> int:
                 for kind, p in kinds.items():
                     print(f"  {worker} {kind:<5} {_bar(p['done'], p['total'])}")
             print(f"acknowledged by: {', '.join(status['acknowledged_by']) or '-'}")
+            for refusal in status["refused_commands"]:
+                print(f"refused: {refusal['op']} {refusal['version']}: {refusal['reason']}")
         else:
             print(json.dumps(status, indent=2))
         return 0
@@ -182,7 +207,6 @@ def run_swap(args: argparse.Namespace) -> int:
             "the workers sign their control messages: set EMBSTREAM_CONTROL_KEY to their key, "
             "or they will ignore this command"
         )
-    registry = EncoderRegistry(settings.registry)
     if args.action == "stage":
         if state.serving == args.version:
             raise ControlError(f"version {args.version} is already the serving version")

@@ -27,12 +27,23 @@ import hmac
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import orjson
 
-__all__ = ["ControlCodec", "ControlError", "RolloutState", "control_message", "decode_control"]
+__all__ = [
+    "ControlCodec",
+    "ControlError",
+    "Folded",
+    "RolloutState",
+    "VersionCheck",
+    "control_message",
+    "decode_control",
+    "malformed_reason",
+]
 
 
 class ControlError(ValueError):
@@ -104,11 +115,104 @@ class ControlCodec:
 
 #: Operator commands (as opposed to workers' acks, progress and hellos).
 COMMANDS = frozenset({"stage", "promote", "rollback", "cancel"})
+#: How many refused commands the state keeps for ``swap status``.
+REFUSALS_KEPT = 50
+
+_Version = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+_Count = Annotated[int, msgspec.Meta(ge=0)]
+_Text = Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+class _Stage(msgspec.Struct):
+    id: _Text
+    version: _Version
+    rate: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    force: bool = False
+
+
+class _Promote(msgspec.Struct):
+    id: _Text
+    version: _Version
+    force: bool = False
+
+
+class _Rollback(msgspec.Struct):
+    id: _Text
+    source: _Version = msgspec.field(name="from")
+    to: _Version
+
+
+class _Cancel(msgspec.Struct):
+    id: _Text
+    version: _Version
+
+
+class _Ack(msgspec.Struct):
+    worker: _Text
+    of: _Text
+
+
+class _Progress(msgspec.Struct):
+    worker: _Text
+    version: _Version
+    kind: _Text
+    done: _Count
+    total: _Count
+
+
+class _Hello(msgspec.Struct):
+    worker: _Text
+    serving: _Version
+    override: bool = False
+
+
+_SCHEMAS: dict[str, type[msgspec.Struct]] = {
+    "stage": _Stage,
+    "promote": _Promote,
+    "rollback": _Rollback,
+    "cancel": _Cancel,
+    "ack": _Ack,
+    "progress": _Progress,
+    "worker": _Hello,
+}
+
+
+def malformed_reason(message: dict[str, Any]) -> str | None:
+    """Why ``message`` does not follow its op's schema (``None``: it does). Fields beyond the
+    schema (``ts``, ``sig``, an ack's ``error``) are allowed and left alone."""
+    schema = _SCHEMAS.get(message.get("op"))  # type: ignore[arg-type]
+    if schema is None:
+        return f"unknown op {str(message.get('op'))[:40]!r}"
+    try:
+        msgspec.convert(message, schema)
+    except (msgspec.ValidationError, RecursionError) as error:
+        return str(error)[:200]
+    return None
+
+
+#: ``check(op, version, force)``: why a command of ``op`` must not act on ``version`` (it is
+#: not in the registry, its files do not verify or load, or a stage fails the gate), or
+#: ``None``. ``op`` is a command or ``"worker"`` (a hello's serving version).
+VersionCheck = Callable[[str, int, bool], str | None]
+
+
+@dataclass(frozen=True)
+class Folded:
+    """What one message did to the state."""
+
+    changed: bool  # the serving or staged version changed
+    refused: str | None = None  # a command (or hello) that was not acted on, and why
+    malformed: bool = False
 
 
 @dataclass
 class RolloutState:
-    """Serving, staged and previous versions, folded from the control topic."""
+    """Serving, staged and previous versions, folded from the control topic.
+
+    :meth:`fold` is the one function both a worker's replay at start and its live apply go
+    through, so a message refused live is refused on replay too: every command is checked
+    against the state and (through ``check``) the registry before it changes anything.
+    """
 
     serving: int | None = None
     staged: int | None = None
@@ -124,45 +228,89 @@ class RolloutState:
     #: Ids of every command seen: a command is acted on once, so re-sending an old (even
     #: signed) command changes nothing. Deterministic, since every reader folds the whole topic.
     seen_commands: set[str] = field(default_factory=set)
-    #: Messages a reader left out, by reason (malformed, unsigned, forged); not folded.
+    #: Messages a reader left out, by reason (malformed, unsigned, forged, refused).
     ignored: Counter[str] = field(default_factory=Counter)
+    #: The latest commands that were not acted on: ``{"id", "op", "version", "reason"}``.
+    refused: list[dict[str, Any]] = field(default_factory=list)
 
-    def apply(self, message: dict[str, Any]) -> bool:
-        """Apply one message; returns True when the serving or staged version changed."""
-        op = message.get("op")
-        version = message.get("version")
-        before = (self.serving, self.staged)
-        if op in COMMANDS:
-            command_id = str(message.get("id"))
-            if command_id in self.seen_commands:
-                return False  # a re-sent command: acted on (or refused) the first time
-            self.seen_commands.add(command_id)
+    def apply(self, message: dict[str, Any], check: VersionCheck | None = None) -> bool:
+        """Fold one message; True when the serving or staged version changed."""
+        return self.fold(message, check).changed
+
+    def fold(self, message: dict[str, Any], check: VersionCheck | None = None) -> Folded:
+        """Fold one message (see the class docstring); never raises on what it holds.
+
+        A message that does not follow its op's schema is counted as malformed and skipped.
+        Without ``check`` every version is taken to exist (for readers without a registry).
+        """
+        if malformed_reason(message) is not None:
+            self.ignored["malformed"] += 1
+            return Folded(False, malformed=True)
+        op = message["op"]
         if op == "ack":
-            self.acks.setdefault(str(message.get("of")), set()).add(str(message.get("worker")))
-            return False
-        if op == "worker":  # a worker's hello: the serving version it started with
-            if isinstance(message.get("serving"), int) and (self.serving is None or message.get("override")):
-                self.serving = int(message["serving"])
-            return False
+            self.acks.setdefault(message["of"], set()).add(message["worker"])
+            return Folded(False)
         if op == "progress":
-            key = (str(message.get("worker")), int(message.get("version", 0)), str(message.get("kind")))
-            self.progress[key] = (int(message.get("done", 0)), int(message.get("total", 0)))
-            return False
-        if op == "stage" and isinstance(version, int) and version != self.serving:
+            key = (message["worker"], message["version"], message["kind"])
+            self.progress[key] = (message["done"], message["total"])
+            return Folded(False)
+        if op == "worker":  # a worker's hello: the serving version it started with
+            serving = message["serving"]
+            if self.serving is not None and not message.get("override"):
+                return Folded(False)
+            reason = None if check is None else check("worker", serving, False)
+            if reason is not None:
+                return self._refuse(message, serving, reason)
+            self.serving = serving
+            return Folded(False)
+        command_id = message["id"]
+        if command_id in self.seen_commands:
+            return Folded(False)  # a re-sent command: acted on (or refused) the first time
+        self.seen_commands.add(command_id)
+        before = (self.serving, self.staged)
+        version = message["to"] if op == "rollback" else message["version"]
+        force = bool(message.get("force"))
+        reason = self._refusal(op, message, version, force)
+        if reason is None and op in ("stage", "promote", "rollback") and check is not None:
+            reason = check(op, version, force)
+        if reason is not None:
+            return self._refuse(message, version, reason)
+        if op == "stage":
             if self.staged != version:
                 self.staged, self.rate = version, message.get("rate")
-                self.stage_ids[version] = str(message.get("id"))
-        elif op == "promote" and isinstance(version, int) and self.serving != version:
-            if self.staged == version or message.get("force"):
-                self.previous, self.serving, self.staged = self.serving, version, None
-        elif op == "rollback" and message.get("from") == self.serving and isinstance(message.get("to"), int):
-            self.serving, self.previous, self.staged = int(message["to"]), None, None
-        elif op == "cancel" and self.staged == version:
+                self.stage_ids[version] = command_id
+        elif op == "promote":
+            self.previous, self.serving, self.staged = self.serving, version, None
+        elif op == "rollback":
+            self.serving, self.previous, self.staged = version, None, None
+        else:  # cancel
             self.staged = None
-        else:
-            return False
-        self.last_command_id, self.last_command = str(message.get("id")), message
-        return (self.serving, self.staged) != before
+        self.last_command_id, self.last_command = command_id, message
+        return Folded((self.serving, self.staged) != before)
+
+    def _refusal(self, op: str, message: dict[str, Any], version: int, force: bool) -> str | None:
+        """Why ``op`` cannot act in the current state (before the registry is asked)."""
+        if op == "stage" and version == self.serving:
+            return f"version {version} is the serving version"
+        if op == "promote" and version == self.serving:
+            return f"version {version} is already the serving version"
+        if op == "promote" and self.staged != version and not force:
+            return f"version {version} is not staged"
+        if op == "rollback" and message["from"] != self.serving:
+            return f"version {message['from']} is not the serving version (it is {self.serving})"
+        if op == "rollback" and version == self.serving:
+            return f"version {version} is already the serving version"
+        if op == "cancel" and self.staged != version:
+            return f"version {version} is not staged"
+        return None
+
+    def _refuse(self, message: dict[str, Any], version: int, reason: str) -> Folded:
+        self.ignored["refused"] += 1
+        self.refused.append(
+            {"id": message.get("id"), "op": message["op"], "version": version, "reason": reason}
+        )
+        del self.refused[:-REFUSALS_KEPT]
+        return Folded(False, refused=reason)
 
     def backfill_complete(self, version: int, kinds: tuple[str, ...] = ("user", "item")) -> bool:
         """Every worker that acknowledged the stage of ``version`` or reported on it has

@@ -9,6 +9,7 @@ switches the store's serving version on promote and rollback.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from models.encoder import Encoder, TorchEncoder
@@ -17,9 +18,9 @@ from models.registry import EncoderRegistry, Manifest
 from store.item_indexes import ItemIndexes
 from store.vector_store import VersionedVectorStore
 from stream.backfill import Backfiller, BackfillProgress
-from stream.control import ControlError, RolloutState, control_message
+from stream.control import COMMANDS, ControlError, Folded, RolloutState, VersionCheck, control_message
 
-__all__ = ["RolloutController", "check_swappable"]
+__all__ = ["RolloutController", "check_swappable", "version_check"]
 
 log = logging.getLogger("embstream.rollout")
 
@@ -42,6 +43,24 @@ def check_swappable(registry: EncoderRegistry, version: int, force: bool = False
             f"{report.get('threshold_pct')} % or it has no aligner (use --force to stage anyway)"
         )
     return manifest
+
+
+def version_check(registry: EncoderRegistry, load: Callable[[int], object]) -> VersionCheck:
+    """The registry's side of the control fold (:meth:`RolloutState.fold`): a version a
+    command acts on must load (``load(version)``: manifest, sha256 and a plain-tensor load),
+    and a staged one must pass the compatibility gate unless forced. A failure is a refusal;
+    it is never remembered, so a version added to the registry later is accepted then."""
+
+    def check(op: str, version: int, force: bool) -> str | None:
+        try:
+            if op == "stage":
+                check_swappable(registry, version, force=force)
+            load(version)
+        except (ControlError, ModelError) as error:
+            return str(error)
+        return None
+
+    return check
 
 
 class RolloutController:
@@ -68,6 +87,7 @@ class RolloutController:
         self.staged_encoder: TorchEncoder | None = None
         self.backfiller: Backfiller | None = None
         self.rejected_messages = 0
+        self.check = version_check(registry, self.encoder)
 
     def encoder(self, version: int) -> TorchEncoder:
         if version not in self._encoders:
@@ -78,18 +98,33 @@ class RolloutController:
         """Begin serving (after the control topic was replayed into ``state``).
 
         The control topic's serving version wins over ``serving`` unless ``override`` (an
-        operator's explicit ``--encoder-version``).
+        operator's explicit ``--encoder-version``). Whatever the topic holds, the worker
+        starts: a version that does not load gives way to ``serving``, then to the
+        registry's latest.
         """
-        version = serving if override else (self.state.serving or serving)
-        if override:
+        candidates: list[int | None] = [serving] if override else [self.state.serving, serving]
+        candidates.append(self.registry.latest())
+        version, errors = None, []
+        for candidate in dict.fromkeys(c for c in candidates if c is not None):
+            try:
+                self.serving_encoder = self.encoder(candidate)
+            except ModelError as error:
+                errors.append(f"version {candidate}: {error}")
+                log.error("cannot serve version %d: %s", candidate, error)
+                continue
+            version = candidate
+            break
+        if version is None:
+            raise ModelError(f"no version in the registry can be served ({'; '.join(errors)})")
+        if override or self.state.serving != version:
             self.state.serving = version
-        self.serving_encoder = self.encoder(version)
         if self.store.serving_version != version:
             self.store.set_serving_version(version)
-        if self.state.serving is None:
-            self.state.serving = version
         if self.state.staged is not None:
-            self._stage(self.state.staged, force=True)
+            try:
+                self._stage(self.state.staged, force=True)
+            except (ControlError, ModelError) as error:
+                log.error("staged version %d cannot be loaded here: %s", self.state.staged, error)
         return [control_message("worker", worker=self.worker_id, serving=version, override=override)]
 
     def refresh_encoders(self) -> list[Encoder]:
@@ -100,35 +135,43 @@ class RolloutController:
             encoders.append(self.staged_encoder)
         return encoders
 
-    def replay(self, message: dict[str, Any]) -> None:
+    def _fold(self, message: dict[str, Any]) -> Folded:
+        folded = self.state.fold(message, self.check)
+        if folded.refused is not None:
+            self.rejected_messages += 1
+            log.error("control message %s refused: %s", message.get("op"), folded.refused)
+        elif folded.malformed:
+            self.rejected_messages += 1
+            log.warning("control message ignored: malformed (%s)", str(message)[:200])
+        return folded
+
+    def replay(self, message: dict[str, Any]) -> Folded:
         """Fold a historical message into the state without acting on it."""
-        self.state.apply(message)
+        return self._fold(message)
 
     def apply(self, message: dict[str, Any]) -> list[dict[str, Any]]:
-        """Act on a new control message; returns the messages to publish (acks)."""
+        """Act on a new control message; returns the messages to publish (an ack of every
+        command, with ``error`` when it was refused)."""
         before = (self.state.serving, self.state.staged)
-        if not self.state.apply(message):
+        folded = self._fold(message)
+        if folded.malformed or message.get("op") not in COMMANDS:
             return []
+        ack = control_message("ack", worker=self.worker_id, of=message.get("id"), command=message.get("op"))
+        if folded.refused is not None:
+            return [{**ack, "error": folded.refused}]
+        if not folded.changed:
+            return [ack] if message is self.state.last_command else []
         serving, staged = self.state.serving, self.state.staged
-        outgoing = [
-            control_message("ack", worker=self.worker_id, of=message.get("id"), command=message.get("op"))
-        ]
-        try:
-            if staged is not None and staged != before[1]:
-                self._stage(staged, force=bool(message.get("force")))
-            if staged is None:
-                self.staged_encoder, self.backfiller = None, None
-            if serving is not None and serving != before[0]:
-                self.serving_encoder = self.encoder(serving)
-                self.store.set_serving_version(serving)
-                log.info("serving version is now %d", serving)
-        except (ControlError, ModelError) as error:
-            log.error("control message %s refused: %s", message.get("op"), error)
-            self.state.serving, self.state.staged = before
-            self.staged_encoder = None if before[1] is None else self.staged_encoder
-            self.rejected_messages += 1
-            outgoing[0]["error"] = str(error)
-        return outgoing
+        # The fold checked (and loaded) every version it accepted: nothing below can refuse.
+        if staged is not None and staged != before[1]:
+            self._stage(staged, force=True)
+        if staged is None:
+            self.staged_encoder, self.backfiller = None, None
+        if serving is not None and serving != before[0]:
+            self.serving_encoder = self.encoder(serving)
+            self.store.set_serving_version(serving)
+            log.info("serving version is now %d", serving)
+        return [ack]
 
     def _stage(self, version: int, force: bool) -> None:
         check_swappable(self.registry, version, force=force)

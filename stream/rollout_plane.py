@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from concurrent.futures import Executor
 from typing import Any
 
@@ -62,7 +63,7 @@ class RolloutPlane:
         partition = TopicPartition(self.topic, 0)
         self.consumer.assign([partition])
         await self.consumer.seek_to_beginning(partition)
-        replayed = 0
+        history: list[dict[str, Any]] = []
         while True:  # the control topic is small; read until it stays quiet
             fetched = await self.consumer.getmany(timeout_ms=400)
             if not fetched:
@@ -71,9 +72,11 @@ class RolloutPlane:
                 for record in messages:
                     message = self._decode(record.value)
                     if message is not None:
-                        self.controller.replay(message)
-                        replayed += 1
+                        history.append(message)
         loop = asyncio.get_running_loop()
+        # The same fold as live apply (it may load versions from the registry: off the loop).
+        await loop.run_in_executor(None, self._replay, history)
+        replayed = len(history)
         hello = await loop.run_in_executor(None, self.controller.start, serving, override)
         await self._publish(hello)
         if self.controller.backfiller is not None:
@@ -94,7 +97,9 @@ class RolloutPlane:
                 message = self._decode(record.value)
                 if message is None:
                     continue
+                refused_before = self.controller.state.ignored.copy()
                 outgoing = await loop.run_in_executor(executor, self.controller.apply, message)
+                self._count_refusals(refused_before)
                 await self._publish(outgoing)
                 if outgoing:
                     self._reported_complete = False
@@ -117,6 +122,20 @@ class RolloutPlane:
                 self._last_progress = now
                 await self._publish(self.controller.progress_messages(progress))
                 self._reported_complete = complete
+
+    def _replay(self, history: list[dict[str, Any]]) -> None:
+        before = self.controller.state.ignored.copy()
+        for message in history:
+            self.controller.replay(message)
+        self._count_refusals(before)
+
+    def _count_refusals(self, before: Counter[str]) -> None:
+        """Count in the metrics what the fold refused or found malformed since ``before``."""
+        if self.metrics is not None:
+            for reason in ("malformed", "refused"):
+                self.metrics.control_rejected[reason] += (
+                    self.controller.state.ignored[reason] - before[reason]
+                )
 
     def _decode(self, raw: bytes | None) -> dict[str, Any] | None:
         """A message to apply, or ``None`` (malformed, or unsigned or forged under a control

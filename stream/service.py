@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from aiohttp import web
 
 from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
@@ -24,6 +23,7 @@ from store.vector_store import VersionedVectorStore
 from stream.api import ApiContext, create_app
 from stream.broker import EmbeddedBroker, ensure_topics
 from stream.control import ControlCodec
+from stream.http_server import HttpServer
 from stream.metrics import Metrics
 from stream.partitioned import PartitionedRefresher
 from stream.progress import progress_bar, say
@@ -258,6 +258,7 @@ async def run_service(
             registry=registry,
             token=settings.api_token,
             backup_root=settings.backup_dir,
+            body_timeout_s=settings.http_limits.body_timeout_s,
             admin_allowed=bool(settings.api_token) or settings.api_host in ("127.0.0.1", "localhost", "::1"),
             readiness=worker.readiness if isinstance(worker, ScaleOutWorker) else None,
             health=lambda: {
@@ -272,11 +273,9 @@ async def run_service(
                 "uptime_s": round(time.monotonic() - started_at, 1),
             },
         )
-        runner = web.AppRunner(create_app(context), access_log=None)
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, settings.api_host, settings.api_port)
-        await site.start()  # before any long step, so a port in use fails at once
+        http = HttpServer(create_app(context), settings.api_host, settings.api_port, settings.http_limits)
+        await http.start()  # before any long step, so a port in use fails at once
+        stack.push_async_callback(http.stop)
         say(f"lookup API on http://{settings.api_host}:{settings.api_port}")
         # The group join (seconds on some brokers) runs while the encoder loads or trains.
         stack.push_async_callback(worker.stop)

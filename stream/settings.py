@@ -8,8 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from models.registry import version_number
 from store.vector_store import VECTOR_DTYPES
 from stream.changelog import by_item_topic
+from stream.http_server import HttpLimits
 from stream.kafka_security import KafkaSecurity, KafkaSecurityError
 
 __all__ = ["Settings", "SettingsError"]
@@ -62,6 +64,11 @@ class Settings:
     # and a shared key signing control messages (HMAC-SHA256). Empty: not required.
     api_token: str = field(default="", repr=False)
     control_key: str = field(default="", repr=False)
+    # The API's limits against slow and abandoned clients (stream/http_server.py): seconds for a
+    # request's headers (also the idle keep-alive timeout) and for its body; open connections.
+    http_header_timeout_s: int = 10
+    http_body_timeout_s: int = 30
+    http_max_connections: int = 512
     # Where the running worker writes backups asked for through the API (embstream store backup).
     backup_dir: Path = Path("embstream-backups")
     # Kafka connection security, passed to every Kafka client (stream/kafka_security.py).
@@ -86,6 +93,9 @@ class Settings:
             raise SettingsError(f"EMBSTREAM_MAX_EVENT_BYTES={self.max_event_bytes} must be at least 256")
         if self.block_cache_mb < 0:
             raise SettingsError(f"EMBSTREAM_BLOCK_CACHE_MB={self.block_cache_mb} must be 0 or more")
+        for name in ("http_header_timeout_s", "http_body_timeout_s", "http_max_connections"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"EMBSTREAM_{name.upper()}={getattr(self, name)} must be at least 1")
         if self.index_versions < 0:
             raise SettingsError(f"EMBSTREAM_INDEX_VERSIONS={self.index_versions} must be 0 or more")
         if self.serving_cache_mb < 0:
@@ -105,6 +115,12 @@ class Settings:
             ssl_cafile=self.kafka_ssl_cafile,
             ssl_certfile=self.kafka_ssl_certfile,
             ssl_keyfile=self.kafka_ssl_keyfile,
+        )
+
+    @property
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(
+            float(self.http_header_timeout_s), float(self.http_body_timeout_s), self.http_max_connections
         )
 
     @property
@@ -157,7 +173,12 @@ def _convert(name: str, raw: str, default: object) -> object:
     try:
         if isinstance(default, Path):
             return Path(raw)
-        if isinstance(default, int) or name == "encoder_version":
+        if name == "encoder_version":
+            return version_number(raw)
+        if isinstance(default, int):
+            digits = raw.strip().removeprefix("-")
+            if not (digits.isascii() and digits.isdigit()):  # int() would take "١٢" too
+                raise ValueError(raw)
             return int(raw)
     except ValueError:
         raise SettingsError(f"EMBSTREAM_{name.upper()}={raw!r} is not an integer") from None

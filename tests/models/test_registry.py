@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +7,7 @@ import pytest
 import torch
 
 from models.encoder import EncoderConfig, TwoTowerModel
-from models.errors import IntegrityError, RegistryError, VersionMissingError
+from models.errors import IntegrityError, RegistryError, UnloadableError, VersionMissingError
 from models.features import ItemState
 from models.registry import EncoderRegistry
 
@@ -16,8 +15,14 @@ CONFIG = EncoderConfig(dim=16, id_dim=8, buckets=256, hidden=16, history=5)
 
 
 class Payload:
+    unpickled = False
+
     def __reduce__(self):
-        return (print, ("unpickled!",))
+        return (_mark_unpickled, ())
+
+
+def _mark_unpickled() -> None:
+    Payload.unpickled = True
 
 
 def test_save_load_round_trip_gives_identical_vectors(tmp_path: Path) -> None:
@@ -59,8 +64,12 @@ def test_weights_only_loading_refuses_a_pickled_object(tmp_path: Path) -> None:
     data["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
     (tmp_path / "v1" / "manifest.json").write_text(json.dumps(data))
     assert manifest.version == 1
-    with pytest.raises(pickle.UnpicklingError):
+    # Refused as an error of the registry (what `swap stage` and workers catch), not a crash.
+    with pytest.raises(UnloadableError, match="not a plain tensor file"):
         registry.load(1)
+    with pytest.raises(UnloadableError):
+        registry.verify(1)
+    assert not Payload.unpickled
 
 
 def test_missing_and_malformed_versions_are_clear_errors(tmp_path: Path) -> None:
