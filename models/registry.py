@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -118,9 +119,16 @@ def _load_into(module: torch.nn.Module, version: int, name: str, data: bytes) ->
 def _tensors(version: int, name: str, data: bytes) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(io.BytesIO(data), weights_only=True)
-    except Exception as error:  # UnpicklingError for pickled objects, RuntimeError for garbage
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UnloadableError(f"version {version}: {name} is not a plain tensor file ({first})") from None
+    except pickle.UnpicklingError:
+        raise UnloadableError(
+            f"version {version}: {name} is not a plain tensor file (it holds pickled objects, "
+            "which are refused unread)"
+        ) from None
+    except Exception as error:  # a truncated or foreign file
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UnloadableError(
+            f"version {version}: {name} is not a plain tensor file ({first[:200]})"
+        ) from None
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise UnloadableError(f"version {version}: {name} does not hold a state dict of tensors")
     return loaded

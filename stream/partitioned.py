@@ -128,8 +128,18 @@ class PartitionedRefresher(EmbeddingRefresher):
 
     def prepare(self, records: Sequence[SourceRecord], generation: int) -> PreparedBatch:
         """Apply ``records`` (either topic, in partition order) to an uncommitted write."""
+        started = self.guard.begin(records)
+        for record in started.rehearse:  # after a death: each suspect alone, thrown away
+            with self.guard.rehearsing(record):
+                self._prepare([record], generation, started.quarantine)
+        prepared = self._prepare(records, generation, started.quarantine)
+        self.guard.finish(prepared.writer, records)
+        return prepared
+
+    def _prepare(
+        self, records: Sequence[SourceRecord], generation: int, quarantine: set[tuple[str, int, int]]
+    ) -> PreparedBatch:
         prepared = PreparedBatch(self.store.writer(), BatchOutcome())
-        quarantine = self.guard.begin(records)
         user_records = [r for r in records if r.topic == self.topic]
         item_records = [r for r in records if r.topic == self.by_item]
         prepared.outcome.consumed = len(user_records)
@@ -137,7 +147,6 @@ class PartitionedRefresher(EmbeddingRefresher):
             self._prepare_users(user_records, generation, prepared, quarantine)
         if item_records:
             self._prepare_items(item_records, generation, prepared)
-        self.guard.finish(prepared.writer, records)
         return prepared
 
     def _prepare_users(

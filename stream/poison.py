@@ -10,24 +10,25 @@ Two lines of defence:
   as they are.
 - :class:`CrashGuard` keeps, in the store, the source range of the batch being applied (one
   small write before it, removed by the batch's own commit). A worker that dies mid-batch
-  finds the range at its next start and applies those records one at a time; if it dies
+  finds the range at its next start and tries each of those records alone first; if it dies
   again on one of them, the next start quarantines that record to the dead-letter topic
   (reason :data:`POISON_CRASHED`) instead of dying a third time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import orjson
 
 from store.errors import StoreError
 from store.vector_store import StoreWriter, VersionedVectorStore
 
-__all__ = ["POISON_CRASHED", "CrashGuard", "is_systemic", "isolate"]
+__all__ = ["POISON_CRASHED", "BatchStart", "CrashGuard", "is_systemic", "isolate"]
 
 log = logging.getLogger("embstream.poison")
 
@@ -121,16 +122,42 @@ class _Suspect:
     start: int
     end: int
     crashes: int  # deaths of workers applying a range that held these offsets
+    #: the marker named exactly one record (not a range narrowed down as it was applied)
+    pinned: bool = False
+
+
+@dataclass
+class BatchStart(Generic[R]):
+    """What :meth:`CrashGuard.begin` decided for a batch."""
+
+    #: (topic, partition, offset) of records to dead-letter unread: they killed a worker twice
+    quarantine: set[tuple[str, int, int]]
+    #: records of a range a worker died in: each is applied alone first, to a write that is
+    #: thrown away, under a marker naming it (:meth:`CrashGuard.rehearsing`)
+    rehearse: list[R]
 
 
 class CrashGuard:
-    """Applies a dead worker's last batch one record at a time, and quarantines a record
-    that kills the worker twice (see the module docstring)."""
+    """Finds the record that kills a worker, and quarantines it once it has done so twice.
+
+    Before each batch, :meth:`begin` writes the batch's source range per partition (with
+    how many deaths that range has seen) under one key in the store; the batch's own commit
+    removes it (:meth:`finish`). A worker that finds the key at start knows the last run died
+    applying that range:
+
+    - after one death, each record of the range is first *rehearsed* alone (applied to a
+      write that is thrown away) under a marker naming that record, then the batch is applied
+      as usual: a record that kills the worker again is named by the marker;
+    - a record named after two deaths is quarantined: dead-lettered unread with the reason
+      :data:`POISON_CRASHED`;
+    - a range that killed the worker twice although each of its records survived its
+      rehearsal (the batch as a whole is the trouble) is applied one record per batch.
+    """
 
     def __init__(self, store: VersionedVectorStore) -> None:
         self.store = store
-        self.quarantined = 0
         self._suspects: dict[tuple[str, int], _Suspect] = {}
+        self._ranges: dict[str, list[int]] = {}
         raw = store.get_meta(_INFLIGHT)
         if raw is None:
             return
@@ -138,59 +165,84 @@ class CrashGuard:
             ranges = orjson.loads(raw)
             for name, (start, end, crashes) in ranges.items():
                 topic, _, partition = name.rpartition("/")
-                self._suspects[(topic, int(partition))] = _Suspect(int(start), int(end), int(crashes) + 1)
+                suspect = _Suspect(int(start), int(end), int(crashes) + 1, pinned=int(start) == int(end))
+                self._suspects[(topic, int(partition))] = suspect
         except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError):
             log.warning("the in-flight marker of the last run is unreadable; ignoring it")
             return
         for (topic, partition), suspect in sorted(self._suspects.items()):
+            if suspect.pinned and suspect.crashes >= 2:
+                then = "quarantining that record"
+            elif suspect.crashes >= 2:
+                then = "applying them one record per batch"
+            else:
+                then = "trying each record alone before applying them"
             log.warning(
-                "the last run died while applying %s[%d] offsets %d-%d (%d time(s)): applying them "
-                "one record at a time%s",
+                "the last run died while applying %s[%d] offsets %d-%d (%d time(s)): %s",
                 topic,
                 partition,
                 suspect.start,
                 suspect.end,
                 suspect.crashes,
-                ", and quarantining the record if it is the one" if suspect.crashes >= 2 else "",
+                then,
             )
 
+    def _suspect(self, record: _Record) -> _Suspect | None:
+        suspect = self._suspects.get((record.topic, record.partition))
+        if suspect is not None and suspect.start <= record.offset <= suspect.end:
+            return suspect
+        return None
+
     def plan(self, records: Sequence[R]) -> list[list[R]]:
-        """``records`` as the batches to apply in turn: each record of a range a worker died
-        in on its own, first, then the rest together (partition order is kept)."""
-        if not self._suspects:
-            return [list(records)]
+        """``records`` as the batches to apply in turn: one, unless they hold a range that
+        killed a worker twice as a whole; its records then go one per batch, first."""
         alone: list[list[R]] = []
         rest: list[R] = []
         for record in records:
-            suspect = self._suspects.get((record.topic, record.partition))
-            if suspect is not None and suspect.start <= record.offset <= suspect.end:
+            suspect = self._suspect(record) if self._suspects else None
+            if suspect is not None and suspect.crashes >= 2 and not suspect.pinned:
                 alone.append([record])
             else:
                 rest.append(record)
         return [*alone, rest] if rest else alone
 
-    def begin(self, records: Sequence[_Record]) -> set[tuple[str, int, int]]:
-        """Note the source range of the batch ``records`` in the store (its own small write);
-        returns the records to quarantine instead of applying, as (topic, partition, offset)."""
+    def begin(self, records: Sequence[R]) -> BatchStart[R]:
+        """Note the source range of the batch ``records`` in the store (its own small write)
+        and say which of its records to quarantine and which to rehearse."""
         ranges: dict[str, list[int]] = {}
-        quarantine: set[tuple[str, int, int]] = set()
+        start: BatchStart[R] = BatchStart(set(), [])
         for record in records:
-            source = (record.topic, record.partition)
-            name = f"{record.topic}/{record.partition}"
-            suspect = self._suspects.get(source)
+            suspect = self._suspect(record) if self._suspects else None
             crashes = 0
-            if suspect is not None and suspect.start <= record.offset <= suspect.end:
+            if suspect is not None:
                 crashes = suspect.crashes
-                if crashes >= 2 and suspect.start == suspect.end == record.offset:
-                    quarantine.add((record.topic, record.partition, record.offset))
+                if crashes >= 2 and suspect.pinned:
+                    start.quarantine.add((record.topic, record.partition, record.offset))
                     continue
+                if crashes == 1 and len(records) > 1:
+                    start.rehearse.append(record)
+            name = f"{record.topic}/{record.partition}"
             span = ranges.setdefault(name, [record.offset, record.offset, crashes])
             span[0], span[1] = min(span[0], record.offset), max(span[1], record.offset)
             span[2] = max(span[2], crashes)
+        self._ranges = ranges
+        self._mark(ranges)
+        return start
+
+    @contextlib.contextmanager
+    def rehearsing(self, record: _Record) -> Iterator[None]:
+        """Mark ``record`` alone as in flight while the caller rehearses it, then the batch
+        again (a death during the rehearsal names the record, not the batch)."""
+        suspect = self._suspect(record)
+        crashes = 1 if suspect is None else suspect.crashes
+        self._mark({f"{record.topic}/{record.partition}": [record.offset, record.offset, crashes]})
+        yield
+        self._mark(self._ranges)
+
+    def _mark(self, ranges: dict[str, list[int]]) -> None:
         writer = self.store.writer()
         writer.put_meta(_INFLIGHT, orjson.dumps(ranges))
         writer.commit()
-        return quarantine
 
     def finish(self, writer: StoreWriter, records: Sequence[_Record]) -> None:
         """Stage the marker's removal in the batch's own ``writer``; forget suspect ranges
@@ -207,6 +259,3 @@ class CrashGuard:
                 del self._suspects[source]
             elif record.offset >= suspect.start:  # the rest of the range stays suspect
                 self._suspects[source] = _Suspect(record.offset + 1, suspect.end, suspect.crashes)
-
-    def note_quarantined(self, count: int) -> None:
-        self.quarantined += count

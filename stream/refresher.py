@@ -169,8 +169,24 @@ class EmbeddingRefresher:
 
     def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
         """Apply ``records`` (in partition order) and commit state, vectors, offsets, outbox."""
+        started = self.guard.begin(records)
+        for record in started.rehearse:  # after a death: each suspect alone, thrown away
+            with self.guard.rehearsing(record):
+                self._apply([record], self.store.writer(), started.quarantine)
+        writer = self.store.writer()
+        outcome = self._apply(records, writer, started.quarantine)
+        self.guard.finish(writer, records)
+        if outcome.outbox:
+            writer.set_outbox(encode_outbox(outcome.outbox))
+        writer.commit()
+        return outcome
+
+    def _apply(
+        self, records: Sequence[SourceRecord], writer: StoreWriter, quarantine: set[tuple[str, int, int]]
+    ) -> BatchOutcome:
+        """Stage ``records`` into ``writer``: states, vectors, next offsets, and (in the
+        outcome) the messages to send."""
         outcome = BatchOutcome(consumed=len(records))
-        quarantine = self.guard.begin(records)
         now_ms = self.clock_ms()
         next_offsets: dict[tuple[str, int], int] = {}
         stored: dict[tuple[str, int], int | None] = {}
@@ -197,7 +213,6 @@ class EmbeddingRefresher:
             else:
                 events.append(parsed)
                 sources.append(record)
-        writer = self.store.writer()
         if events:
             refreshed, kept = self.refresh(
                 ("user", "item"),
@@ -209,10 +224,6 @@ class EmbeddingRefresher:
                 self.stage(writer, kind_refreshed, outcome)
         for (topic, partition), offset in next_offsets.items():
             writer.set_offset(topic, partition, offset)
-        self.guard.finish(writer, records)
-        if outcome.outbox:
-            writer.set_outbox(encode_outbox(outcome.outbox))
-        writer.commit()
         return outcome
 
     def refresh(

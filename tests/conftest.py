@@ -112,18 +112,20 @@ class WorkerProcess:
     api_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    #: How to start the command line: the package's, or a test's wrapper script around it.
+    entry: list[str] = field(default_factory=lambda: ["-m", "stream.cli"])
 
     @property
     def api(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def start(self) -> WorkerProcess:
+    def start(self, wait: bool = True) -> WorkerProcess:
+        """Start the worker; with ``wait``, return once it owns partitions."""
         self.api_port = free_port()
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-worker-{self.api_port}.log"
         command = [
             sys.executable,
-            "-m",
-            "stream.cli",
+            *self.entry,
             "run",
             "--broker",
             self.broker,
@@ -146,7 +148,8 @@ class WorkerProcess:
         }
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        wait_until(self._ready, timeout_s=60)
+        if wait:
+            wait_until(self._ready, timeout_s=60)
         return self
 
     def _ready(self) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 
 from models.aligners import BackwardAligner, fit_least_squares, fit_procrustes
 from models.encoder import EncoderConfig, TwoTowerModel
+from models.errors import UnloadableError
 from models.features import TYPE_CODES, ItemState, UserState
 from models.registry import EncoderRegistry
 
@@ -89,7 +89,7 @@ def test_encoder_contract(name: str, tmp_path: Path) -> None:
         native = model.eval().encode_users(user_batch(users, config)).numpy()
     np.testing.assert_array_equal(encoder.encode_users(users), native)
     _smuggle(tmp_path / "v1" / "weights.pt", tmp_path / "v1" / "manifest.json", "weights")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(UnloadableError, match="pickled objects"):
         registry.load(1)
 
 
@@ -119,5 +119,5 @@ def test_aligner_contract(name: str, tmp_path: Path) -> None:
         aligner.source_dim
     ]
     _smuggle(tmp_path / "v2" / "backward.pt", tmp_path / "v2" / "manifest.json", "aligner")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(UnloadableError, match="pickled objects"):
         registry.load_aligner(child.version)

@@ -134,7 +134,7 @@ def test_a_client_leaving_mid_request_is_one_debug_line_not_an_error(
         for _ in range(5):
             connection = socket.create_connection(("127.0.0.1", port))
             connection.sendall(
-                b"POST /v1/embeddings/user/batch HTTP/1.1\r\nHost: t\r\nContent-Length: 500\r\n\r\n{\"ids\""
+                b'POST /v1/embeddings/user/batch HTTP/1.1\r\nHost: t\r\nContent-Length: 500\r\n\r\n{"ids"'
             )
             connection.close()
         await asyncio.sleep(0.3)

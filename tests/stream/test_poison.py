@@ -120,41 +120,61 @@ def test_a_record_that_kills_the_worker_twice_is_quarantined_at_the_next_start(d
     with pytest.raises(Died):
         _refresher(store, TrapEncoder(Died)).process(records)
     store.close()
-    # Second run: the batch goes one record at a time; the worker dies on offset 12 only.
+    # Second run: each record is tried alone first; the worker dies on offset 12 only.
     store = VersionedVectorStore(data_dir)
     refresher = _refresher(store, TrapEncoder(Died))
-    batches = refresher.plan(records)
-    assert [[r.offset for r in batch] for batch in batches] == [[10], [11], [12], [13]]
-    refresher.process(batches[0])
-    refresher.process(batches[1])
+    assert [[r.offset for r in batch] for batch in refresher.plan(records)] == [[10, 11, 12, 13]]
     with pytest.raises(Died):
-        refresher.process(batches[2])
-    assert store.get_offset("interactions", 0) == 12  # 10 and 11 were applied
+        refresher.process(records)
+    assert store.get_offset("interactions", 0) is None  # rehearsals write nothing
     store.close()
-    # Third run: the record that killed it twice is quarantined, the rest applied.
+    # Third run: the record that killed it twice is quarantined, the rest applied at once.
     store = VersionedVectorStore(data_dir)
     try:
         refresher = _refresher(store, TrapEncoder(Died))
-        batches = refresher.plan(records[2:])
-        assert [[r.offset for r in batch] for batch in batches] == [[12], [13]]
-        quarantined = refresher.process(batches[0])
-        assert quarantined.quarantined == 1 and quarantined.rejected == {POISON_CRASHED: 1}
+        outcome = refresher.process(records)
+        assert outcome.quarantined == 1 and outcome.rejected == {POISON_CRASHED: 1} and outcome.applied == 3
         assert [headers["error"].decode() for _, headers in _dead_letters(store)] == [POISON_CRASHED]
-        refresher.process(batches[1])
         assert store.get_offset("interactions", 0) == 14
-        counts = [None if s is None else UserState.from_bytes(s).count for s in store.get_states(
-            "user", ["a", "b", "trap", "c"]
-        )]  # fmt: skip
-        assert counts == [1, 1, None, 1]
-        # Once past the range, batches are whole again.
+        states = store.get_states("user", ["a", "b", "trap", "c"])
+        assert [None if s is None else UserState.from_bytes(s).count for s in states] == [1, 1, None, 1]
         assert len(refresher.plan([_record(14, "d"), _record(15, "e")])) == 1
+        assert store.get_meta("inflight") is None
+    finally:
+        store.close()
+
+
+class BatchKiller(TrapEncoder):
+    """Dies on any batch of more than two users: no record alone is the trouble."""
+
+    def encode_users(self, inputs: Sequence[UserInput]) -> np.ndarray:
+        if len(inputs) > 2:
+            raise Died("the batch as a whole")
+        return super().encode_users(inputs)
+
+
+def test_a_batch_that_kills_the_worker_as_a_whole_is_applied_one_record_per_batch(data_dir: Path) -> None:
+    records = [_record(n, f"u{n}") for n in range(5)]
+    for _ in range(2):  # the batch, then the batch again after each record survived alone
+        store = VersionedVectorStore(data_dir)
+        with pytest.raises(Died):
+            _refresher(store, BatchKiller()).process(records)
+        store.close()
+    store = VersionedVectorStore(data_dir)
+    try:
+        refresher = _refresher(store, BatchKiller())
+        batches = refresher.plan(records)
+        assert [[r.offset for r in batch] for batch in batches] == [[0], [1], [2], [3], [4]]
+        outcomes = [refresher.process(batch) for batch in batches]
+        assert sum(o.applied for o in outcomes) == 5 and not any(o.rejected for o in outcomes)
+        assert store.get_offset("interactions", 0) == 5
     finally:
         store.close()
 
 
 def test_one_death_alone_quarantines_nothing(data_dir: Path) -> None:
-    """A worker killed mid-batch (by an operator, say) re-applies that batch one record at a
-    time and loses nothing."""
+    """A worker killed mid-batch (by an operator, say) tries each record alone, then applies
+    the batch, and loses nothing."""
     records = [_record(0, "a"), _record(1, "b"), _record(2, "c")]
     store = VersionedVectorStore(data_dir)
     with pytest.raises(Died):
@@ -163,9 +183,11 @@ def test_one_death_alone_quarantines_nothing(data_dir: Path) -> None:
     store = VersionedVectorStore(data_dir)
     try:
         refresher = _refresher(store, TrapEncoder())
+        encoder = refresher.encoders()[0]
+        assert isinstance(encoder, TrapEncoder)
         outcomes = [refresher.process(batch) for batch in refresher.plan(records)]
-        assert sum(o.applied for o in outcomes) == 3
-        assert all(not o.rejected for o in outcomes)
+        assert len(outcomes) == 1 and outcomes[0].applied == 3 and not outcomes[0].rejected
+        assert encoder.calls == 4  # three rehearsals, then the batch
         assert store.get_offset("interactions", 0) == 3
     finally:
         store.close()
