@@ -32,7 +32,7 @@ from typing import Any
 
 from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
-from stream.broker import EmbeddedBroker
+from stream.kafka.broker import EmbeddedBroker
 
 SECTIONS = ("ingest", "peers", "freshness", "lookups", "storage", "backfill")
 RESULTS = Path("benchmarks/results")

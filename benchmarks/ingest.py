@@ -20,8 +20,8 @@ from typing import Any
 
 from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
-from stream.broker import EmbeddedBroker, ensure_topics
-from stream.producer import send_records, synthetic_records
+from stream.kafka.broker import EmbeddedBroker, ensure_topics
+from stream.kafka.producer import send_records, synthetic_records
 from stream.service import RunningService, run_service
 from stream.settings import Settings
 

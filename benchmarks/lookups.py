@@ -47,8 +47,8 @@ import orjson
 
 from store.lookup import lookup_many, resolve_matrix
 from store.vector_store import VersionedVectorStore
-from stream.broker import free_port
-from stream.vector_format import VECTORS_MEDIA_TYPE, decode_vectors
+from stream.api.vector_format import VECTORS_MEDIA_TYPE, decode_vectors
+from stream.kafka.broker import free_port
 
 DIM = 64
 VERSIONS = (1, 2, 3)
@@ -225,7 +225,7 @@ def serve(store_path: Path, port: int, mode: str) -> None:
         return
 
     from models.registry import EncoderRegistry
-    from stream.api import ApiContext, create_app
+    from stream.api.app import ApiContext, create_app
     from stream.metrics import Metrics
 
     store = open_store(store_path, SERVING_CACHE_MB if mode == "cache" else 0)

@@ -1,6 +1,6 @@
 """A paced synthetic producer for benchmarks: a steady rate, each event stamped when it is sent.
 
-Events come from ``stream.producer.synthetic_records``, encoded once before the clock starts;
+Events come from ``stream.kafka.producer.synthetic_records``, encoded once before the clock starts;
 at send time only the ``ts`` digits are spliced in. Every couple of milliseconds the loop
 sends the events that are due, as whole record batches per partition (aiokafka
 ``send_batch``), which costs far less CPU per event than one ``send`` call each. Used as a
@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 from aiokafka import AIOKafkaProducer
 
-from stream.producer import synthetic_records
+from stream.kafka.producer import synthetic_records
 
 __all__ = ["EventTemplate", "ProducerReport", "build_templates", "send_paced"]
 

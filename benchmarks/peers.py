@@ -46,9 +46,9 @@ from models.bootstrap import ensure_default_encoder
 from models.encoder import TorchEncoder
 from models.features import ItemState, UserState
 from models.registry import EncoderRegistry
-from stream.broker import EmbeddedBroker, ensure_topics
-from stream.events import Rejection, parse_event
-from stream.producer import send_records, synthetic_records
+from stream.ingest.events import Rejection, parse_event
+from stream.kafka.broker import EmbeddedBroker, ensure_topics
+from stream.kafka.producer import send_records, synthetic_records
 
 __all__ = ["PEERS", "main", "run_peers"]
 

@@ -164,7 +164,7 @@ def run_ingest_cost(events: int, rounds: int = 3) -> dict[str, Any]:
     from benchmarks.ingest import produce_events, run_ingest
     from models.bootstrap import ensure_default_encoder
     from models.registry import EncoderRegistry
-    from stream.broker import EmbeddedBroker
+    from stream.kafka.broker import EmbeddedBroker
 
     work = Path(tempfile.mkdtemp(prefix="embstream-bench-"))
     registry = work / "registry"

@@ -26,7 +26,7 @@ from benchmarks import emit_results
 from benchmarks.ingest import produce_events
 from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
-from stream.broker import EmbeddedBroker, free_port
+from stream.kafka.broker import EmbeddedBroker, free_port
 
 __all__ = ["run_scale_out"]
 

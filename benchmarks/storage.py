@@ -37,9 +37,9 @@ from models.features import EVENT_TYPES, UserState
 from models.registry import EncoderRegistry
 from models.synthetic import SyntheticWorld
 from store.vector_store import VersionedVectorStore
-from stream.backfill import Backfiller
-from stream.refresher import ConsumedRecord, EmbeddingRefresher
-from stream.rollout_plane import BACKFILL_CHUNK
+from stream.ingest.refresher import ConsumedRecord, EmbeddingRefresher
+from stream.rollout.backfill import Backfiller
+from stream.rollout.plane import BACKFILL_CHUNK
 
 __all__ = ["main", "run_backfill", "run_storage"]
 

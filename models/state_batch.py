@@ -92,7 +92,7 @@ class EventColumns:
 
 
 class ParsedEvent(Protocol):
-    """One valid event as the stream parses it (``stream.events.Interaction``)."""
+    """One valid event as the stream parses it (``stream.ingest.events.Interaction``)."""
 
     @property
     def user_id(self) -> str: ...

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from stream.api import ApiContext, create_app
-from stream.backfill import Backfiller
-from stream.broker import BrokerError, EmbeddedBroker, ensure_topics
-from stream.control import ControlError, RolloutState, control_message
-from stream.events import Interaction, Rejection, parse_event
+from stream.api.app import ApiContext, create_app
+from stream.api.vector_format import VECTORS_MEDIA_TYPE, decode_vectors
+from stream.ingest.events import Interaction, Rejection, parse_event
+from stream.ingest.outbox import OutgoingMessage, decode_outbox, encode_outbox
+from stream.ingest.refresher import BatchOutcome, ConsumedRecord, EmbeddingRefresher
+from stream.ingest.worker import StreamWorker
+from stream.kafka.broker import BrokerError, EmbeddedBroker, ensure_topics
 from stream.metrics import Metrics
-from stream.outbox import OutgoingMessage, decode_outbox, encode_outbox
-from stream.refresher import BatchOutcome, ConsumedRecord, EmbeddingRefresher
-from stream.rollout import RolloutController, check_swappable
+from stream.rollout.backfill import Backfiller
+from stream.rollout.control import ControlError, RolloutState, control_message
+from stream.rollout.controller import RolloutController, check_swappable
 from stream.settings import Settings, SettingsError
-from stream.vector_format import VECTORS_MEDIA_TYPE, decode_vectors
-from stream.worker import StreamWorker
 
 __all__ = [
     "VECTORS_MEDIA_TYPE",

@@ -20,19 +20,19 @@ from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
 from store.item_indexes import ItemIndexes
 from store.vector_store import VersionedVectorStore
-from stream.api import ApiContext, create_app
-from stream.broker import EmbeddedBroker, ensure_topics
-from stream.control import ControlCodec
-from stream.http_server import HttpServer
+from stream.api.app import ApiContext, create_app
+from stream.api.server import HttpServer
+from stream.console import progress_bar, say
+from stream.ingest.refresher import EmbeddingRefresher
+from stream.ingest.worker import StreamWorker
+from stream.kafka.broker import EmbeddedBroker, ensure_topics
 from stream.metrics import Metrics
-from stream.partitioned import PartitionedRefresher
-from stream.progress import progress_bar, say
-from stream.refresher import EmbeddingRefresher
-from stream.rollout import RolloutController
-from stream.rollout_plane import RolloutPlane
-from stream.scale_out import ScaleOutWorker, scale_out_topics
+from stream.rollout.control import ControlCodec
+from stream.rollout.controller import RolloutController
+from stream.rollout.plane import RolloutPlane
+from stream.scaleout.refresher import PartitionedRefresher
+from stream.scaleout.worker import ScaleOutWorker, scale_out_topics
 from stream.settings import Settings, SettingsError
-from stream.worker import StreamWorker
 
 __all__ = ["RunningService", "prepare_registry", "run_service"]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from models.registry import version_number
 from store.vector_store import VECTOR_DTYPES
-from stream.changelog import by_item_topic
-from stream.http_server import HttpLimits
-from stream.kafka_security import KafkaSecurity, KafkaSecurityError
+from stream.api.server import HttpLimits
+from stream.kafka.security import KafkaSecurity, KafkaSecurityError
+from stream.scaleout.changelog import by_item_topic
 
 __all__ = ["Settings", "SettingsError"]
 

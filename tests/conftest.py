@@ -19,7 +19,7 @@ import pytest
 
 from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
-from stream.broker import EmbeddedBroker, free_port
+from stream.kafka.broker import EmbeddedBroker, free_port
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +88,7 @@ def read_topic(bootstrap: str, topic: str, idle_s: float = 1.5) -> list[Any]:
 
 def produce(bootstrap: str, topic: str, values: list[Any]) -> None:
     """Send events (dicts become JSON, bytes go as they are) keyed by user_id."""
-    from stream.producer import send_records
+    from stream.kafka.producer import send_records
 
     records = []
     for value in values:

@@ -8,7 +8,7 @@ import os
 import sys
 
 from store.vector_store import StoreWriter
-from stream.cli import main
+from stream.cli.main import main
 
 CRASH_ON = os.environ["EMBSTREAM_TEST_CRASH_ON"]
 _put_state = StoreWriter.put_state

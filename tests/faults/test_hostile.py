@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 
 from models.features import EVENT_TYPES, UserState
 from store.vector_store import VersionedVectorStore
-from stream.broker import EmbeddedBroker, ensure_topics
-from stream.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH, MIN_TIMESTAMP_MS
-from stream.poison import POISON_CRASHED
-from stream.producer import send_records
+from stream.ingest.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH, MIN_TIMESTAMP_MS
+from stream.ingest.poison import POISON_CRASHED
+from stream.kafka.broker import EmbeddedBroker, ensure_topics
+from stream.kafka.producer import send_records
 from tests.conftest import WorkerProcess, http_json, read_topic, wait_until
 from tests.faults.streams import send_sentinels, wait_users
 
@@ -253,7 +253,7 @@ def _forged_messages(signed: Callable[[dict[str, Any]], bytes]) -> tuple[list[by
 def test_forged_and_malformed_control_messages_never_stop_a_worker(
     broker: EmbeddedBroker, trained_registry: Path, tmp_path: Path, key: str
 ) -> None:
-    from stream.control import ControlCodec
+    from stream.rollout.control import ControlCodec
 
     topic = f"hostile-control-{'signed' if key else 'open'}"
     ensure_topics([broker.bootstrap], {topic: 4, f"{topic}.control": 1})
@@ -490,7 +490,7 @@ def test_a_version_whose_weights_hold_a_pickled_object_is_refused_everywhere(
 
     import torch
 
-    from stream.control import control_message
+    from stream.rollout.control import control_message
 
     registry = tmp_path / "registry"
     shutil.copytree(trained_registry, registry)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from stream.cli_swap import read_rollout
+from stream.cli.swap import read_rollout
 from tests.conftest import WorkerProcess, http_json, wait_until
 from tests.integration.test_swap import _backfilled, _serving, _swap, swap_registry, worker
 

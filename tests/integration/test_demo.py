@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.broker import free_port
+from stream.kafka.broker import free_port
 from tests.conftest import http_json, wait_until
 
 pytestmark = pytest.mark.integration

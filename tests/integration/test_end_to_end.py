@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.broker import EmbeddedBroker, ensure_topics
+from stream.kafka.broker import EmbeddedBroker, ensure_topics
 from tests.conftest import WorkerProcess, http_json, produce, read_topic, wait_until
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.broker import EmbeddedBroker
+from stream.kafka.broker import EmbeddedBroker
 from tests.conftest import WorkerProcess, http_json, produce, wait_until
 
 pytestmark = pytest.mark.integration

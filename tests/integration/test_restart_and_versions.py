@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from models.registry import EncoderRegistry
-from stream.broker import EmbeddedBroker
+from stream.kafka.broker import EmbeddedBroker
 from tests.conftest import WorkerProcess, http_json, produce, wait_until
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from stream.broker import EmbeddedBroker
-from stream.control import ControlCodec, control_message
-from stream.producer import send_records
+from stream.kafka.broker import EmbeddedBroker
+from stream.kafka.producer import send_records
+from stream.rollout.control import ControlCodec, control_message
 from tests.conftest import WorkerProcess, http_json, wait_until
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
-from stream.broker import EmbeddedBroker
-from stream.producer import send_records
+from stream.kafka.broker import EmbeddedBroker
+from stream.kafka.producer import send_records
 from tests.conftest import WorkerProcess, http_json, wait_until
 
 pytestmark = pytest.mark.integration

@@ -17,9 +17,9 @@ import pytest
 from models.registry import EncoderRegistry
 from models.synthetic import SyntheticWorld
 from models.versioning import VersionRequest, train_version
-from stream.broker import EmbeddedBroker
-from stream.cli_swap import read_rollout
-from stream.producer import send_records
+from stream.cli.swap import read_rollout
+from stream.kafka.broker import EmbeddedBroker
+from stream.kafka.producer import send_records
 from tests.conftest import WorkerProcess, http_json, wait_until
 
 pytestmark = pytest.mark.integration
@@ -286,7 +286,7 @@ def test_with_a_control_key_signed_commands_apply_and_forged_ones_do_not(
 ) -> None:
     from kafka import KafkaProducer
 
-    from stream.control import ControlCodec, control_message
+    from stream.rollout.control import ControlCodec, control_message
 
     key = {"EMBSTREAM_CONTROL_KEY": "swap-key"}
     topic = "swap-signed"

@@ -18,7 +18,7 @@ from store import (
     restore_store,
     verify_store,
 )
-from stream.cli import main
+from stream.cli.main import main
 
 
 def _batch(store: VersionedVectorStore, number: int) -> None:

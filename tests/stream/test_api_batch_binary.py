@@ -19,9 +19,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from models.aligners import BackwardAligner
 from models.errors import IncompatibleVersionsError
 from store.vector_store import VersionedVectorStore
-from stream.api import MAX_BATCH_IDS, ApiContext, create_app
+from stream.api.app import MAX_BATCH_IDS, ApiContext, create_app
+from stream.api.vector_format import VECTORS_MEDIA_TYPE, VectorsFormatError, decode_vectors, encode_vectors
 from stream.metrics import Metrics
-from stream.vector_format import VECTORS_MEDIA_TYPE, VectorsFormatError, decode_vectors, encode_vectors
 
 DIM = 8
 ALIGNER = BackwardAligner.from_matrix(np.random.default_rng(1).standard_normal((DIM, DIM)).astype(np.float32))

@@ -21,10 +21,10 @@ from schemathesis.checks import allow_header_conformance
 
 from store.item_indexes import ItemIndexes
 from store.vector_store import VersionedVectorStore
-from stream.api import MAX_BATCH_IDS, MAX_BODY_BYTES, ApiContext, create_app
-from stream.broker import free_port
+from stream.api.app import MAX_BATCH_IDS, MAX_BODY_BYTES, ApiContext, create_app
+from stream.api.openapi import openapi_document
+from stream.kafka.broker import free_port
 from stream.metrics import Metrics
-from stream.openapi import openapi_document
 from tests.stream.test_api_batch_binary import OneAlignerRegistry
 
 #: CI replays the same examples every run (a gate must not flip on a new draw); a

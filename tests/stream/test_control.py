@@ -12,9 +12,9 @@ from models.features import ItemInput, ItemState, UserInput, UserState
 from store.item_index import IndexTuning
 from store.item_indexes import ItemIndexes
 from store.vector_store import VersionedVectorStore
-from stream.backfill import Backfiller, fill_missing
-from stream.control import RolloutState, control_message, decode_control
-from stream.rollout import RolloutController
+from stream.rollout.backfill import Backfiller, fill_missing
+from stream.rollout.control import RolloutState, control_message, decode_control
+from stream.rollout.controller import RolloutController
 from tests.conftest import wait_until
 
 

@@ -23,9 +23,9 @@ from models.encoder import Encoder
 from models.features import EVENT_TYPES, UserState
 from models.registry import EncoderRegistry
 from store.vector_store import VersionedVectorStore
-from stream.events import MAX_ID_LENGTH, MAX_VALUE, MIN_TIMESTAMP_MS, Interaction, parse_event
-from stream.outbox import decode_outbox
-from stream.refresher import ConsumedRecord, EmbeddingRefresher
+from stream.ingest.events import MAX_ID_LENGTH, MAX_VALUE, MIN_TIMESTAMP_MS, Interaction, parse_event
+from stream.ingest.outbox import decode_outbox
+from stream.ingest.refresher import ConsumedRecord, EmbeddingRefresher
 
 #: CI replays the same examples every run (a gate must not flip on a new draw); a
 #: developer's run explores new ones.

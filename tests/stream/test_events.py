@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from stream.events import Interaction, Rejection, _parse_checked, parse_event
+from stream.ingest.events import Interaction, Rejection, _parse_checked, parse_event
 
 NOW = 1_800_000_000_000
 SKEW = 86_400_000

@@ -16,9 +16,9 @@ import orjson
 import pytest
 
 from store.vector_store import VersionedVectorStore
-from stream.api import ApiContext, create_app
-from stream.broker import free_port
-from stream.http_server import HttpLimits, HttpServer
+from stream.api.app import ApiContext, create_app
+from stream.api.server import HttpLimits, HttpServer
+from stream.kafka.broker import free_port
 from stream.metrics import Metrics
 
 LIMITS = HttpLimits(header_timeout_s=0.6, body_timeout_s=0.6, max_connections=40)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.outbox import OutgoingMessage, decode_outbox, encode_outbox
+from stream.ingest.outbox import OutgoingMessage, decode_outbox, encode_outbox
 from stream.settings import Settings, SettingsError
 
 

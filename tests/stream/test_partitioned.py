@@ -13,15 +13,15 @@ import pytest
 
 from models.features import ItemState, UserState
 from store.vector_store import VersionedVectorStore
-from stream.changelog import (
+from stream.ingest.refresher import ConsumedRecord, EmbeddingRefresher
+from stream.scaleout.changelog import (
     ChangelogAssembler,
     decode_bundle,
     decode_changelog,
     encode_changelog,
     split_changelog,
 )
-from stream.partitioned import KEY_NOT_USER_ID, PartitionedRefresher, PreparedBatch, item_partition
-from stream.refresher import ConsumedRecord, EmbeddingRefresher
+from stream.scaleout.refresher import KEY_NOT_USER_ID, PartitionedRefresher, PreparedBatch, item_partition
 from tests.stream.test_refresher import NOW, RecordingEncoder
 
 PARTITIONS = 3

@@ -14,9 +14,9 @@ import pytest
 from models.features import ItemInput, UserInput, UserState
 from store.errors import StoreDamagedError
 from store.vector_store import VersionedVectorStore
-from stream.outbox import decode_outbox
-from stream.poison import POISON_CRASHED, isolate
-from stream.refresher import ConsumedRecord, EmbeddingRefresher
+from stream.ingest.outbox import decode_outbox
+from stream.ingest.poison import POISON_CRASHED, isolate
+from stream.ingest.refresher import ConsumedRecord, EmbeddingRefresher
 
 NOW = 1_800_000_000_000
 

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import pytest
 
-import stream.producer as producer_module
+import stream.kafka.producer as producer_module
 
 
 class _InterruptedProducer:

@@ -12,7 +12,7 @@ import pytest
 from models.features import UserState
 from store.item_indexes import ItemIndexes
 from store.vector_store import VersionedVectorStore
-from stream.recommend import RecommendationError, recommend_many
+from stream.api.recommend import RecommendationError, recommend_many
 from tests.conftest import wait_until
 
 DIM = 4

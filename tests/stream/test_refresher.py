@@ -11,8 +11,8 @@ import pytest
 
 from models.features import ItemInput, UserInput, UserState
 from store.vector_store import VersionedVectorStore
-from stream.outbox import decode_outbox
-from stream.refresher import ConsumedRecord, EmbeddingRefresher
+from stream.ingest.outbox import decode_outbox
+from stream.ingest.refresher import ConsumedRecord, EmbeddingRefresher
 
 NOW = 1_800_000_000_000
 
@@ -111,7 +111,7 @@ def test_freshness_is_measured_from_the_latest_event_of_each_entity(store: Versi
 
 
 def test_an_oversized_bad_record_is_dead_lettered_truncated(store: VersionedVectorStore) -> None:
-    from stream.refresher import MAX_DEAD_LETTER_BYTES
+    from stream.ingest.refresher import MAX_DEAD_LETTER_BYTES
 
     huge = b"x" * (MAX_DEAD_LETTER_BYTES + 10)
     outcome = _refresher(store, RecordingEncoder()).process([_record(0, huge)])

@@ -15,11 +15,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import TopicPartition
 
 from store.vector_store import VersionedVectorStore
-from stream.api import ApiContext, create_app
-from stream.changelog import ChangelogBatch, encode_changelog, split_changelog
+from stream.api.app import ApiContext, create_app
 from stream.metrics import Metrics
-from stream.partitioned import PartitionedRefresher
-from stream.replica import ChangelogFollower
+from stream.scaleout.changelog import ChangelogBatch, encode_changelog, split_changelog
+from stream.scaleout.refresher import PartitionedRefresher
+from stream.scaleout.replica import ChangelogFollower
 from tests.stream.test_refresher import NOW, RecordingEncoder
 
 
@@ -297,7 +297,7 @@ class RecordingConsumer(FakeConsumer):
 def test_a_batch_of_only_redelivered_records_commits_nothing_and_does_not_fail(
     store: VersionedVectorStore,
 ) -> None:
-    from stream.scale_out import ScaleOutWorker
+    from stream.scaleout.worker import ScaleOutWorker
     from stream.settings import Settings
     from tests.stream.test_partitioned import _events, _records
 

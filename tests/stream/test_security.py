@@ -15,10 +15,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from store.vector_store import VersionedVectorStore
-from stream.api import ApiContext, create_app
-from stream.control import ControlCodec, RolloutState, control_message
-from stream.kafka_security import KafkaSecurity, KafkaSecurityError
+from stream.api.app import ApiContext, create_app
+from stream.kafka.security import KafkaSecurity, KafkaSecurityError
 from stream.metrics import Metrics
+from stream.rollout.control import ControlCodec, RolloutState, control_message
 from stream.settings import Settings, SettingsError
 
 TOKEN = "s3cret-token"

@@ -12,10 +12,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream.backfill import Backfiller
-from stream.control import ControlCodec
 from stream.metrics import Metrics
-from stream.rollout import RolloutController
+from stream.rollout.backfill import Backfiller
+from stream.rollout.control import ControlCodec
+from stream.rollout.controller import RolloutController
 
 __all__ = ["RolloutPlane"]
 

@@ -18,10 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from store.vector_store import VersionedVectorStore
+from stream.ingest.outbox import OutgoingMessage, decode_outbox
+from stream.ingest.refresher import BatchOutcome, EmbeddingRefresher
 from stream.metrics import Metrics
-from stream.outbox import OutgoingMessage, decode_outbox
-from stream.refresher import BatchOutcome, EmbeddingRefresher
-from stream.rollout_plane import RolloutPlane
+from stream.rollout.plane import RolloutPlane
 from stream.settings import Settings
 
 __all__ = ["StreamWorker"]

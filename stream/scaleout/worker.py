@@ -21,17 +21,17 @@ from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from store.vector_store import VersionedVectorStore
-from stream.backfill import fill_missing
-from stream.broker import BrokerError
-from stream.changelog import changelog_topic, encode_changelog, split_changelog
+from stream.console import say
+from stream.ingest.refresher import EmbeddingRefresher
+from stream.ingest.worker import StreamWorker
+from stream.kafka.broker import BrokerError
 from stream.metrics import Metrics
-from stream.partitioned import PartitionedRefresher, PreparedBatch
-from stream.progress import say
-from stream.refresher import EmbeddingRefresher
-from stream.replica import ChangelogFollower, ReplicaError
-from stream.rollout_plane import RolloutPlane
+from stream.rollout.backfill import fill_missing
+from stream.rollout.plane import RolloutPlane
+from stream.scaleout.changelog import changelog_topic, encode_changelog, split_changelog
+from stream.scaleout.refresher import PartitionedRefresher, PreparedBatch
+from stream.scaleout.replica import ChangelogFollower, ReplicaError
 from stream.settings import Settings, SettingsError
-from stream.worker import StreamWorker
 
 __all__ = ["ScaleOutWorker", "scale_out_topics"]
 

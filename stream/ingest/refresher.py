@@ -18,9 +18,9 @@ import orjson
 from models.encoder import Encoder
 from models.state_batch import EventColumns, apply_item_events, apply_user_events, event_columns
 from store.vector_store import StoreWriter, VersionedVectorStore
-from stream.events import MAX_EVENT_BYTES, Interaction, Rejection, parse_event
-from stream.outbox import OutgoingMessage, encode_outbox
-from stream.poison import POISON_CRASHED, CrashGuard, isolate
+from stream.ingest.events import MAX_EVENT_BYTES, Interaction, Rejection, parse_event
+from stream.ingest.outbox import OutgoingMessage, encode_outbox
+from stream.ingest.poison import POISON_CRASHED, CrashGuard, isolate
 
 __all__ = [
     "MAX_DEAD_LETTER_BYTES",
@@ -232,7 +232,7 @@ class EmbeddingRefresher:
         """New states and vectors of the entities of ``kinds`` that ``columns`` touch (one
         :class:`Refreshed` per kind), and the rows of the events applied. Events that make
         this raise are left out and handed to ``dead_letter(row, reason)``; the others are
-        applied (:func:`stream.poison.isolate`)."""
+        applied (:func:`stream.ingest.poison.isolate`)."""
         stored: dict[str, dict[str, bytes | None]] = {}
         for kind in kinds:  # read once: a failing read is the store's failure, never a record's
             ids = list(dict.fromkeys(columns.user_ids if kind == "user" else columns.item_ids))

@@ -1,11 +1,11 @@
-"""The recommendation routes' part of the OpenAPI document (see :mod:`stream.openapi`)."""
+"""The recommendation routes' part of the OpenAPI document (see :mod:`stream.api.openapi`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from stream.events import MAX_ID_LENGTH
-from stream.recommend import MAX_K, MAX_RECOMMENDATION_USERS
+from stream.api.recommend import MAX_K, MAX_RECOMMENDATION_USERS
+from stream.ingest.events import MAX_ID_LENGTH
 
 __all__ = ["RECOMMENDATION_SCHEMA", "recommendation_paths"]
 

@@ -26,15 +26,15 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from store.vector_store import StoreWriter, VersionedVectorStore
-from stream.broker import BrokerError
-from stream.changelog import (
+from stream.kafka.broker import BrokerError
+from stream.scaleout.changelog import (
     ChangelogAssembler,
     ChangelogBatch,
     changelog_topic,
     decode_changelog,
     encode_changelog,
 )
-from stream.partitioned import PartitionedRefresher
+from stream.scaleout.refresher import PartitionedRefresher
 
 __all__ = ["ChangelogFollower", "ReplicaError", "position_name"]
 

@@ -4,7 +4,7 @@
   of connecting or of its previous answer (aiohttp's keep-alive timer, which also closes
   idle keep-alive connections after that long). A request whose headers never finish is
   dropped then.
-- **Bodies**: the app reads each body within ``body_timeout_s`` (``stream.api``'s
+- **Bodies**: the app reads each body within ``body_timeout_s`` (``stream.api.app``'s
   middleware), or answers 408 ``body_timeout`` and closes the connection.
 - **Connections**: at most ``max_connections`` open at once; beyond that a new connection is
   answered 503 ``too_many_connections`` and closed at once, so slots always come back.

@@ -1,5 +1,5 @@
 """The recommendation routes: the top-k items for a user from the item index of the user
-vector's own version (see :mod:`stream.recommend`)."""
+vector's own version (see :mod:`stream.api.recommend`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from stream.api import CONTEXT_KEY, ApiError, check_id, json_response, parse_int, parse_version, query_param
-from stream.recommend import (
+from stream.api.app import (
+    CONTEXT_KEY,
+    ApiError,
+    check_id,
+    json_response,
+    parse_int,
+    parse_version,
+    query_param,
+)
+from stream.api.recommend import (
     MAX_K,
     MAX_RECOMMENDATION_USERS,
     Recommendation,

@@ -3,7 +3,7 @@
 Reads without ``?version`` use the store's serving version, one value for users and items
 alike, so a caller never pairs a user vector of one version with item vectors of another.
 
-The batch route also answers in a binary form (:mod:`stream.vector_format`: a JSON header,
+The batch route also answers in a binary form (:mod:`stream.api.vector_format`: a JSON header,
 then one float32 matrix) when asked for it, either by ``?format=binary`` or by an
 ``Accept`` header listing ``application/x-embstream-vectors`` at a quality no lower than
 ``application/json``'s. ``?format=json`` forces JSON and wins over ``Accept``; any other
@@ -35,12 +35,12 @@ from store.item_indexes import ItemIndexes
 from store.keys import KINDS
 from store.lookup import ResolvedMatrix, ResolvedVector, resolve_many, resolve_matrix
 from store.vector_store import VersionedVectorStore
-from stream.events import MAX_ID_LENGTH
+from stream.api.openapi import openapi_document
+from stream.api.status_page import STATUS_PAGE
+from stream.api.vector_format import VECTORS_MEDIA_TYPE, encode_vectors
+from stream.ingest.events import MAX_ID_LENGTH
 from stream.metrics import Metrics
-from stream.openapi import openapi_document
-from stream.rollout import RolloutController
-from stream.status_page import STATUS_PAGE
-from stream.vector_format import VECTORS_MEDIA_TYPE, encode_vectors
+from stream.rollout.controller import RolloutController
 
 __all__ = [
     "MAX_BATCH_IDS",
@@ -444,7 +444,7 @@ def create_app(context: ApiContext) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
     app[CONTEXT_KEY] = context
     app.add_routes(routes)
-    from stream.api_recommend import add_recommendation_routes  # it builds on this module
+    from stream.api.recommendations import add_recommendation_routes  # it builds on this module
 
     add_recommendation_routes(app)
     return app

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from stream.events import MAX_ID_LENGTH
-from stream.openapi_recommend import RECOMMENDATION_SCHEMA, recommendation_paths
-from stream.vector_format import VECTORS_MEDIA_TYPE
+from stream.api.openapi_recommendations import RECOMMENDATION_SCHEMA, recommendation_paths
+from stream.api.vector_format import VECTORS_MEDIA_TYPE
+from stream.ingest.events import MAX_ID_LENGTH
 
 __all__ = ["openapi_document"]
 

@@ -25,8 +25,12 @@ from models.encoder import Encoder
 from models.features import EVENT_TYPES
 from models.state_batch import EventColumns, event_columns
 from store.vector_store import StoreWriter, VersionedVectorStore
-from stream.backfill import encode_states
-from stream.changelog import (
+from stream.ingest.events import MAX_EVENT_BYTES, Interaction, Rejection, parse_event
+from stream.ingest.outbox import OutgoingMessage
+from stream.ingest.poison import POISON_CRASHED
+from stream.ingest.refresher import BatchOutcome, ConsumedRecord, EmbeddingRefresher, Refreshed, SourceRecord
+from stream.rollout.backfill import encode_states
+from stream.scaleout.changelog import (
     NO_OFFSET,
     ChangelogBatch,
     ItemBundle,
@@ -34,10 +38,6 @@ from stream.changelog import (
     decode_bundle,
     encode_bundle,
 )
-from stream.events import MAX_EVENT_BYTES, Interaction, Rejection, parse_event
-from stream.outbox import OutgoingMessage
-from stream.poison import POISON_CRASHED
-from stream.refresher import BatchOutcome, ConsumedRecord, EmbeddingRefresher, Refreshed, SourceRecord
 
 __all__ = [
     "KEY_NOT_USER_ID",

@@ -14,7 +14,7 @@ from typing import Any
 from store.errors import StoreError, StoreInUseError
 from store.maintenance import describe_store, estimated_keys, restore_store, verify_store
 from store.vector_store import VersionedVectorStore
-from stream.progress import progress_bar
+from stream.console import progress_bar
 from stream.settings import Settings
 
 __all__ = ["add_store_commands", "run_store"]

@@ -12,9 +12,9 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from models.registry import EncoderRegistry, version_number
-from stream.broker import ensure_topics
-from stream.control import ControlCodec, ControlError, RolloutState, VersionCheck, control_message
-from stream.rollout import check_swappable, version_check
+from stream.kafka.broker import ensure_topics
+from stream.rollout.control import ControlCodec, ControlError, RolloutState, VersionCheck, control_message
+from stream.rollout.controller import check_swappable, version_check
 from stream.settings import Settings, SettingsError
 
 __all__ = ["add_swap_commands", "read_rollout", "run_swap"]
@@ -57,7 +57,7 @@ def read_rollout(
     **client_config: Any,
 ) -> tuple[RolloutState, list[dict]]:
     """Fold the whole control topic as workers do (with ``check``, the registry's side of
-    it: :func:`stream.rollout.version_check`); returns the state and every message read
+    it: :func:`stream.rollout.controller.version_check`); returns the state and every message read
     (with a control key, unsigned and forged messages are left out and counted in
     ``state.ignored``, as are malformed and refused ones)."""
     codec = codec or ControlCodec()

@@ -17,11 +17,11 @@ from pathlib import Path
 from models.errors import ModelError
 from models.registry import version_number
 from store.errors import StoreError
-from stream.broker import BrokerError
-from stream.cli_models import add_model_commands, run_models, run_train
-from stream.cli_store import add_store_commands, run_store
-from stream.cli_swap import add_swap_commands, run_swap
-from stream.control import ControlError
+from stream.cli.models import add_model_commands, run_models, run_train
+from stream.cli.store import add_store_commands, run_store
+from stream.cli.swap import add_swap_commands, run_swap
+from stream.kafka.broker import BrokerError
+from stream.rollout.control import ControlError
 from stream.settings import Settings, SettingsError
 
 __all__ = ["main"]
@@ -172,14 +172,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from stream.demo import run_demo
+    from stream.cli.demo import run_demo
 
     settings = _settings(args)
     return _serve(lambda stop: run_demo(settings, stop, rate=args.rate))
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
-    from stream.producer import jsonl_records, send_records, synthetic_records
+    from stream.kafka.producer import jsonl_records, send_records, synthetic_records
 
     settings = Settings.from_env().with_overrides(broker=args.broker, topic=args.topic, seed=args.seed)
     if not settings.broker:

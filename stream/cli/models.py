@@ -14,7 +14,7 @@ from models.interaction_log import read_interaction_log
 from models.registry import EncoderRegistry, version_number
 from models.training import TrainingProgress
 from models.versioning import DEFAULT_GATE_PCT, VersionRequest, train_version
-from stream.progress import progress_bar
+from stream.console import progress_bar
 from stream.settings import Settings
 
 __all__ = ["add_model_commands", "run_models", "run_train"]
