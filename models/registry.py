@@ -23,11 +23,13 @@ import pickle
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from models.aligners import BackwardAligner
@@ -147,6 +149,8 @@ class EncoderRegistry:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        #: Aligner chains by (source, target), loaded once: a saved version never changes.
+        self._chains: dict[tuple[int, int], list[BackwardAligner]] = {}
 
     def versions(self) -> list[int]:
         if not self.root.is_dir():
@@ -263,6 +267,20 @@ class EncoderRegistry:
             chain.append(aligner)
         return chain
 
+    def carry(self, source: int, target: int) -> Callable[[np.ndarray], np.ndarray]:
+        """A function carrying rows of ``source``'s space back into ``target``'s through the
+        aligner chain (loaded and verified once per pair); raises as :meth:`aligner_chain`."""
+        chain = self._chains.get((source, target))
+        if chain is None:
+            chain = self._chains[(source, target)] = self.aligner_chain(source, target)
+
+        def apply(vectors: np.ndarray) -> np.ndarray:
+            for aligner in chain:
+                vectors = aligner.apply(vectors)
+            return vectors
+
+        return apply
+
     def report(self, version: int) -> dict[str, Any] | None:
         path = self._inside(self.path_of(version) / "report.json")
         if not path.is_file():
@@ -284,6 +302,7 @@ class EncoderRegistry:
         trash = self.root / f".deleting-v{version}"
         os.replace(self.path_of(version), trash)
         shutil.rmtree(trash)
+        self._chains.clear()
 
     def save(
         self,

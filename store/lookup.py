@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from store.errors import NoServingVersionError, StoreError, VersionNotFoundError
+from store.errors import EntityNotFoundError, NoServingVersionError, StoreError, VersionNotFoundError
 from store.record import VersionedVector
 from store.record_scan import EntrySpan, locate_entry, span_vector
 from store.serving_cache import CacheHits
@@ -23,10 +23,13 @@ __all__ = [
     "resolve_entry",
     "resolve_many",
     "resolve_matrix",
+    "resolve_one",
 ]
 
 #: ``carry(source, target)`` returns a function mapping rows of ``source``'s space into
-#: ``target``'s, or raises :class:`store.errors.VersionUnreachableError`.
+#: ``target``'s (``models.registry.EncoderRegistry.carry``, which caches the aligner chains),
+#: or raises when no chain leads there (:class:`store.errors.VersionUnreachableError`, or the
+#: registry's ``IncompatibleVersionsError``); a read that needs it lets that error through.
 CarryProvider = Callable[[int, int], Callable[[np.ndarray], np.ndarray]]
 
 
@@ -133,6 +136,26 @@ def resolve_many(
     for (row, _, span), vector in zip(found.to_carry, _carried(found, carry), strict=True):
         resolved[row] = ResolvedVector(kind, ids[row], found.target, vector, span.updated_at_ms, "aligned")
     return found.target, resolved
+
+
+def resolve_one(
+    store: VersionedVectorStore,
+    kind: str,
+    entity_id: str,
+    version: int | None,
+    carry: CarryProvider | None = None,
+) -> ResolvedVector:
+    """One id as :func:`resolve_many` resolves it; raises :class:`EntityNotFoundError` when
+    the id has no vector at all, and :class:`VersionNotFoundError` (naming the version
+    answered and the versions held) when it has none of that version to give."""
+    answered, (resolved,) = resolve_many(store, kind, [entity_id], version, carry)
+    if resolved is not None:
+        return resolved
+    record = store.get_record(kind, entity_id)
+    if record is None:
+        raise EntityNotFoundError(f"unknown {kind} {entity_id!r}")
+    held = [entry.version for entry in record]
+    raise VersionNotFoundError(f"{kind} {entity_id!r} has no vector of version {answered} (held: {held})")
 
 
 def resolve_matrix(

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from store.errors import RecordFormatError
+
 __all__ = [
     "COMPACT_RECORD_FORMAT",
     "RECORD_FORMAT",
@@ -49,10 +51,6 @@ _MAX_COMPACT_DIM = 0x7FFF
 _MAX_TIMESTAMP_MS = (1 << 48) - 1
 _DTYPES: dict[int, np.dtype] = {0: np.dtype("<f4"), 1: np.dtype("<f2")}
 _DTYPE_CODES = {dtype: code for code, dtype in _DTYPES.items()}
-
-
-class RecordFormatError(ValueError):
-    """Raised when bytes are not a valid versioned-vector record."""
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,11 @@ from pathlib import Path
 from models.registry import version_number
 from store.vector_store import VECTOR_DTYPES
 from stream.api.server import HttpLimits
+from stream.errors import SettingsError
 from stream.kafka.security import KafkaSecurity, KafkaSecurityError
 from stream.scaleout.changelog import by_item_topic
 
 __all__ = ["Settings", "SettingsError"]
-
-
-class SettingsError(ValueError):
-    """A setting has a value that cannot be used."""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from stream.errors import VectorsFormatError
+
 __all__ = ["VECTORS_FORMAT", "VECTORS_MEDIA_TYPE", "VectorsFormatError", "decode_vectors", "encode_vectors"]
 
 VECTORS_MEDIA_TYPE = "application/x-embstream-vectors"
@@ -31,10 +33,6 @@ VECTORS_FORMAT = 1
 _LENGTH = struct.Struct("<I")
 _ALIGN = 8
 _FLOAT32 = np.dtype("<f4")
-
-
-class VectorsFormatError(ValueError):
-    """Raised when bytes are not a valid binary vectors body."""
 
 
 def encode_vectors(header: dict[str, Any], vectors: np.ndarray) -> bytes:

@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from stream.errors import BrokerError
+
 __all__ = ["BrokerError", "EmbeddedBroker", "ensure_topics", "free_port", "wait_for_port"]
-
-
-class BrokerError(RuntimeError):
-    """The broker cannot be started or reached."""
 
 
 def free_port() -> int:

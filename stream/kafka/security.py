@@ -13,14 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stream.errors import KafkaSecurityError
+
 __all__ = ["PROTOCOLS", "SASL_MECHANISMS", "KafkaSecurity", "KafkaSecurityError"]
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-
-
-class KafkaSecurityError(ValueError):
-    """The Kafka security settings do not fit together."""
 
 
 @dataclass(frozen=True)

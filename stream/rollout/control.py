@@ -34,6 +34,8 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 
+from stream.errors import ControlError
+
 __all__ = [
     "ControlCodec",
     "ControlError",
@@ -44,10 +46,6 @@ __all__ = [
     "decode_control",
     "malformed_reason",
 ]
-
-
-class ControlError(ValueError):
-    """A control command cannot be carried out."""
 
 
 def control_message(op: str, **fields: Any) -> dict[str, Any]:

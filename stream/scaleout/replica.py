@@ -26,7 +26,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from store.vector_store import StoreWriter, VersionedVectorStore
-from stream.kafka.broker import BrokerError
+from stream.errors import ReplicaError
 from stream.scaleout.changelog import (
     ChangelogAssembler,
     ChangelogBatch,
@@ -40,10 +40,6 @@ __all__ = ["ChangelogFollower", "ReplicaError", "position_name"]
 
 log = logging.getLogger("embstream.replica")
 _POSITION = struct.Struct("<QQ")  # next changelog offset, highest generation seen
-
-
-class ReplicaError(BrokerError):
-    """This worker's replica misses changelog batches of a partition it was asked to own."""
 
 
 def position_name(changelog: str, partition: int) -> str:

@@ -7,7 +7,7 @@ is a double whose only aligner carries version 2 back to version 1.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,9 @@ ODD_IDS = ["zoë", "用户-7", "🙂", 'quote"back\\slash', "line\nbreak", "nul\
 class OneAlignerRegistry:
     """Carries version 2 back to 1; every other pair is unreachable."""
 
-    def aligner_chain(self, source: int, target: int) -> list[BackwardAligner]:
+    def carry(self, source: int, target: int) -> Callable[[np.ndarray], np.ndarray]:
         if (source, target) == (2, 1):
-            return [ALIGNER]
+            return ALIGNER.apply
         raise IncompatibleVersionsError(f"no aligner from {source} to {target}")
 
     def versions(self) -> list[int]:

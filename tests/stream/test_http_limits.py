@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 import pytest
 
+from models.registry import EncoderRegistry
 from store.vector_store import VersionedVectorStore
 from stream.api.app import ApiContext, create_app
 from stream.api.server import HttpLimits, HttpServer
@@ -39,9 +40,14 @@ def _serve(store: VersionedVectorStore, scenario: Callable[[int, HttpServer], Aw
     """Run ``scenario(port, server)`` against the app served within :data:`LIMITS`."""
 
     async def run() -> Any:
+        registry = EncoderRegistry(store.path.parent / "registry")  # empty: nothing to carry
         context = ApiContext(
-            store=store, metrics=Metrics(), registry=Any, health=dict, body_timeout_s=LIMITS.body_timeout_s
-        )  # type: ignore[arg-type]
+            store=store,
+            metrics=Metrics(),
+            registry=registry,
+            health=dict,
+            body_timeout_s=LIMITS.body_timeout_s,
+        )
         port = free_port()
         server = HttpServer(create_app(context), "127.0.0.1", port, LIMITS)
         await server.start()

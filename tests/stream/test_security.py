@@ -25,7 +25,7 @@ TOKEN = "s3cret-token"
 
 
 class NoAligners:
-    def aligner_chain(self, source: int, target: int) -> list[Any]:
+    def carry(self, source: int, target: int) -> Any:
         raise AssertionError("not used")
 
     def versions(self) -> list[int]:

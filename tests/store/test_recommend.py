@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from models.features import UserState
+from store.errors import IndexBuildingError, IndexMissingError, InvalidArgumentError
 from store.item_indexes import ItemIndexes
+from store.recommend import recommend_many
 from store.vector_store import VersionedVectorStore
-from stream.api.recommend import RecommendationError, recommend_many
 from tests.conftest import wait_until
 
 DIM = 4
@@ -60,12 +61,12 @@ def test_each_version_is_answered_from_its_own_index(store: VersionedVectorStore
 def test_a_missing_or_building_index_is_a_clear_error(store: VersionedVectorStore) -> None:
     indexes = ItemIndexes(store, dim_of=lambda version: DIM, keep=1)
     indexes.track(serving=2)  # not started: the index stays "building"
-    with pytest.raises(RecommendationError) as building:
+    # The API answers these 503 index_building, 404 no_index and 400 bad_k
+    # (tests/stream/test_api_errors.py).
+    with pytest.raises(IndexBuildingError, match="being built"):
         recommend_many(store, indexes, ["u1"], k=3)
-    assert building.value.status == 503 and building.value.code == "index_building"
-    with pytest.raises(RecommendationError) as missing:
+    with pytest.raises(IndexMissingError, match="has no item index"):
         recommend_many(store, indexes, ["u1"], k=3, version=1)
-    assert missing.value.status == 404 and missing.value.code == "no_index"
-    with pytest.raises(RecommendationError) as bad:
+    with pytest.raises(InvalidArgumentError) as bad:
         recommend_many(store, indexes, ["u1"], k=0)
-    assert bad.value.code == "bad_k"
+    assert bad.value.argument == "k"

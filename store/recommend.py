@@ -13,24 +13,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from models.features import UserState
+from store.errors import IndexBuildingError, IndexMissingError, InvalidArgumentError
 from store.item_index import Neighbours
 from store.item_indexes import ItemIndexes
 from store.lookup import CarryProvider, resolve_many
 from store.vector_store import VersionedVectorStore
 
-__all__ = ["MAX_K", "MAX_RECOMMENDATION_USERS", "Recommendation", "RecommendationError", "recommend_many"]
+__all__ = ["MAX_K", "MAX_RECOMMENDATION_USERS", "Recommendation", "recommend_many"]
 
 MAX_K = 1_000
 #: Users per batch request: each is one index search of up to k + window rows.
 MAX_RECOMMENDATION_USERS = 1_000
-
-
-class RecommendationError(Exception):
-    """A recommendation that cannot be given: ``status`` and ``code`` as the API answers."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 @dataclass(frozen=True)
@@ -56,24 +49,21 @@ def recommend_many(
     exclude_seen: bool = True,
 ) -> tuple[int, list[Recommendation | None]]:
     """The top ``k`` items for each user, all at one version (``None`` for users with no
-    vector to give). Raises :class:`RecommendationError` when that version has no index or
-    its index is still being built."""
+    vector to give). Raises :class:`IndexMissingError` when that version keeps no index,
+    :class:`IndexBuildingError` while its index is built, and
+    :class:`InvalidArgumentError` for a ``k`` out of range."""
     if not 1 <= k <= MAX_K:
-        raise RecommendationError(400, "bad_k", f"k must be an integer from 1 to {MAX_K}")
+        raise InvalidArgumentError("k", f"k must be an integer from 1 to {MAX_K}")
     answered, users = resolve_many(store, "user", list(user_ids), version, carry)
     index = indexes.index(answered)
     if index is None:
         status = indexes.status().get(answered)
         if status is not None:
-            raise RecommendationError(
-                503,
-                "index_building",
+            raise IndexBuildingError(
                 f"the item index of version {answered} is being built "
                 f"({status.built_items} of {status.build_total} items scanned); try again shortly",
             )
-        raise RecommendationError(
-            404,
-            "no_index",
+        raise IndexMissingError(
             f"version {answered} has no item index (indexed versions: {indexes.versions}; "
             "EMBSTREAM_INDEX_VERSIONS bounds how many are kept)",
         )

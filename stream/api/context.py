@@ -1,0 +1,59 @@
+"""What every route reads: the application's context, and how JSON answers are written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from models.registry import EncoderRegistry
+from store.item_indexes import ItemIndexes
+from store.vector_store import VersionedVectorStore
+from stream.metrics import Metrics
+from stream.rollout.controller import RolloutController
+
+__all__ = ["CONTEXT_KEY", "JSON_HEADERS", "ApiContext", "context_of", "json_response"]
+
+
+@dataclass
+class ApiContext:
+    store: VersionedVectorStore
+    metrics: Metrics
+    registry: EncoderRegistry
+    health: Callable[[], dict[str, Any]]
+    controller: RolloutController | None = None
+    #: ``GET /readyz``: whether this node can answer for every id, and why (None: always).
+    readiness: Callable[[], tuple[bool, str]] | None = None
+    #: When set, every route but ``/healthz`` needs ``Authorization: Bearer <token>``.
+    token: str = field(default="", repr=False)
+    #: Where ``POST /v1/admin/backup`` may write (``None``: the route is off), and whether
+    #: it may be used at all (a token is set, or the API listens on loopback only).
+    backup_root: Path | None = None
+    admin_allowed: bool = False
+    #: The per-version item indexes behind ``/v1/recommendations`` (``None``: off).
+    item_indexes: ItemIndexes | None = None
+    #: A request body must arrive within this many seconds (else 408 ``body_timeout``).
+    body_timeout_s: float = 30.0
+
+    @property
+    def active_version(self) -> int | None:
+        if self.controller is None or self.controller.serving_encoder is None:
+            return None
+        return self.controller.serving_encoder.version
+
+
+CONTEXT_KEY: web.AppKey[ApiContext] = web.AppKey("embstream_context", ApiContext)
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def context_of(request: web.Request) -> ApiContext:
+    return request.app[CONTEXT_KEY]
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] = JSON_HEADERS) -> web.Response:
+    body = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
+    return web.Response(body=body, status=status, headers=headers)
