@@ -1,18 +1,18 @@
 """Exceptions of the store package::
 
-    StoreError
-    ├── StoreOpenError            the database cannot be opened (locked, corrupt, unreadable)
-    │   ├── StoreInUseError           another process holds it
-    │   └── StoreDamagedError         its files are damaged (the message names the ways out)
-    ├── RecordFormatError         bytes that are not a versioned-vector record
-    ├── NoServingVersionError     no serving version has been set yet
-    ├── EntityNotFoundError       a lookup's id has no vector at all
-    ├── VersionNotFoundError      the id exists but holds no vector of the version asked
-    ├── VersionUnreachableError   no aligner chain leads from the serving version to it
-    ├── InvalidArgumentError      a request's argument is out of range (``argument`` names it)
-    └── IndexUnavailableError     a version's item index cannot answer
-        ├── IndexMissingError         the version keeps no item index
-        └── IndexBuildingError        it is still being built from the store
+StoreError
+├── StoreOpenError            the database cannot be opened (locked, corrupt, unreadable)
+│   ├── StoreInUseError           another process holds it
+│   └── StoreDamagedError         its files are damaged (the message names the ways out)
+├── RecordFormatError         bytes that are not a versioned-vector record
+├── NoServingVersionError     no serving version has been set yet
+├── EntityNotFoundError       a lookup's id has no vector at all
+├── VersionNotFoundError      the id exists but holds no vector of the version asked
+├── VersionUnreachableError   no aligner chain leads from the serving version to it
+├── InvalidArgumentError      a request's argument is out of range (``argument`` names it)
+└── IndexUnavailableError     a version's item index cannot answer
+    ├── IndexMissingError         the version keeps no item index
+    └── IndexBuildingError        it is still being built from the store
 """
 
 from __future__ import annotations

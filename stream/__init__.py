@@ -11,8 +11,9 @@ from stream.ingest.worker import StreamWorker
 from stream.kafka.broker import BrokerError, EmbeddedBroker, ensure_topics
 from stream.metrics import Metrics
 from stream.rollout.backfill import Backfiller
-from stream.rollout.control import ControlError, RolloutState, control_message
 from stream.rollout.controller import RolloutController, check_swappable
+from stream.rollout.messages import ControlError, control_message
+from stream.rollout.state import RolloutState
 from stream.settings import Settings, SettingsError
 
 __all__ = [

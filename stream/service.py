@@ -27,8 +27,8 @@ from stream.ingest.refresher import EmbeddingRefresher
 from stream.ingest.worker import StreamWorker
 from stream.kafka.broker import EmbeddedBroker, ensure_topics
 from stream.metrics import Metrics
-from stream.rollout.control import ControlCodec
 from stream.rollout.controller import RolloutController
+from stream.rollout.messages import ControlCodec
 from stream.rollout.plane import RolloutPlane
 from stream.scaleout.refresher import PartitionedRefresher
 from stream.scaleout.worker import ScaleOutWorker, scale_out_topics

@@ -21,7 +21,7 @@ from stream.cli.models import add_model_commands, run_models, run_train
 from stream.cli.store import add_store_commands, run_store
 from stream.cli.swap import add_swap_commands, run_swap
 from stream.kafka.broker import BrokerError
-from stream.rollout.control import ControlError
+from stream.rollout.messages import ControlError
 from stream.settings import Settings, SettingsError
 
 __all__ = ["main"]

@@ -13,8 +13,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from models.registry import EncoderRegistry, version_number
 from stream.kafka.broker import ensure_topics
-from stream.rollout.control import ControlCodec, ControlError, RolloutState, VersionCheck, control_message
 from stream.rollout.controller import check_swappable, version_check
+from stream.rollout.messages import ControlCodec, ControlError, control_message
+from stream.rollout.state import RolloutState, VersionCheck
 from stream.settings import Settings, SettingsError
 
 __all__ = ["add_swap_commands", "read_rollout", "run_swap"]

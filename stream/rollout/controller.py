@@ -1,6 +1,6 @@
 """A worker's side of a rollout: which encoder versions it refreshes with, and the backfill.
 
-The :class:`RolloutController` applies control messages (see :mod:`stream.rollout.control`) in
+The :class:`RolloutController` applies control messages (:mod:`stream.rollout.messages`, folded by :mod:`stream.rollout.state`) in
 order. It loads and checks a staged version (sha256, compatibility gate), keeps refreshing
 with the serving version while also writing the staged one (dual write), backfills, and
 switches the store's serving version on promote and rollback.
@@ -18,7 +18,8 @@ from models.registry import EncoderRegistry, Manifest
 from store.item_indexes import ItemIndexes
 from store.vector_store import VersionedVectorStore
 from stream.rollout.backfill import Backfiller, BackfillProgress
-from stream.rollout.control import COMMANDS, ControlError, Folded, RolloutState, VersionCheck, control_message
+from stream.rollout.messages import COMMANDS, ControlError, control_message
+from stream.rollout.state import Folded, RolloutState, VersionCheck
 
 __all__ = ["RolloutController", "check_swappable", "version_check"]
 

@@ -14,8 +14,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream.metrics import Metrics
 from stream.rollout.backfill import Backfiller
-from stream.rollout.control import ControlCodec
 from stream.rollout.controller import RolloutController
+from stream.rollout.messages import ControlCodec
 
 __all__ = ["RolloutPlane"]
 

@@ -253,7 +253,7 @@ def _forged_messages(signed: Callable[[dict[str, Any]], bytes]) -> tuple[list[by
 def test_forged_and_malformed_control_messages_never_stop_a_worker(
     broker: EmbeddedBroker, trained_registry: Path, tmp_path: Path, key: str
 ) -> None:
-    from stream.rollout.control import ControlCodec
+    from stream.rollout.messages import ControlCodec
 
     topic = f"hostile-control-{'signed' if key else 'open'}"
     ensure_topics([broker.bootstrap], {topic: 4, f"{topic}.control": 1})
@@ -490,7 +490,7 @@ def test_a_version_whose_weights_hold_a_pickled_object_is_refused_everywhere(
 
     import torch
 
-    from stream.rollout.control import control_message
+    from stream.rollout.messages import control_message
 
     registry = tmp_path / "registry"
     shutil.copytree(trained_registry, registry)

@@ -13,7 +13,7 @@ from kafka import KafkaProducer
 
 from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.producer import send_records
-from stream.rollout.control import ControlCodec, control_message
+from stream.rollout.messages import ControlCodec, control_message
 from tests.conftest import WorkerProcess, http_json, wait_until
 
 pytestmark = pytest.mark.integration

@@ -286,7 +286,7 @@ def test_with_a_control_key_signed_commands_apply_and_forged_ones_do_not(
 ) -> None:
     from kafka import KafkaProducer
 
-    from stream.rollout.control import ControlCodec, control_message
+    from stream.rollout.messages import ControlCodec, control_message
 
     key = {"EMBSTREAM_CONTROL_KEY": "swap-key"}
     topic = "swap-signed"

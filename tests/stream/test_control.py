@@ -13,8 +13,9 @@ from store.item_index import IndexTuning
 from store.item_indexes import ItemIndexes
 from store.vector_store import VersionedVectorStore
 from stream.rollout.backfill import Backfiller, fill_missing
-from stream.rollout.control import RolloutState, control_message, decode_control
 from stream.rollout.controller import RolloutController
+from stream.rollout.messages import control_message, decode_control
+from stream.rollout.state import RolloutState
 from tests.conftest import wait_until
 
 

@@ -18,7 +18,8 @@ from store.vector_store import VersionedVectorStore
 from stream.api.app import ApiContext, create_app
 from stream.kafka.security import KafkaSecurity, KafkaSecurityError
 from stream.metrics import Metrics
-from stream.rollout.control import ControlCodec, RolloutState, control_message
+from stream.rollout.messages import ControlCodec, control_message
+from stream.rollout.state import RolloutState
 from stream.settings import Settings, SettingsError
 
 TOKEN = "s3cret-token"
