@@ -1,9 +1,10 @@
 """A worker's side of a rollout: which encoder versions it refreshes with, and the backfill.
 
-The :class:`RolloutController` applies control messages (:mod:`stream.rollout.messages`, folded by :mod:`stream.rollout.state`) in
-order. It loads and checks a staged version (sha256, compatibility gate), keeps refreshing
-with the serving version while also writing the staged one (dual write), backfills, and
-switches the store's serving version on promote and rollback.
+The :class:`RolloutController` applies control messages (:mod:`stream.rollout.messages`) in
+order, through the fold of :mod:`stream.rollout.state`. It loads and checks a staged version
+(sha256, compatibility gate), keeps refreshing with the serving version while also writing
+the staged one (dual write), backfills, and switches the store's serving version on promote
+and rollback.
 """
 
 from __future__ import annotations
