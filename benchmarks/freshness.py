@@ -47,7 +47,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
-from stream.kafka.broker import EmbeddedBroker, ensure_topics, free_port
+from stream.kafka.broker import EmbeddedBroker, free_port
+from stream.kafka.topics import ensure_topics
 
 __all__ = ["plot_freshness", "run_freshness"]
 

@@ -20,8 +20,9 @@ from typing import Any
 
 from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
-from stream.kafka.broker import EmbeddedBroker, ensure_topics
+from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.producer import send_records, synthetic_records
+from stream.kafka.topics import ensure_topics
 from stream.service import RunningService, run_service
 from stream.settings import Settings
 

@@ -47,8 +47,9 @@ from models.encoder import TorchEncoder
 from models.features import ItemState, UserState
 from models.registry import EncoderRegistry
 from stream.ingest.events import Rejection, parse_event
-from stream.kafka.broker import EmbeddedBroker, ensure_topics
+from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.producer import send_records, synthetic_records
+from stream.kafka.topics import ensure_topics
 
 __all__ = ["PEERS", "main", "run_peers"]
 

@@ -8,7 +8,8 @@ from stream.ingest.events import Interaction, Rejection, parse_event
 from stream.ingest.outbox import OutgoingMessage, decode_outbox, encode_outbox
 from stream.ingest.refresher import BatchOutcome, ConsumedRecord, EmbeddingRefresher
 from stream.ingest.worker import StreamWorker
-from stream.kafka.broker import BrokerError, EmbeddedBroker, ensure_topics
+from stream.kafka.broker import BrokerError, EmbeddedBroker
+from stream.kafka.topics import ensure_topics
 from stream.metrics import Metrics
 from stream.rollout.backfill import Backfiller
 from stream.rollout.controller import RolloutController, check_swappable

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from store.item_indexes import IndexStatus
     from store.serving_cache import ServingCache
+    from stream.ingest.records import BatchOutcome
 
 __all__ = ["LAG_BUCKETS_SECONDS", "STATUS_SAMPLES", "Metrics"]
 
@@ -51,6 +52,18 @@ class Metrics:
     scale_out: Callable[[], dict[str, Any]] | None = field(default=None, repr=False)
     _interval_lags: list[float] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, outcome: BatchOutcome) -> None:
+        """Add one applied batch."""
+        self.events_consumed += outcome.consumed
+        self.events_applied += outcome.applied
+        self.item_events_applied += outcome.item_events
+        self.events_duplicate += outcome.duplicates
+        self.batches += 1
+        self.rejected.update(outcome.rejected)
+        self.quarantined += outcome.quarantined
+        self.written.update(outcome.written)
+        self.observe_lags(outcome.lags_seconds)
 
     def observe_lags(self, lags_seconds: list[float]) -> None:
         with self._lock:

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,7 +25,8 @@ from stream.api.server import HttpServer
 from stream.console import progress_bar, say
 from stream.ingest.refresher import EmbeddingRefresher
 from stream.ingest.worker import StreamWorker
-from stream.kafka.broker import EmbeddedBroker, ensure_topics
+from stream.kafka.broker import EmbeddedBroker
+from stream.kafka.topics import ensure_topics
 from stream.metrics import Metrics
 from stream.rollout.controller import RolloutController
 from stream.rollout.messages import ControlCodec
@@ -194,7 +195,7 @@ def worker_identity(store: VersionedVectorStore) -> str:
 class RunningService:
     settings: Settings
     store: VersionedVectorStore
-    worker: StreamWorker
+    worker: StreamWorker | ScaleOutWorker
     metrics: Metrics
     controller: RolloutController
 
@@ -233,7 +234,7 @@ async def run_service(
             settings.control_topic: 1,
         }
         if settings.scale_out:
-            topics.update(scale_out_topics(settings))
+            topics.update(scale_out_topics(settings.topic, settings.partitions))
         await asyncio.to_thread(
             ensure_topics, settings.broker_servers, topics, **settings.kafka_security.kafka_python()
         )
@@ -314,20 +315,26 @@ async def run_service(
             "max_future_skew_ms": settings.max_future_skew_ms,
             "max_event_bytes": settings.max_event_bytes,
         }
-        refresher: EmbeddingRefresher
+        consuming: Awaitable[None]
         if isinstance(worker, ScaleOutWorker):
-            topic, partitions = settings.topic, worker.partitions
-            refresher = PartitionedRefresher(
-                store, controller.refresh_encoders, topic=topic, partitions=partitions, **shared
+            partitioned = PartitionedRefresher(
+                store,
+                controller.refresh_encoders,
+                topic=settings.topic,
+                partitions=worker.partitions,
+                **shared,
             )
-            await worker.attach(refresher, stop)
+            await worker.attach(partitioned, stop)
+            consuming = worker.run(stop, partitioned, plane)
         else:
-            refresher = EmbeddingRefresher(store, controller.refresh_encoders, **shared)
+            consuming = worker.run(
+                stop, EmbeddingRefresher(store, controller.refresh_encoders, **shared), plane
+            )
         service = RunningService(settings, store, worker, metrics, controller)
         say(f"worker consuming {settings.topic!r} from {settings.broker} as group {settings.group_id!r}")
         if on_ready is not None:
             cleanup = on_ready(service)
             if cleanup is not None:
                 stack.callback(cleanup)
-        await worker.run(stop, refresher, plane)
+        await consuming
     say("stopped")

@@ -13,7 +13,7 @@ from store.vector_store import VECTOR_DTYPES
 from stream.api.server import HttpLimits
 from stream.errors import SettingsError
 from stream.kafka.security import KafkaSecurity, KafkaSecurityError
-from stream.scaleout.changelog import by_item_topic
+from stream.kafka.topics import by_item_topic
 
 __all__ = ["Settings", "SettingsError"]
 

@@ -12,7 +12,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from models.registry import EncoderRegistry, version_number
-from stream.kafka.broker import ensure_topics
+from stream.kafka.topics import ensure_topics
 from stream.rollout.controller import check_swappable, version_check
 from stream.rollout.messages import ControlCodec, ControlError, control_message
 from stream.rollout.state import RolloutState, VersionCheck

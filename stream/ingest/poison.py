@@ -21,12 +21,13 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 import orjson
 
 from store.errors import StoreError
 from store.vector_store import StoreWriter, VersionedVectorStore
+from stream.ingest.records import RecordPosition
 
 __all__ = ["POISON_CRASHED", "BatchStart", "CrashGuard", "is_systemic", "isolate"]
 
@@ -37,16 +38,7 @@ _INFLIGHT = "inflight"
 T = TypeVar("T")
 
 
-class _Record(Protocol):
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-
-
-R = TypeVar("R", bound=_Record)
+R = TypeVar("R", bound=RecordPosition)
 
 
 def is_systemic(error: BaseException) -> bool:
@@ -187,7 +179,7 @@ class CrashGuard:
                 then,
             )
 
-    def _suspect(self, record: _Record) -> _Suspect | None:
+    def _suspect(self, record: RecordPosition) -> _Suspect | None:
         suspect = self._suspects.get((record.topic, record.partition))
         if suspect is not None and suspect.start <= record.offset <= suspect.end:
             return suspect
@@ -230,7 +222,7 @@ class CrashGuard:
         return start
 
     @contextlib.contextmanager
-    def rehearsing(self, record: _Record) -> Iterator[None]:
+    def rehearsing(self, record: RecordPosition) -> Iterator[None]:
         """Mark ``record`` alone as in flight while the caller rehearses it, then the batch
         again (a death during the rehearsal names the record, not the batch)."""
         suspect = self._suspect(record)
@@ -244,7 +236,7 @@ class CrashGuard:
         writer.put_meta(_INFLIGHT, orjson.dumps(ranges))
         writer.commit()
 
-    def finish(self, writer: StoreWriter, records: Sequence[_Record]) -> None:
+    def finish(self, writer: StoreWriter, records: Sequence[RecordPosition]) -> None:
         """Stage the marker's removal in the batch's own ``writer``; forget suspect ranges
         that ``records`` (now applied, in that write) leave behind."""
         writer.delete_meta(_INFLIGHT)

@@ -1,8 +1,16 @@
-"""Where a vector gets written: one micro-batch of consumed records in, entity state updated,
-embeddings recomputed with the active encoder version, everything committed atomically.
+"""Where a vector gets written: the one write path.
 
-The batch is coalesced: an entity touched by many events in the batch is encoded once, and
-all users (then all items) of the batch go through the encoder in one call.
+A micro-batch of consumed records goes in; the touched entities' state is updated, their
+embeddings recomputed with the refresh versions, and state, vectors, source offsets and the
+outgoing messages are committed in one RocksDB write batch. The batch is coalesced: an entity
+touched by many events is encoded once, and all users (then all items) of the batch go through
+the encoder in one call.
+
+Every path that writes entity vectors goes through :func:`write_entities`: this refresher,
+the scale-out refresher (which prepares the same batches and publishes them before
+committing), the scale-out replica (batches other workers wrote) and the backfill (stored
+states re-encoded with a staged version); :func:`refresh_entities` is the one computation of
+new states and vectors they share.
 """
 
 from __future__ import annotations
@@ -10,7 +18,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import orjson
@@ -21,21 +28,51 @@ from store.vector_store import StoreWriter, VersionedVectorStore
 from stream.ingest.events import MAX_EVENT_BYTES, Interaction, Rejection, parse_event
 from stream.ingest.outbox import OutgoingMessage, encode_outbox
 from stream.ingest.poison import POISON_CRASHED, CrashGuard, isolate
+from stream.ingest.records import BatchOutcome, ConsumedRecord, SourceRecord
 
 __all__ = [
+    "KEY_NOT_USER_ID",
     "MAX_DEAD_LETTER_BYTES",
     "BatchOutcome",
     "ConsumedRecord",
+    "Decoded",
     "EmbeddingRefresher",
     "Refreshed",
     "SourceRecord",
     "distinct",
     "refresh_entities",
+    "write_entities",
 ]
 
 #: Dead letters carry the original bytes up to this size (and a ``truncated.from`` header
 #: beyond it), so one oversized record can never make the dead-letter topic refuse a batch.
 MAX_DEAD_LETTER_BYTES = 512 * 1024
+#: Dead-letter reason of an event whose Kafka key is not its user_id, where that matters (with
+#: several workers a user's events must all reach the partition that owns the user).
+KEY_NOT_USER_ID = "key is not the user_id"
+
+
+def write_entities(
+    writer: StoreWriter,
+    kind: str,
+    ids: Sequence[str],
+    vectors: Mapping[int, np.ndarray],
+    written_at_ms: int,
+    states: Sequence[bytes] | None = None,
+    stored_records: Mapping[bytes, bytes] | None = None,
+) -> None:
+    """Stage the vectors of ``ids`` per version (and their new ``states``) in ``writer``.
+
+    The one place entity vectors are written (``stored_records``: the records of every id,
+    read in one range scan, for a writer that has them; see ``StoreWriter.put_vectors``).
+    """
+    if states is not None:
+        for entity_id, state in zip(ids, states, strict=True):
+            writer.put_state(kind, entity_id, state)
+    if not ids:
+        return
+    for version, matrix in vectors.items():
+        writer.put_vectors(kind, ids, version, matrix, written_at_ms, stored_records)
 
 
 def distinct(keys: list[str]) -> tuple[list[str], np.ndarray]:
@@ -52,7 +89,7 @@ def _latest_per_row(rows: int, row_of: np.ndarray, timestamps: np.ndarray) -> np
 
 @dataclass
 class Refreshed:
-    """One kind's entities touched by a batch: new states and vectors, not yet written."""
+    """One kind's entities: new states and vectors, not yet written."""
 
     kind: str
     ids: list[str]
@@ -64,14 +101,19 @@ class Refreshed:
 
 def refresh_entities(
     kind: str,
-    columns: EventColumns,
+    columns: EventColumns | None,
     stored: Mapping[str, bytes | None],
     encoders: Sequence[Encoder],
     user_window: int,
+    ids: Sequence[str] | None = None,
 ) -> Refreshed:
     """Apply ``columns`` to the ``stored`` states of the entities of ``kind`` they touch and
-    encode each entity once per version. Pure: reads and writes nothing."""
-    ids, rows = distinct(columns.user_ids if kind == "user" else columns.item_ids)
+    encode each entity once per version. Without events, the states of ``ids`` are encoded
+    as they are (a backfill). Pure: reads and writes nothing."""
+    if columns is not None:
+        ids, rows = distinct(columns.user_ids if kind == "user" else columns.item_ids)
+    else:
+        ids, rows = list(ids or []), np.zeros(0, dtype=np.int64)
     states_before = [stored[entity_id] for entity_id in ids]
     vectors: dict[int, np.ndarray] = {}
     if kind == "user":
@@ -82,59 +124,27 @@ def refresh_entities(
         states, counts = apply_item_events(ids, states_before, columns, rows)
         for encoder in encoders:
             vectors[encoder.version] = encoder.encode_items(counts)
-    latest = _latest_per_row(len(ids), rows, columns.timestamps_ms)
+    if columns is not None:
+        latest = _latest_per_row(len(ids), rows, columns.timestamps_ms)
+    else:
+        latest = np.zeros(len(ids), dtype=np.int64)
     return Refreshed(kind, ids, rows, states, vectors, latest)
 
 
-class SourceRecord(Protocol):
-    """The parts of a consumed Kafka record the refresher reads (aiokafka's records have
-    them, so the worker hands them over without a copy)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def timestamp(self) -> int: ...  # epoch milliseconds
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumedRecord:
-    """A :class:`SourceRecord` built by hand (tests, tools)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: int
-
-
 @dataclass
-class BatchOutcome:
-    consumed: int = 0
-    applied: int = 0
-    item_events: int = 0  # events applied to item state (with scale-out, on the item side)
-    duplicates: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    #: records dead-lettered because they killed the worker twice (:class:`CrashGuard`)
-    quarantined: int = 0
-    written: dict[tuple[str, int], int] = field(default_factory=dict)
-    lags_seconds: list[float] = field(default_factory=list)
-    outbox: list[OutgoingMessage] = field(default_factory=list)
+class Decoded:
+    """A batch's records read: the valid events and the record each came from, and per
+    source partition the stored offset it continued (``starts``) and the next one (``ends``)."""
 
-    def reject(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+    events: list[Interaction] = field(default_factory=list)
+    sources: list[SourceRecord] = field(default_factory=list)
+    starts: dict[tuple[str, int], int | None] = field(default_factory=dict)
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 class EmbeddingRefresher:
-    """Applies batches to a store with one fixed encoder version."""
+    """Applies batches to a store with the refresh versions (one fixed version, or the
+    serving and a staged one during a rollout)."""
 
     def __init__(
         self,
@@ -162,9 +172,11 @@ class EmbeddingRefresher:
         self.clock_ms = clock_ms
         self.guard = CrashGuard(store)
 
+    # ----- a batch of one worker ---------------------------------------------------------------
+
     def plan(self, records: Sequence[SourceRecord]) -> list[list[SourceRecord]]:
         """The batches to apply ``records`` in: one, unless the last run died applying some
-        of them (then those go one at a time, first; see :class:`CrashGuard`)."""
+        of them (see :class:`stream.ingest.poison.CrashGuard`)."""
         return self.guard.plan(records)
 
     def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
@@ -187,44 +199,59 @@ class EmbeddingRefresher:
         """Stage ``records`` into ``writer``: states, vectors, next offsets, and (in the
         outcome) the messages to send."""
         outcome = BatchOutcome(consumed=len(records))
+        decoded = self.decode(records, outcome, quarantine, outcome.outbox)
+        if decoded.events:
+            refreshed, kept = self.refresh(
+                ("user", "item"),
+                event_columns(decoded.events),
+                lambda row, reason: self.reject(outcome, outcome.outbox, decoded.sources[row], reason),
+            )
+            outcome.applied = outcome.item_events = len(kept)
+            for kind_refreshed in refreshed:
+                self.stage(writer, kind_refreshed, outcome, outcome.outbox)
+        for (topic, partition), offset in decoded.ends.items():
+            writer.set_offset(topic, partition, offset)
+        return outcome
+
+    # ----- the steps, shared with the scale-out refresher ------------------------------------
+
+    def decode(
+        self,
+        records: Sequence[SourceRecord],
+        outcome: BatchOutcome,
+        quarantine: set[tuple[str, int, int]],
+        dead_letters: list[OutgoingMessage],
+        key_is_user_id: bool = False,
+    ) -> Decoded:
+        """Parse ``records``: skip those below their partition's stored offset (counted as
+        duplicates), dead-letter quarantined and invalid ones (with ``key_is_user_id``, also
+        those keyed by something else than their user), keep the valid events."""
+        decoded = Decoded()
         now_ms = self.clock_ms()
-        next_offsets: dict[tuple[str, int], int] = {}
-        stored: dict[tuple[str, int], int | None] = {}
-        events: list[Interaction] = []
-        sources: list[SourceRecord] = []
         for record in records:
             source = (record.topic, record.partition)
-            if source not in stored:
-                stored[source] = self.store.get_offset(*source)
-            floor = stored[source]
+            if source not in decoded.starts:
+                decoded.starts[source] = self.store.get_offset(*source)
+            floor = decoded.starts[source]
             if floor is not None and record.offset < floor:
                 outcome.duplicates += 1
                 continue
-            next_offsets[source] = record.offset + 1
+            decoded.ends[source] = record.offset + 1
             if quarantine and (record.topic, record.partition, record.offset) in quarantine:
                 outcome.quarantined += 1
-                self._reject(outcome, record, POISON_CRASHED)
+                self.reject(outcome, dead_letters, record, POISON_CRASHED)
                 continue
             parsed = parse_event(
                 record.value, record.timestamp, now_ms, self.max_future_skew_ms, self.max_event_bytes
             )
+            if key_is_user_id and not isinstance(parsed, Rejection) and record.key != parsed.user_id.encode():
+                parsed = Rejection(KEY_NOT_USER_ID)
             if isinstance(parsed, Rejection):
-                self._reject(outcome, record, parsed.reason)
+                self.reject(outcome, dead_letters, record, parsed.reason)
             else:
-                events.append(parsed)
-                sources.append(record)
-        if events:
-            refreshed, kept = self.refresh(
-                ("user", "item"),
-                event_columns(events),
-                lambda row, reason: self._reject(outcome, sources[row], reason),
-            )
-            outcome.applied = outcome.item_events = len(kept)
-            for kind_refreshed in refreshed:
-                self.stage(writer, kind_refreshed, outcome)
-        for (topic, partition), offset in next_offsets.items():
-            writer.set_offset(topic, partition, offset)
-        return outcome
+                decoded.events.append(parsed)
+                decoded.sources.append(record)
+        return decoded
 
     def refresh(
         self, kinds: Sequence[str], columns: EventColumns, dead_letter: Callable[[int, str], None]
@@ -255,22 +282,20 @@ class EmbeddingRefresher:
         writer: StoreWriter,
         refreshed: Refreshed,
         outcome: BatchOutcome,
-        messages: list[OutgoingMessage] | None = None,
+        messages: list[OutgoingMessage],
     ) -> int:
-        """Put ``refreshed`` into ``writer``, count it in ``outcome``, and queue its update
-        messages (in ``messages``, else the outcome's outbox); returns the time written."""
-        messages = outcome.outbox if messages is None else messages
-        kind, ids = refreshed.kind, refreshed.ids
-        for entity_id, state in zip(ids, refreshed.states, strict=True):
-            writer.put_state(kind, entity_id, state)
+        """Write ``refreshed`` into ``writer``, count it in ``outcome``, and queue its update
+        messages in ``messages``; returns the time written."""
         written_at = self.clock_ms()
-        for position, (version, vectors) in enumerate(refreshed.vectors.items()):
-            writer.put_vectors(kind, ids, version, vectors, written_at)
-            outcome.written[(kind, version)] = len(ids)
+        write_entities(writer, refreshed.kind, refreshed.ids, refreshed.vectors, written_at, refreshed.states)
+        for position, version in enumerate(refreshed.vectors):
+            outcome.written[(refreshed.kind, version)] = len(refreshed.ids)
             if position == 0:  # freshness is measured on the serving version
                 lags = np.maximum(0.0, (written_at - refreshed.latest_ms) / 1000.0)
                 outcome.lags_seconds.extend(lags.tolist())
-            messages.extend(self._updates(kind, ids, version, written_at, refreshed.latest_ms))
+            messages.extend(
+                self._updates(refreshed.kind, refreshed.ids, version, written_at, refreshed.latest_ms)
+            )
         return written_at
 
     def _updates(
@@ -288,11 +313,11 @@ class EmbeddingRefresher:
             for entity_id, ts in zip(ids, event_ts.tolist(), strict=True)
         ]
 
-    def _reject(self, outcome: BatchOutcome, record: SourceRecord, reason: str) -> None:
+    def reject(
+        self, outcome: BatchOutcome, dead_letters: list[OutgoingMessage], record: SourceRecord, reason: str
+    ) -> None:
+        """Count ``record`` as rejected for ``reason`` and queue its dead letter."""
         outcome.reject(reason)
-        outcome.outbox.append(self._dead_letter(record, reason))
-
-    def _dead_letter(self, record: SourceRecord, reason: str) -> OutgoingMessage:
         value = record.value or b""
         headers = [
             ("error", reason.encode()),
@@ -303,4 +328,4 @@ class EmbeddingRefresher:
         if len(value) > MAX_DEAD_LETTER_BYTES:  # keep the DLQ producible whatever came in
             headers.append(("truncated.from", str(len(value)).encode()))
             value = value[:MAX_DEAD_LETTER_BYTES]
-        return OutgoingMessage(self.dlq_topic, record.key, value, tuple(headers))
+        dead_letters.append(OutgoingMessage(self.dlq_topic, record.key, value, tuple(headers)))

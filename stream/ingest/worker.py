@@ -12,21 +12,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from store.vector_store import VersionedVectorStore
-from stream.ingest.outbox import OutgoingMessage, decode_outbox
-from stream.ingest.refresher import BatchOutcome, EmbeddingRefresher
+from stream.ingest.outbox import decode_outbox
+from stream.ingest.refresher import EmbeddingRefresher
+from stream.kafka.clients import group_consumer, publish, worker_producer
 from stream.metrics import Metrics
-from stream.rollout.plane import RolloutPlane
 from stream.settings import Settings
 
-__all__ = ["StreamWorker"]
+__all__ = ["BetweenBatches", "StreamWorker", "flush_pending_outbox"]
 
 log = logging.getLogger("embstream.worker")
+
+
+class BetweenBatches(Protocol):
+    """Work a worker does between two batches, never during one (the control plane)."""
+
+    async def between_batches(self, loop: asyncio.AbstractEventLoop, executor: Executor) -> None: ...
+
+
+async def flush_pending_outbox(store: VersionedVectorStore, producer: AIOKafkaProducer) -> None:
+    """Re-send what the previous run committed but may not have sent (at least once)."""
+    pending = store.pending_outbox()
+    if pending:
+        messages = decode_outbox(pending)
+        log.info("re-sending %d outgoing messages from the previous run", len(messages))
+        await publish(producer, messages)
+        store.clear_outbox()
 
 
 class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -58,18 +74,9 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class StreamWorker:
-    """One worker process's consumer loop."""
+    """One worker process's consumer loop (the only worker of its group)."""
 
-    #: Join the group in :meth:`start` (a scale-out worker joins later, once its replica is
-    #: up to date).
-    subscribe_at_start = True
-
-    def __init__(
-        self,
-        settings: Settings,
-        store: VersionedVectorStore,
-        metrics: Metrics,
-    ) -> None:
+    def __init__(self, settings: Settings, store: VersionedVectorStore, metrics: Metrics) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
@@ -81,62 +88,26 @@ class StreamWorker:
 
     async def start(self) -> None:
         """Connect the producer, re-send any pending outbox, and join the consumer group."""
-        servers = self.settings.broker_servers
-        security = self.settings.kafka_security.aiokafka()
-        self.producer = self._producer()
+        self.producer = worker_producer(self.settings)
         await self.producer.start()
-        await self._before_join()
-        await self._flush_pending_outbox()
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=servers,
-            group_id=self.settings.group_id,
-            client_id="embstream-worker",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            # The embedded broker completes a group's first join after half the session
-            # timeout; 6 s keeps start-up near 3 s and still tolerates a long batch.
-            session_timeout_ms=self.settings.session_timeout_ms,
-            heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
-            max_poll_interval_ms=300_000,
-            fetch_max_wait_ms=self.settings.batch_max_wait_ms,
-            max_partition_fetch_bytes=4 << 20,
-            **security,
-        )
-        if self.subscribe_at_start:
-            self.consumer.subscribe(self._topics(), listener=self._listener())
+        await flush_pending_outbox(self.store, self.producer)
+        self.consumer = group_consumer(self.settings)
+        self.consumer.subscribe([self.settings.topic], listener=_SeekToStoredOffsets(self))
         await self.consumer.start()
 
-    async def _before_join(self) -> None:
-        """Checks to make once the producer is up and before joining the group."""
-
-    def _producer(self) -> AIOKafkaProducer:
-        return AIOKafkaProducer(
-            bootstrap_servers=self.settings.broker_servers,
-            client_id="embstream-worker",
-            linger_ms=5,
-            acks=1,
-            **self.settings.kafka_security.aiokafka(),
-        )
-
-    def _topics(self) -> list[str]:
-        return [self.settings.topic]
-
-    def _listener(self) -> ConsumerRebalanceListener:
-        return _SeekToStoredOffsets(self)
-
     async def run(
-        self, stop: asyncio.Event, refresher: EmbeddingRefresher, rollout: RolloutPlane | None = None
+        self, stop: asyncio.Event, refresher: EmbeddingRefresher, between: BetweenBatches | None = None
     ) -> None:
         """Consume until ``stop`` is set, applying every batch through ``refresher``.
 
-        With a ``rollout`` plane, control messages are applied between batches (never during
-        one) and the backfill of a staged version advances between batches too.
+        ``between`` (the control plane) runs between batches, never during one: control
+        messages are applied and the backfill of a staged version advances there.
         """
-        assert self.consumer is not None
+        assert self.consumer is not None and self.producer is not None
         loop = asyncio.get_running_loop()
         while not stop.is_set():
-            if rollout is not None:
-                await rollout.between_batches(loop, self._executor)
+            if between is not None:
+                await between.between_batches(loop, self._executor)
             fetched = await self.consumer.getmany(
                 timeout_ms=self.settings.batch_max_wait_ms, max_records=self.settings.batch_max_records
             )
@@ -146,9 +117,9 @@ class StreamWorker:
             records = [record for messages in fetched.values() for record in messages]
             for batch in refresher.plan(records):  # one, unless the last run died mid-batch
                 outcome = await loop.run_in_executor(self._executor, refresher.process, batch)
-                self._count(outcome)
+                self.metrics.count(outcome)
                 if outcome.outbox:
-                    await self._publish(outcome.outbox)
+                    await publish(self.producer, outcome.outbox)
                     self.store.clear_outbox()
             await self._commit_to_kafka(fetched)
 
@@ -159,73 +130,6 @@ class StreamWorker:
         if self.producer is not None:
             await self.producer.stop()
         self._executor.shutdown(wait=True)
-
-    def _count(self, outcome: BatchOutcome) -> None:
-        metrics = self.metrics
-        metrics.events_consumed += outcome.consumed
-        metrics.events_applied += outcome.applied
-        metrics.item_events_applied += outcome.item_events
-        metrics.events_duplicate += outcome.duplicates
-        metrics.batches += 1
-        metrics.rejected.update(outcome.rejected)
-        metrics.quarantined += outcome.quarantined
-        metrics.written.update(outcome.written)
-        metrics.observe_lags(outcome.lags_seconds)
-
-    async def _publish(self, messages: list[OutgoingMessage]) -> None:
-        """Send messages in whole batches per partition, and wait until the broker has them.
-
-        Building batches directly (instead of one ``send`` per message) skips a future and a
-        partitioner call per message; keyed messages go to ``crc32(key) % partitions``.
-        """
-        producer = self.producer
-        assert producer is not None
-        grouped: dict[tuple[str, int], list[OutgoingMessage]] = {}
-        partitions: dict[str, int] = {}
-        for message in messages:
-            if message.topic not in partitions:
-                known = await producer.partitions_for(message.topic)
-                partitions[message.topic] = max(1, len(known))
-            count = partitions[message.topic]
-            if message.partition is not None:
-                partition = message.partition
-            elif message.key is None or count == 1:
-                partition = 0
-            else:
-                partition = zlib.crc32(message.key) % count
-            grouped.setdefault((message.topic, partition), []).append(message)
-        pending = []
-        for (topic, partition), group in grouped.items():
-            batch, filled = producer.create_batch(), 0
-            for message in group:
-                headers = list(message.headers)
-                if batch.append(key=message.key, value=message.value, timestamp=None, headers=headers):
-                    filled += 1
-                    continue
-                if filled:  # the batch is full: send it and start the next one
-                    pending.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch, filled = producer.create_batch(), 0
-                    if batch.append(key=message.key, value=message.value, timestamp=None, headers=headers):
-                        filled = 1
-                        continue
-                # larger than a whole batch: the producer's own path handles (or refuses) it
-                pending.append(
-                    await producer.send(
-                        topic, message.value, key=message.key, headers=headers or None, partition=partition
-                    )
-                )
-            if filled:
-                pending.append(await producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*pending)
-
-    async def _flush_pending_outbox(self) -> None:
-        """Re-send what the previous run committed but may not have sent (at least once)."""
-        pending = self.store.pending_outbox()
-        if pending:
-            messages = decode_outbox(pending)
-            log.info("re-sending %d outgoing messages from the previous run", len(messages))
-            await self._publish(messages)
-            self.store.clear_outbox()
 
     async def _commit_to_kafka(self, fetched: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
         """Mirror progress to the consumer group (for lag monitoring), at most once a second.

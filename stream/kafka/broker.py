@@ -3,18 +3,14 @@ topic administration shared by every command."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
-
 from stream.errors import BrokerError
 
-__all__ = ["BrokerError", "EmbeddedBroker", "ensure_topics", "free_port", "wait_for_port"]
+__all__ = ["BrokerError", "EmbeddedBroker", "free_port", "wait_for_port"]
 
 
 def free_port() -> int:
@@ -86,30 +82,3 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def ensure_topics(
-    servers: list[str], topics: dict[str, int], timeout_s: float = 20.0, **client_config: object
-) -> None:
-    """Create each ``topic: partitions`` that does not exist yet."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=servers, client_id="embstream-admin", **client_config)
-            break
-        except Exception as exc:  # kafka-python raises NoBrokersAvailable and others
-            if time.monotonic() > deadline:
-                raise BrokerError(f"cannot reach the broker at {','.join(servers)}: {exc}") from exc
-            time.sleep(0.5)
-    try:
-        for name, count in topics.items():  # one at a time: an existing topic fails alone
-            topic = NewTopic(
-                name,
-                num_partitions=count,
-                replication_factor=1,
-                topic_configs={"retention.ms": str(7 * 86_400_000)},
-            )
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics([topic])
-    finally:
-        admin.close()

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from models.encoder import Encoder
-from models.state_batch import apply_item_events, apply_user_events
 from store.vector_store import VersionedVectorStore
+from stream.ingest.refresher import refresh_entities, write_entities
 
-__all__ = ["BackfillProgress", "Backfiller", "encode_states", "fill_missing"]
+__all__ = ["BackfillProgress", "Backfiller", "fill_missing"]
 
 _DONE = b"\x00done"
 _U64 = struct.Struct("<Q")
@@ -87,11 +84,12 @@ class Backfiller:
             writer = self.store.writer()
             if chunk:
                 ids = [entity_id for entity_id, _ in chunk]
-                states = [raw for _, raw in chunk]
-                vectors = encode_states(self.encoder, kind, ids, states, self.user_window)
+                refreshed = refresh_entities(kind, None, dict(chunk), [self.encoder], self.user_window, ids)
                 # The chunk is a run of adjacent keys: one range read finds their records.
-                stored = self.store.scan_raw_records(kind, ids[0], ids[-1])
-                writer.put_vectors(kind, ids, self.encoder.version, vectors, int(time.time() * 1000), stored)
+                records = self.store.scan_raw_records(kind, ids[0], ids[-1])
+                write_entities(
+                    writer, kind, ids, refreshed.vectors, int(time.time() * 1000), stored_records=records
+                )
                 raw_done = self.store.get_meta(self._done_name(kind))
                 done = (_U64.unpack(raw_done)[0] if raw_done else 0) + len(chunk)
                 writer.put_meta(self._done_name(kind), _U64.pack(done))
@@ -101,17 +99,6 @@ class Backfiller:
             if chunk or finished:
                 return len(chunk)
         return 0
-
-
-def encode_states(
-    encoder: Encoder, kind: str, ids: list[str], states: Sequence[bytes | None], user_window: int = 50
-) -> np.ndarray:
-    """Vectors of ``ids`` encoded afresh from their stored ``states``."""
-    if kind == "user":
-        _, histories = apply_user_events(ids, states, user_window)
-        return encoder.encode_users(histories)
-    _, counts = apply_item_events(ids, states)
-    return encoder.encode_items(counts)
 
 
 def fill_missing(

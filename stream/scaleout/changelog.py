@@ -32,8 +32,6 @@ __all__ = [
     "ChangelogAssembler",
     "ChangelogBatch",
     "ItemBundle",
-    "by_item_topic",
-    "changelog_topic",
     "decode_bundle",
     "decode_changelog",
     "encode_bundle",
@@ -45,14 +43,6 @@ __all__ = [
 NO_OFFSET = -1
 #: Upper bound of one changelog message's payload; larger batches are split into parts.
 MAX_PART_BYTES = 512 * 1024
-
-
-def changelog_topic(source_topic: str) -> str:
-    return f"{source_topic}.changelog"
-
-
-def by_item_topic(interactions_topic: str) -> str:
-    return f"{interactions_topic}.by-item"
 
 
 class ChangelogBatch(msgspec.Struct, frozen=True):

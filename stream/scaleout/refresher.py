@@ -7,6 +7,10 @@ changelog batch per source partition, item bundles, embedding updates and dead l
 the worker publishes those messages, checks it still owns the partitions, and only then
 *commits* the write. The changelog is therefore never behind a worker's store, and a batch
 a crash cut short is applied again from the source, by whichever worker owns it next.
+
+It is built on the single worker's write path (:class:`stream.ingest.refresher.EmbeddingRefresher`
+and :func:`~stream.ingest.refresher.write_entities`): the same decoding, poison isolation,
+crash guard, state update, encoding and writes.
 """
 
 from __future__ import annotations
@@ -25,33 +29,23 @@ from models.encoder import Encoder
 from models.features import EVENT_TYPES
 from models.state_batch import EventColumns, event_columns
 from store.vector_store import StoreWriter, VersionedVectorStore
-from stream.ingest.events import MAX_EVENT_BYTES, Interaction, Rejection, parse_event
+from stream.ingest.events import MAX_EVENT_BYTES, Interaction
 from stream.ingest.outbox import OutgoingMessage
-from stream.ingest.poison import POISON_CRASHED
-from stream.ingest.refresher import BatchOutcome, ConsumedRecord, EmbeddingRefresher, Refreshed, SourceRecord
-from stream.rollout.backfill import encode_states
-from stream.scaleout.changelog import (
-    NO_OFFSET,
-    ChangelogBatch,
-    ItemBundle,
-    by_item_topic,
-    decode_bundle,
-    encode_bundle,
+from stream.ingest.records import BatchOutcome, ConsumedRecord, SourceRecord
+from stream.ingest.refresher import (
+    KEY_NOT_USER_ID,
+    EmbeddingRefresher,
+    Refreshed,
+    refresh_entities,
+    write_entities,
 )
+from stream.kafka.topics import by_item_topic
+from stream.scaleout.changelog import NO_OFFSET, ChangelogBatch, ItemBundle, decode_bundle, encode_bundle
 
-__all__ = [
-    "KEY_NOT_USER_ID",
-    "ChangelogOutcome",
-    "PartitionedRefresher",
-    "PreparedBatch",
-    "item_partition",
-]
+__all__ = ["KEY_NOT_USER_ID", "ChangelogOutcome", "PartitionedRefresher", "PreparedBatch", "item_partition"]
 
 _U64 = struct.Struct("<Q")
 _NAN = float("nan")
-#: Dead-letter reason of an event whose Kafka key is not its user_id: with several workers a
-#: user's events must all reach the partition that owns the user.
-KEY_NOT_USER_ID = "key is not the user_id"
 
 
 def item_partition(item_id: str, partitions: int) -> int:
@@ -91,7 +85,7 @@ def _watermark_name(by_item: str, item_partition: int, source_partition: int) ->
     return f"watermark:{by_item}/{item_partition}/{source_partition}"
 
 
-class PartitionedRefresher(EmbeddingRefresher):
+class PartitionedRefresher:
     """Prepares batches of ``interactions`` (user side) and ``<topic>.by-item`` (item side)
     and applies changelog batches written by other workers."""
 
@@ -110,7 +104,7 @@ class PartitionedRefresher(EmbeddingRefresher):
         clock_ms: Callable[[], int] | None = None,
     ) -> None:
         extra = {} if clock_ms is None else {"clock_ms": clock_ms}
-        super().__init__(
+        self.batches = EmbeddingRefresher(
             store,
             encoders,
             updates_topic=updates_topic,
@@ -120,20 +114,26 @@ class PartitionedRefresher(EmbeddingRefresher):
             max_event_bytes=max_event_bytes,
             **extra,
         )
+        self.store = store
+        self.encoders = self.batches.encoders
         self.topic = topic
         self.by_item = by_item_topic(topic)
         self.partitions = partitions
 
     # ----- batches this worker owns ----------------------------------------------------------
 
+    def plan(self, records: Sequence[SourceRecord]) -> list[list[SourceRecord]]:
+        return self.batches.plan(records)
+
     def prepare(self, records: Sequence[SourceRecord], generation: int) -> PreparedBatch:
         """Apply ``records`` (either topic, in partition order) to an uncommitted write."""
-        started = self.guard.begin(records)
+        guard = self.batches.guard
+        started = guard.begin(records)
         for record in started.rehearse:  # after a death: each suspect alone, thrown away
-            with self.guard.rehearsing(record):
+            with guard.rehearsing(record):
                 self._prepare([record], generation, started.quarantine)
         prepared = self._prepare(records, generation, started.quarantine)
-        self.guard.finish(prepared.writer, records)
+        guard.finish(prepared.writer, records)
         return prepared
 
     def _prepare(
@@ -156,59 +156,38 @@ class PartitionedRefresher(EmbeddingRefresher):
         prepared: PreparedBatch,
         quarantine: set[tuple[str, int, int]],
     ) -> None:
-        outcome = prepared.outcome
-        now_ms = self.clock_ms()
-        starts: dict[int, int] = {}
-        ends: dict[int, int] = {}
-        events: list[Interaction] = []
-        sources: list[SourceRecord] = []
-        for record in records:
-            if not self._in_range(self.topic, record, starts, ends):
-                outcome.duplicates += 1
-                continue
-            if quarantine and (record.topic, record.partition, record.offset) in quarantine:
-                outcome.quarantined += 1
-                self._reject_into(prepared, record, POISON_CRASHED)
-                continue
-            parsed = parse_event(
-                record.value, record.timestamp, now_ms, self.max_future_skew_ms, self.max_event_bytes
-            )
-            if not isinstance(parsed, Rejection) and record.key != parsed.user_id.encode("utf-8"):
-                parsed = Rejection(KEY_NOT_USER_ID)
-            if isinstance(parsed, Rejection):
-                self._reject_into(prepared, record, parsed.reason)
-                continue
-            events.append(parsed)
-            sources.append(record)
+        outcome, batches = prepared.outcome, self.batches
+        decoded = batches.decode(records, outcome, quarantine, prepared.messages, key_is_user_id=True)
+        starts = {p: NO_OFFSET if start is None else start for (_, p), start in decoded.starts.items()}
+        ends = {p: end for (_, p), end in decoded.ends.items()}
         ids_by_partition: dict[int, list[str]] = {partition: [] for partition in ends}
         refreshed: Refreshed | None = None
         written_at = 0
-        if events:
-            (refreshed,), kept = self.refresh(
+        if decoded.events:
+            sources = decoded.sources
+            (refreshed,), kept = batches.refresh(
                 ("user",),
-                event_columns(events),
-                lambda row, reason: self._reject_into(prepared, sources[row], reason),
+                event_columns(decoded.events),
+                lambda row, reason: batches.reject(outcome, prepared.messages, sources[row], reason),
             )
             outcome.applied = len(kept)
-            applied = [events[row] for row in kept]
             partitions = [sources[row].partition for row in kept]
             _assign_owners(refreshed, partitions, ids_by_partition)
+            applied = [decoded.events[row] for row in kept]
             prepared.messages.extend(
                 self._bundles(applied, partitions, [sources[row].offset for row in kept])
             )
-            written_at = self.stage(prepared.writer, refreshed, outcome, prepared.messages)
+            written_at = batches.stage(prepared.writer, refreshed, outcome, prepared.messages)
         prepared.changelog += self._changelog(
             prepared.writer, self.topic, starts, ends, ids_by_partition, refreshed, written_at, generation
         )
 
-    def _in_range(
-        self, topic: str, record: SourceRecord, starts: dict[int, int], ends: dict[int, int]
-    ) -> bool:
-        """Whether ``record`` is new to the store (not below its partition's stored offset);
+    def _in_range(self, record: SourceRecord, starts: dict[int, int], ends: dict[int, int]) -> bool:
+        """Whether a bundle is new to the store (not below its partition's stored offset);
         notes each partition's stored offset (``starts``) and the next offset (``ends``)."""
         partition = record.partition
         if partition not in starts:
-            stored = self.store.get_offset(topic, partition)
+            stored = self.store.get_offset(self.by_item, partition)
             starts[partition] = NO_OFFSET if stored is None else stored
         if starts[partition] != NO_OFFSET and record.offset < starts[partition]:
             return False
@@ -241,8 +220,7 @@ class PartitionedRefresher(EmbeddingRefresher):
         return messages
 
     def _prepare_items(self, records: list[SourceRecord], generation: int, prepared: PreparedBatch) -> None:
-        outcome = prepared.outcome
-        writer = prepared.writer
+        outcome, writer, batches = prepared.outcome, prepared.writer, self.batches
         starts: dict[int, int] = {}
         ends: dict[int, int] = {}
         watermarks: dict[int, dict[int, int]] = {}
@@ -255,13 +233,13 @@ class PartitionedRefresher(EmbeddingRefresher):
             partition = record.partition
             if partition not in watermarks:
                 watermarks[partition] = self.item_watermarks(partition)
-            if not self._in_range(self.by_item, record, starts, ends):
+            if not self._in_range(record, starts, ends):
                 continue  # a bundle this partition's state already includes
             try:
                 bundle = decode_bundle(record.value or b"")
                 entries = list(bundle.columns())
             except (msgspec.DecodeError, ValueError):
-                self._reject_into(prepared, record, "not an item bundle")
+                batches.reject(outcome, prepared.messages, record, "not an item bundle")
                 continue
             marks = watermarks[partition]
             floor = marks.get(bundle.source_partition, 0)
@@ -293,12 +271,12 @@ class PartitionedRefresher(EmbeddingRefresher):
                 record = ConsumedRecord(
                     bundle.topic, bundle.partition, bundle.offset, None, orjson.dumps(event), bundle.timestamp
                 )
-                self._reject_into(prepared, record, reason)
+                batches.reject(outcome, prepared.messages, record, reason)
 
-            (refreshed,), kept = self.refresh(("item",), columns, dead_letter)
+            (refreshed,), kept = batches.refresh(("item",), columns, dead_letter)
             outcome.item_events = len(kept)
             _assign_owners(refreshed, [sources[row].partition for row in kept], ids_by_partition)
-            written_at = self.stage(writer, refreshed, outcome, prepared.messages)
+            written_at = batches.stage(writer, refreshed, outcome, prepared.messages)
         for partition in ends:
             for source, mark in watermarks[partition].items():
                 writer.put_meta(_watermark_name(self.by_item, partition, source), _U64.pack(mark))
@@ -313,10 +291,6 @@ class PartitionedRefresher(EmbeddingRefresher):
             generation,
             watermarks,
         )
-
-    def _reject_into(self, prepared: PreparedBatch, record: SourceRecord, reason: str) -> None:
-        prepared.outcome.reject(reason)
-        prepared.messages.append(self._dead_letter(record, reason))
 
     def _changelog(
         self,
@@ -382,17 +356,14 @@ class PartitionedRefresher(EmbeddingRefresher):
             return ChangelogOutcome(False, "duplicate")
         if marker is not None and batch.start != marker:
             return ChangelogOutcome(False, "gap")
-        writer = self.store.writer()
         kind, ids = batch.kind, batch.ids
-        for entity_id, state in zip(ids, batch.states, strict=True):
-            writer.put_state(kind, entity_id, state)
-        for index, version in enumerate(batch.versions):
-            if ids:
-                writer.put_vectors(kind, ids, version, batch.matrix(index), batch.written_at)
-        for encoder in self.encoders():
-            if ids and encoder.version not in batch.versions:  # e.g. a version staged here only
-                vectors = encode_states(encoder, kind, ids, batch.states, self.user_window)
-                writer.put_vectors(kind, ids, encoder.version, vectors, batch.written_at)
+        vectors = {version: batch.matrix(index) for index, version in enumerate(batch.versions)}
+        lacking = [encoder for encoder in self.encoders() if encoder.version not in vectors]
+        if ids and lacking:  # e.g. a version staged here only: encoded from the batch's states
+            stored = dict(zip(ids, batch.states, strict=True))
+            vectors |= refresh_entities(kind, None, stored, lacking, self.batches.user_window, ids).vectors
+        writer = self.store.writer()
+        write_entities(writer, kind, ids, vectors, batch.written_at, batch.states)
         writer.set_offset(batch.source_topic, batch.partition, batch.end)
         for source, mark in batch.watermarks.items():
             writer.put_meta(_watermark_name(batch.source_topic, batch.partition, source), _U64.pack(mark))

@@ -27,13 +27,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from store.vector_store import StoreWriter, VersionedVectorStore
 from stream.errors import ReplicaError
-from stream.scaleout.changelog import (
-    ChangelogAssembler,
-    ChangelogBatch,
-    changelog_topic,
-    decode_changelog,
-    encode_changelog,
-)
+from stream.kafka.topics import changelog_topic
+from stream.scaleout.changelog import ChangelogAssembler, ChangelogBatch, decode_changelog, encode_changelog
 from stream.scaleout.refresher import PartitionedRefresher
 
 __all__ = ["ChangelogFollower", "ReplicaError", "position_name"]

@@ -16,37 +16,27 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
-from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from store.vector_store import VersionedVectorStore
 from stream.console import say
-from stream.ingest.refresher import EmbeddingRefresher
-from stream.ingest.worker import StreamWorker
-from stream.kafka.broker import BrokerError
+from stream.errors import BrokerError, ReplicaError, SettingsError
+from stream.ingest.worker import BetweenBatches, flush_pending_outbox
+from stream.kafka.clients import group_consumer, group_generation, publish, worker_producer
+from stream.kafka.topics import changelog_topic, scale_out_topics
 from stream.metrics import Metrics
 from stream.rollout.backfill import fill_missing
-from stream.rollout.plane import RolloutPlane
-from stream.scaleout.changelog import changelog_topic, encode_changelog, split_changelog
+from stream.scaleout.changelog import encode_changelog, split_changelog
 from stream.scaleout.refresher import PartitionedRefresher, PreparedBatch
-from stream.scaleout.replica import ChangelogFollower, ReplicaError
-from stream.settings import Settings, SettingsError
+from stream.scaleout.replica import ChangelogFollower
+from stream.settings import Settings
 
-__all__ = ["ScaleOutWorker", "scale_out_topics"]
+__all__ = ["ScaleOutWorker"]
 
 log = logging.getLogger("embstream.worker")
-
-
-def scale_out_topics(settings: Settings) -> dict[str, int]:
-    """The topics scale-out adds, with their partition counts (all as many as ``interactions``:
-    a partition of each moves together with the source partition it belongs to)."""
-    by_item = settings.by_item_topic
-    return {
-        by_item: settings.partitions,
-        changelog_topic(settings.topic): settings.partitions,
-        changelog_topic(by_item): settings.partitions,
-    }
 
 
 class _TakeOverPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -60,13 +50,17 @@ class _TakeOverPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.worker.take_over(assigned)
 
 
-class ScaleOutWorker(StreamWorker):
+class ScaleOutWorker:
     """One of several workers of a group; see the module docstring."""
 
-    subscribe_at_start = False  # attach() joins, once the replica is up to date
-
     def __init__(self, settings: Settings, store: VersionedVectorStore, metrics: Metrics) -> None:
-        super().__init__(settings, store, metrics)
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.assigned: list[int] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embstream-refresh")
         self.lock = asyncio.Lock()  # one batch, changelog poll or take-over at a time
         self.ready = asyncio.Event()  # set by attach(): partitions can be taken over
         self.stopping = asyncio.Event()
@@ -79,38 +73,38 @@ class ScaleOutWorker(StreamWorker):
         self.failure: BaseException | None = None
         self._rewound: dict[TopicPartition, int] = {}
 
-    def _listener(self) -> ConsumerRebalanceListener:
-        return _TakeOverPartitions(self)
-
     def _topics(self) -> list[str]:
         return [self.settings.topic, self.settings.by_item_topic]
 
-    def _producer(self) -> AIOKafkaProducer:
-        return AIOKafkaProducer(
-            bootstrap_servers=self.settings.broker_servers,
-            client_id="embstream-worker",
-            linger_ms=5,
-            acks="all",
-            max_request_size=4 << 20,
-            **self.settings.kafka_security.aiokafka(),
-        )
-
-    async def _before_join(self) -> None:
+    async def start(self) -> None:
+        """Connect the producer (acks from all replicas: changelog batches are published
+        before they are committed), check the topics, re-send any pending outbox, and create
+        the group consumer; :meth:`attach` joins the group once the replica is up to date."""
+        self.producer = worker_producer(self.settings, acks="all", max_request_size=4 << 20)
+        await self.producer.start()
         self.partitions = await self.partition_count()
+        await flush_pending_outbox(self.store, self.producer)
+        self.consumer = group_consumer(self.settings)
+        await self.consumer.start()
 
     async def stop(self) -> None:
+        """Leave the group and flush; safe to call whether or not ``start`` completed."""
         self.stopping.set()  # a replay or take-over in progress gives up
         if self.follower is not None:  # attach() ran but run() did not (it stops it otherwise)
             await self.follower.stop()
             self.follower = None
-        await super().stop()
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+        self._executor.shutdown(wait=True)
 
     async def partition_count(self) -> int:
         """The partition count of ``interactions``, which every scale-out topic must share
         (a partition of each moves with the source partition it belongs to)."""
         producer = self.producer
         assert producer is not None
-        topics = [self.settings.topic, *scale_out_topics(self.settings)]
+        topics = [self.settings.topic, *scale_out_topics(self.settings.topic, self.settings.partitions)]
         counts = {topic: len(await producer.partitions_for(topic)) for topic in topics}
         if len(set(counts.values())) != 1:
             listed = ", ".join(f"{topic} has {count}" for topic, count in counts.items())
@@ -167,7 +161,7 @@ class ScaleOutWorker(StreamWorker):
         self.ready.set()
         assert self.consumer is not None
         if not self.stopping.is_set():
-            self.consumer.subscribe(self._topics(), listener=self._listener())
+            self.consumer.subscribe(self._topics(), listener=_TakeOverPartitions(self))
 
     async def _replay(self, follower: ChangelogFollower) -> None:
         loop = asyncio.get_running_loop()
@@ -222,7 +216,7 @@ class ScaleOutWorker(StreamWorker):
             consumer, follower, producer = self.consumer, self.follower, self.producer
             assert consumer is not None and follower is not None and producer is not None
             sources = [(tp.topic, tp.partition) for tp in assigned]
-            generation = consumer._coordinator.generation
+            generation = group_generation(consumer)
             started = loop.time()
             current = await follower.catch_up(
                 sources,
@@ -267,9 +261,10 @@ class ScaleOutWorker(StreamWorker):
         return True
 
     async def run(
-        self, stop: asyncio.Event, refresher: EmbeddingRefresher, rollout: RolloutPlane | None = None
+        self, stop: asyncio.Event, refresher: PartitionedRefresher, between: BetweenBatches | None = None
     ) -> None:
-        assert isinstance(refresher, PartitionedRefresher)
+        """Consume until ``stop`` is set; between batches, apply the other workers' changelog
+        and run ``between`` (the control plane)."""
         consumer = self.consumer
         assert consumer is not None
         if self.follower is None:
@@ -280,8 +275,8 @@ class ScaleOutWorker(StreamWorker):
         try:
             while not stop.is_set():
                 self._raise_failure()
-                if rollout is not None:
-                    await rollout.between_batches(loop, self._executor)
+                if between is not None:
+                    await between.between_batches(loop, self._executor)
                 async with self.lock:
                     await follower.poll(loop, self._executor)
                 fetched = await consumer.getmany(
@@ -361,7 +356,7 @@ class ScaleOutWorker(StreamWorker):
         records = [record for messages in kept.values() for record in messages]
         if not records:
             return
-        generation = consumer._coordinator.generation
+        generation = group_generation(consumer)
         if generation < 0:  # the session expired: the rejoin assigns and seeks again
             await self._rewind(kept)
             return
@@ -382,20 +377,20 @@ class ScaleOutWorker(StreamWorker):
         assert consumer is not None and follower is not None
         prepared = await loop.run_in_executor(self._executor, refresher.prepare, records, generation)
         if not prepared.changelog:  # only redelivered records, below the stored offsets
-            self._count(prepared.outcome)
+            self.metrics.count(prepared.outcome)
             return True
         # Item bundles go out (acknowledged) before the changelog batch: once any worker can
         # see the batch, its bundles are ahead of every bundle a later owner of the partition
         # sends, so the item side's per-source watermarks never skip a late bundle.
         if prepared.messages:
-            await self._publish(prepared.messages)
+            await publish(self.producer, prepared.messages)
         offsets = await self._publish_changelog(prepared)
         ends = {
             TopicPartition(batch.source_topic, batch.partition): batch.end for batch in prepared.changelog
         }
         try:
             await consumer.commit(ends)
-            if consumer._coordinator.generation != generation:
+            if group_generation(consumer) != generation:
                 raise CommitFailedError(f"the generation moved from {generation} during the batch")
         except (CommitFailedError, IllegalStateError) as error:
             # The group gave these partitions to another worker while this batch ran. Nothing
@@ -413,7 +408,7 @@ class ScaleOutWorker(StreamWorker):
         for changelog, offset in offsets.items():
             follower.record_position(prepared.writer, changelog, offset, generation)
         await loop.run_in_executor(self._executor, prepared.writer.commit)
-        self._count(prepared.outcome)
+        self.metrics.count(prepared.outcome)
         return True
 
     async def _publish_changelog(self, prepared: PreparedBatch) -> dict[TopicPartition, int]:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from stream.kafka.broker import EmbeddedBroker, ensure_topics
+from stream.kafka.broker import EmbeddedBroker
+from stream.kafka.topics import ensure_topics
 from tests.conftest import WorkerProcess, http_json, produce
 from tests.faults.streams import events, expected_counts, send_sentinels, stored_counts, wait_users
 

@@ -24,8 +24,9 @@ from models.features import EVENT_TYPES, UserState
 from store.vector_store import VersionedVectorStore
 from stream.ingest.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH, MIN_TIMESTAMP_MS
 from stream.ingest.poison import POISON_CRASHED
-from stream.kafka.broker import EmbeddedBroker, ensure_topics
+from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.producer import send_records
+from stream.kafka.topics import ensure_topics
 from tests.conftest import WorkerProcess, http_json, read_topic, wait_until
 from tests.faults.streams import send_sentinels, wait_users
 

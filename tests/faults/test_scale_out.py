@@ -25,7 +25,8 @@ from kafka import KafkaProducer
 
 from models.features import ItemState, UserState
 from store.vector_store import VersionedVectorStore
-from stream.kafka.broker import EmbeddedBroker, ensure_topics, free_port
+from stream.kafka.broker import EmbeddedBroker, free_port
+from stream.kafka.topics import ensure_topics
 from tests.conftest import WorkerProcess, http_json, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

@@ -15,7 +15,8 @@ import pytest
 
 from models.features import UserState
 from store.vector_store import VersionedVectorStore
-from stream.kafka.broker import EmbeddedBroker, ensure_topics
+from stream.kafka.broker import EmbeddedBroker
+from stream.kafka.topics import ensure_topics
 from tests.conftest import WorkerProcess, produce
 from tests.faults.streams import events, expected_counts, send_sentinels, stored_counts, wait_users
 

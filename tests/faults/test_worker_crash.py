@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.kafka.broker import EmbeddedBroker, ensure_topics
+from stream.kafka.broker import EmbeddedBroker
+from stream.kafka.topics import ensure_topics
 from tests.conftest import WorkerProcess, produce
 from tests.faults.streams import (
     events,

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.kafka.broker import EmbeddedBroker, ensure_topics
+from stream.kafka.broker import EmbeddedBroker
+from stream.kafka.topics import ensure_topics
 from tests.conftest import WorkerProcess, http_json, produce, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
