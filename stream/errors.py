@@ -1,13 +1,13 @@
 """Exceptions of the stream package::
 
-    StreamError
-    ├── SettingsError           a setting has a value that cannot be used
-    │   └── KafkaSecurityError      the Kafka security settings do not fit together
-    ├── BrokerError             the broker cannot be started, reached or trusted
-    │   └── ReplicaError            a scale-out replica misses changelog batches
-    ├── ControlError            a control command cannot be carried out
-    ├── VectorsFormatError      a body is not in the binary vectors format
-    └── ApiError                an answer other than 200 (stream.api.app; status and code)
+StreamError
+├── SettingsError           a setting has a value that cannot be used
+│   └── KafkaSecurityError      the Kafka security settings do not fit together
+├── BrokerError             the broker cannot be started, reached or trusted
+│   └── ReplicaError            a scale-out replica misses changelog batches
+├── ControlError            a control command cannot be carried out
+├── VectorsFormatError      a body is not in the binary vectors format
+└── ApiError                an answer other than 200, with its status and code (stream.api.errors)
 
 Errors of the store and the registry keep their own bases (``store.errors.StoreError``,
 ``models.errors.ModelError``); the command line reports all three the same way.
