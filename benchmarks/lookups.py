@@ -46,6 +46,7 @@ import numpy as np
 import orjson
 
 from store.lookup import lookup_many, resolve_matrix
+from store.options import StoreOptions
 from store.vector_store import VersionedVectorStore
 from stream.api.vector_format import VECTORS_MEDIA_TYPE, decode_vectors
 from stream.kafka.broker import free_port
@@ -206,7 +207,7 @@ def time_calls(
 
 def open_store(store_path: Path, serving_cache_mb: int) -> VersionedVectorStore:
     """The store as a worker opens it, its serving cache (if any) warmed before reads start."""
-    store = VersionedVectorStore(store_path, serving_cache_mb=serving_cache_mb)
+    store = VersionedVectorStore(store_path, StoreOptions(serving_cache_mb=serving_cache_mb))
     store.warm_serving_cache()
     return store
 

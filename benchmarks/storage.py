@@ -36,6 +36,7 @@ from models.encoder import TorchEncoder
 from models.features import EVENT_TYPES, UserState
 from models.registry import EncoderRegistry
 from models.synthetic import SyntheticWorld
+from store.options import StoreOptions
 from store.vector_store import VersionedVectorStore
 from stream.ingest.refresher import ConsumedRecord, EmbeddingRefresher
 from stream.rollout.backfill import Backfiller
@@ -100,7 +101,7 @@ def _write_users(store: VersionedVectorStore, entities: int, versions: int, seed
 
 def _footprint_case(path: str, entities: int, versions: int, dtype: str) -> dict[str, Any]:
     """Runs in a child process: write, compact, measure."""
-    store = VersionedVectorStore(path, vector_dtype=dtype)
+    store = VersionedVectorStore(path, StoreOptions(vector_dtype=dtype))
     seconds = _write_users(store, entities, versions, seed=versions)
     rss_after_write = _peak_rss_mb()
     started = time.perf_counter()
@@ -129,7 +130,7 @@ def _footprint_case(path: str, entities: int, versions: int, dtype: str) -> dict
 
 def _reopen_case(path: str, entities: int, dtype: str) -> dict[str, Any]:
     """Runs in a child process: reopen the store and read 10,000 random records."""
-    store = VersionedVectorStore(path, vector_dtype=dtype)
+    store = VersionedVectorStore(path, StoreOptions(vector_dtype=dtype))
     rng = np.random.default_rng(0)
     ids = [f"u{index}" for index in rng.integers(0, entities, size=10_000)]
     started = time.perf_counter()

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from store.errors import (
+    EntityNotFoundError,
+    IndexBuildingError,
+    IndexMissingError,
+    IndexUnavailableError,
+    InvalidArgumentError,
     NoServingVersionError,
     StoreDamagedError,
     StoreError,
@@ -21,8 +26,10 @@ from store.lookup import (
     resolve_entry,
     resolve_many,
     resolve_matrix,
+    resolve_one,
 )
 from store.maintenance import describe_store, restore_store, verify_store
+from store.options import StoreOptions
 from store.record import (
     COMPACT_RECORD_FORMAT,
     RECORD_FORMAT,
@@ -32,13 +39,19 @@ from store.record import (
     encode_record,
     upsert_entry,
 )
-from store.vector_store import StoreWriter, VersionedVectorStore
+from store.vector_store import VersionedVectorStore
+from store.writer import StoreWriter
 
 __all__ = [
     "COMPACT_RECORD_FORMAT",
     "KINDS",
     "RECORD_FORMAT",
     "CarryProvider",
+    "EntityNotFoundError",
+    "IndexBuildingError",
+    "IndexMissingError",
+    "IndexUnavailableError",
+    "InvalidArgumentError",
     "Kind",
     "NoServingVersionError",
     "RecordFormatError",
@@ -48,6 +61,7 @@ __all__ = [
     "StoreError",
     "StoreInUseError",
     "StoreOpenError",
+    "StoreOptions",
     "StoreWriter",
     "VersionNotFoundError",
     "VersionUnreachableError",
@@ -63,6 +77,7 @@ __all__ = [
     "resolve_entry",
     "resolve_many",
     "resolve_matrix",
+    "resolve_one",
     "restore_store",
     "upsert_entry",
     "verify_store",

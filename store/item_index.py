@@ -26,6 +26,10 @@ A write of an item already in the graph deletes its old graph row (hnswlib marks
 slot stays). Once deleted rows outnumber live ones, the merger compacts: it copies the live
 rows into a new graph and swaps it in (:meth:`ItemIndex.compact`), so the graph grows with
 the items, not with their updates.
+
+Longer than the 400 lines modules keep to, for one reader: the fresh segment, the graph, the
+merger and compaction share one locking protocol (searches first, updates in slices), which
+is only checkable read in one place.
 """
 
 from __future__ import annotations

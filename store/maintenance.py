@@ -16,6 +16,7 @@ from typing import Any
 
 from store.errors import StoreDamagedError, StoreError
 from store.keys import KINDS
+from store.options import StoreOptions
 from store.vector_store import VersionedVectorStore, damaged_message, scan
 
 __all__ = ["describe_store", "estimated_keys", "restore_store", "verify_store"]
@@ -96,7 +97,7 @@ def restore_store(
             f"{data_dir} is not a store (no CURRENT file) and not empty: refusing to move it aside; "
             "pass the store's directory with --data-dir"
         )
-    checked = VersionedVectorStore(backup, read_only=True, block_cache_mb=0)
+    checked = VersionedVectorStore(backup, StoreOptions(block_cache_mb=0), read_only=True)
     try:
         verify_store(checked, progress)
         described = describe_store(checked)
@@ -106,12 +107,12 @@ def restore_store(
         # Refused (StoreInUseError) while a worker holds it. A damaged store is what a
         # restore is for: it is moved aside below, not deleted.
         with contextlib.suppress(StoreDamagedError):
-            VersionedVectorStore(data_dir, block_cache_mb=0).close()
+            VersionedVectorStore(data_dir, StoreOptions(block_cache_mb=0)).close()
     staging = data_dir.with_name(f"{data_dir.name}.restoring-{time.time_ns()}")
     shutil.copytree(backup, staging)
     (staging / "LOCK").unlink(missing_ok=True)
     if new_worker:
-        seeded = VersionedVectorStore(staging, block_cache_mb=0)
+        seeded = VersionedVectorStore(staging, StoreOptions(block_cache_mb=0))
         try:
             seeded.forget_worker_id()
         finally:

@@ -12,50 +12,39 @@ Column families:
   re-applies an event;
 - ``default``: metadata (serving version, per-version entity counts, broker incarnation,
   and the outbox of the last batch's outgoing messages until they are confirmed sent).
+
+Longer than the 400 lines modules keep to, for one reader: this is the one class that reads
+the column families (lookups, scans, counts, the serving cache's warm-up, backups); its
+writer (:mod:`store.writer`) and its tuning (:mod:`store.options`) live apart.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import struct
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from rocksdict import (
     AccessType,
-    BlockBasedOptions,
-    Cache,
     Checkpoint,
-    DBCompressionType,
-    Options,
     Rdict,
-    WriteBatch,
 )
 
 from store.errors import StoreDamagedError, StoreError, StoreInUseError, StoreOpenError
-from store.keys import KINDS, entity_key
-from store.record import COMPACT_RECORD_FORMAT, VersionedVector, decode_record, encode_entries, splice_entry
+from store.keys import COUNT_PREFIX, INCARNATION_KEY, KINDS, OUTBOX_KEY, SERVING_KEY, U64, entity_key
+from store.options import COLUMN_FAMILIES, StoreOptions
+from store.record import VersionedVector, decode_record
 from store.record_scan import locate_entry, span_vector
 from store.serving_cache import ServingCache
+from store.writer import StoreWriter
 
-__all__ = ["CommitListener", "StoreWriter", "VersionedVectorStore"]
+__all__ = ["CommitListener", "StoreOptions", "StoreWriter", "VersionedVectorStore"]
 
-VECTOR_DTYPES = ("float32", "float16")
-_VECTOR_BLOCK_BYTES = 16 * 1024
-
-_U64 = struct.Struct("<Q")
-_COLUMN_FAMILIES = ("vectors", "state", "offsets")
-_SERVING_KEY = b"meta:serving_version"
-_INCARNATION_KEY = b"meta:broker_incarnation"
-_OUTBOX_KEY = b"meta:outbox"
-#: Block cache shared by the vectors and state column families, MiB (0: RocksDB's default).
-DEFAULT_BLOCK_CACHE_MB = 256
-_COUNT_PREFIX = b"count:"
 _BROKER_META_PREFIXES = (b"meta:changelog:", b"meta:watermark:")
 
 
@@ -70,41 +59,6 @@ class CommitListener(Protocol):
     def discard(self, kind: str, version: int, ids: Sequence[str]) -> None: ...
 
 
-def _count_key(kind: str, version: int) -> bytes:
-    return _COUNT_PREFIX + f"{kind}:{version}".encode()
-
-
-def _raw_options() -> Options:
-    options = Options(raw_mode=True)
-    options.create_if_missing(True)
-    options.create_missing_column_families(True)
-    return options
-
-
-def _state_options(cache: Cache | None) -> Options:
-    options = Options(raw_mode=True)
-    if cache is not None:
-        table = BlockBasedOptions()
-        table.set_block_cache(cache)
-        options.set_block_based_table_factory(table)
-    return options
-
-
-def _vectors_options(vector_dtype: str, cache: Cache | None) -> Options:
-    """Column-family options of ``vectors``: larger blocks (less index and per-block
-    overhead); compression only where it pays (RocksDB keeps a block uncompressed unless
-    compression saves 1/8, which float32 noise never reaches, so trying would only cost CPU)."""
-    table = BlockBasedOptions()
-    table.set_block_size(_VECTOR_BLOCK_BYTES)
-    if cache is not None:
-        table.set_block_cache(cache)
-    options = Options(raw_mode=True)
-    options.set_block_based_table_factory(table)
-    compression = DBCompressionType.zstd() if vector_dtype == "float16" else DBCompressionType.none()
-    options.set_compression_type(compression)
-    return options
-
-
 class VersionedVectorStore:
     """One RocksDB database holding versioned vectors, entity state and offsets.
 
@@ -113,62 +67,45 @@ class VersionedVectorStore:
     """
 
     def __init__(
-        self,
-        path: str | Path,
-        keep_versions: int = 5,
-        vector_dtype: str = "float32",
-        block_cache_mb: int = DEFAULT_BLOCK_CACHE_MB,
-        serving_cache_mb: int = 0,
-        read_only: bool = False,
+        self, path: str | Path, options: StoreOptions | None = None, read_only: bool = False
     ) -> None:
-        """Open (or create) the store at ``path``. ``read_only`` opens an existing store
-        for reading only, even while a worker holds it (RocksDB's read-only mode: a view
-        as of the moment it opened); writes then fail."""
-        if not 1 <= keep_versions <= 255:
-            raise ValueError("keep_versions must be between 1 and 255")
-        if vector_dtype not in VECTOR_DTYPES:
-            raise ValueError(f"vector_dtype must be one of {', '.join(VECTOR_DTYPES)}, not {vector_dtype!r}")
+        """Open (or create) the store at ``path`` (tuned by ``options``). ``read_only`` opens
+        an existing store for reading only, even while a worker holds it (RocksDB's read-only
+        mode: a view as of the moment it opened); writes then fail."""
+        self.options = options or StoreOptions()
         self.path = Path(path)
-        self.keep_versions = keep_versions
+        self.keep_versions = self.options.keep_versions
         #: How new vectors are stored; reads return whatever each entry holds.
-        self.vector_dtype = vector_dtype
+        self.vector_dtype = self.options.vector_dtype
         self.read_only = read_only
         _check_openable(self.path, read_only)
         if not read_only:
             self.path.mkdir(parents=True, exist_ok=True)
-        if block_cache_mb < 0:
-            raise ValueError("block_cache_mb must be 0 (RocksDB's default) or more")
-        if serving_cache_mb < 0:
-            raise ValueError("serving_cache_mb must be 0 (no serving cache) or more")
-        # One LRU block cache shared by vectors and state: reads of a hot set skip the
-        # block parse from the page cache (about 2x on multi-gets of 1,000 random ids).
-        cache = Cache(block_cache_mb << 20) if block_cache_mb else None
-        column_families = {name: Options(raw_mode=True) for name in _COLUMN_FAMILIES}
-        column_families["vectors"] = _vectors_options(vector_dtype, cache)
-        column_families["state"] = _state_options(cache)
+        db_options, column_families = self.options.to_options()
         access = AccessType.read_only() if read_only else AccessType.read_write()
         try:
             self._db = Rdict(
-                str(self.path), options=_raw_options(), column_families=column_families, access_type=access
+                str(self.path), options=db_options, column_families=column_families, access_type=access
             )
         except Exception as exc:  # rocksdict raises a bare Exception on lock or corruption
             raise _open_error(self.path, exc) from exc
         # Raw mode: keys and values are bytes (rocksdict's annotations assume pickled values).
-        self._cf: dict[str, Any] = {name: self._db.get_column_family(name) for name in _COLUMN_FAMILIES}
-        self._handles = {name: self._db.get_column_family_handle(name) for name in _COLUMN_FAMILIES}
+        self._cf: dict[str, Any] = {name: self._db.get_column_family(name) for name in COLUMN_FAMILIES}
+        self._handles = {name: self._db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
         self._counts: Counter[tuple[str, int]] = Counter()
         db: Any = self._db
-        for key, value in scan(db, _COUNT_PREFIX, self.path):
-            if not key.startswith(_COUNT_PREFIX):
+        for key, value in scan(db, COUNT_PREFIX, self.path):
+            if not key.startswith(COUNT_PREFIX):
                 break
-            kind, version = key[len(_COUNT_PREFIX) :].decode().split(":")
-            self._counts[(kind, int(version))] = _U64.unpack(value)[0]
+            kind, version = key[len(COUNT_PREFIX) :].decode().split(":")
+            self._counts[(kind, int(version))] = U64.unpack(value)[0]
         # One process owns the store (RocksDB's lock), so the serving version is kept in
         # memory too: every lookup reads it.
-        serving = self._db.get(_SERVING_KEY)
-        self._serving: int | None = None if serving is None else _U64.unpack(serving)[0]
+        serving = self._db.get(SERVING_KEY)
+        self._serving: int | None = None if serving is None else U64.unpack(serving)[0]
         #: The serving version's vectors in memory (:mod:`store.serving_cache`), or ``None``.
-        self.serving_cache = ServingCache(serving_cache_mb << 20) if serving_cache_mb else None
+        cache_mb = self.options.serving_cache_mb
+        self.serving_cache = ServingCache(cache_mb << 20) if cache_mb else None
         self._listeners: list[CommitListener] = []
         if self.serving_cache is not None:
             self.serving_cache.reset(self._serving)
@@ -245,7 +182,7 @@ class VersionedVectorStore:
     def get_offset(self, topic: str, partition: int) -> int | None:
         """The next offset of ``topic/partition`` to apply, if any was applied."""
         value = self._cf["offsets"].get(f"{topic}/{partition}".encode())
-        return None if value is None else _U64.unpack(value)[0]
+        return None if value is None else U64.unpack(value)[0]
 
     def version_counts(self) -> dict[str, dict[int, int]]:
         """Entities holding a vector of each version, per kind."""
@@ -261,7 +198,7 @@ class VersionedVectorStore:
 
     def set_serving_version(self, version: int) -> None:
         """Serve ``version`` from now on; the serving cache starts afresh if it changed."""
-        self._db.put(_SERVING_KEY, _U64.pack(version))
+        self._db.put(SERVING_KEY, U64.pack(version))
         changed = version != self._serving
         self._serving = version
         if changed and self.serving_cache is not None:
@@ -384,7 +321,7 @@ class VersionedVectorStore:
         topics in memory, so every start is a new incarnation). Entity state and vectors
         stay. Returns True when the offsets were reset.
         """
-        current = self._db.get(_INCARNATION_KEY)
+        current = self._db.get(INCARNATION_KEY)
         if current == incarnation.encode():
             return False
         for key in [key for key, _ in scan(self._cf["offsets"], None, self.path)]:
@@ -399,7 +336,7 @@ class VersionedVectorStore:
                 stale.append(key)
             for key in stale:
                 self._db.delete(key)
-        self._db.put(_INCARNATION_KEY, incarnation.encode())
+        self._db.put(INCARNATION_KEY, incarnation.encode())
         return current is not None
 
     def forget_worker_id(self) -> None:
@@ -408,10 +345,10 @@ class VersionedVectorStore:
 
     def pending_outbox(self) -> bytes | None:
         """Outgoing messages committed with the last batch and not yet confirmed sent."""
-        return self._db.get(_OUTBOX_KEY)
+        return self._db.get(OUTBOX_KEY)
 
     def clear_outbox(self) -> None:
-        self._db.delete(_OUTBOX_KEY)
+        self._db.delete(OUTBOX_KEY)
 
     # ----- writes ------------------------------------------------------------------------
 
@@ -511,115 +448,3 @@ def _fill(
     if not cache.fill(kind, version, ids, matrix, np.asarray(stamps, dtype=np.int64), epoch):
         return None if cache.version == version else 0
     return len(ids)
-
-
-class StoreWriter:
-    """Accumulates state, vectors and offsets, then writes them in one atomic batch."""
-
-    def __init__(self, store: VersionedVectorStore) -> None:
-        self._store = store
-        self._batch = WriteBatch(raw_mode=True)
-        self._count_delta: Counter[tuple[str, int]] = Counter()
-        self._pending: dict[bytes, bytes] = {}
-        self.vectors_written: Counter[tuple[str, int]] = Counter()
-        # What the commit listeners learn once the batch is written, in write order:
-        # ("upsert", kind, version, ids, vectors, updated_at) or ("discard", kind, version, ids).
-        self._cache_updates: list[tuple[Any, ...]] = []
-
-    def put_state(self, kind: str, entity_id: str, state: bytes) -> None:
-        self._batch.put(entity_key(kind, entity_id), state, self._store._handles["state"])
-
-    def put_vectors(
-        self,
-        kind: str,
-        ids: Sequence[str],
-        version: int,
-        vectors: np.ndarray,
-        updated_at_ms: int,
-        stored_records: Mapping[bytes, bytes] | None = None,
-    ) -> None:
-        """Upsert one vector per id at ``version`` (rows of ``vectors``, float32 or float16).
-
-        A float16 store writes them as float16; a float32 store keeps the rows' dtype.
-        ``stored_records`` (from :meth:`VersionedVectorStore.scan_raw_records` over a range
-        covering every id) saves the multi-get of the records: a key it lacks has none.
-        """
-        if len(ids) != vectors.shape[0]:
-            raise StoreError(f"{len(ids)} ids but {vectors.shape[0]} vectors")
-        if len(set(ids)) != len(ids):
-            raise StoreError("ids in one put_vectors call must be distinct")
-        handle = self._store._handles["vectors"]
-        keep = self._store.keep_versions
-        if self._store.vector_dtype == "float16":
-            vectors = vectors.astype(np.float16)
-        keys = [entity_key(kind, entity_id) for entity_id in ids]
-        pending, put = self._pending, self._batch.put
-        # Records this batch already wrote (dual write: the same ids at a second version)
-        # are taken from the batch, not read again.
-        if stored_records is not None:
-            stored: list[bytes | None] = [stored_records.get(key) for key in keys]
-        else:
-            unread = [key for key in keys if key not in pending]
-            fetched = (
-                dict(zip(unread, self._store._multi_get("vectors", unread), strict=True)) if unread else {}
-            )
-            stored = [fetched.get(key) for key in keys]
-        entries = encode_entries(version, updated_at_ms, vectors, COMPACT_RECORD_FORMAT)
-        added_count = 0
-        evicted_counts: Counter[int] = Counter()
-        evicted_ids: dict[int, list[str]] = {}
-        for entity_id, key, old, entry in zip(ids, keys, stored, entries, strict=True):
-            record, added, evicted = splice_entry(
-                pending.get(key, old), version, entry, keep, COMPACT_RECORD_FORMAT
-            )
-            pending[key] = record
-            added_count += added
-            if evicted:
-                evicted_counts.update(evicted)
-                for gone in evicted:
-                    evicted_ids.setdefault(gone, []).append(entity_id)
-            put(key, record, handle)
-        if self._store.commit_listeners:
-            self._cache_updates.append(("upsert", kind, version, list(ids), vectors, updated_at_ms))
-            self._cache_updates.extend(
-                ("discard", kind, gone, gone_ids) for gone, gone_ids in evicted_ids.items()
-            )
-        self._count_delta[(kind, version)] += added_count
-        for gone, count in evicted_counts.items():
-            self._count_delta[(kind, gone)] -= count
-        self.vectors_written[(kind, version)] += len(ids)
-
-    def set_offset(self, topic: str, partition: int, next_offset: int) -> None:
-        key = f"{topic}/{partition}".encode()
-        self._batch.put(key, _U64.pack(next_offset), self._store._handles["offsets"])
-
-    def put_meta(self, name: str, value: bytes) -> None:
-        self._batch.put(b"meta:" + name.encode(), value)
-
-    def delete_meta(self, name: str) -> None:
-        self._batch.delete(b"meta:" + name.encode())
-
-    def set_outbox(self, outbox: bytes) -> None:
-        """Keep this batch's outgoing messages with it until they are confirmed sent."""
-        self._batch.put(_OUTBOX_KEY, outbox)
-
-    def commit(self) -> None:
-        """Write everything accumulated in one atomic RocksDB write batch."""
-        store = self._store
-        counts = Counter(store._counts)
-        for (kind, version), delta in self._count_delta.items():
-            if delta:
-                counts[(kind, version)] += delta
-                self._batch.put(_count_key(kind, version), _U64.pack(counts[(kind, version)]))
-        store._db.write(self._batch)
-        store._counts = counts
-        self._batch = WriteBatch(raw_mode=True)
-        self._count_delta.clear()
-        self._pending.clear()
-        updates, self._cache_updates = self._cache_updates, []
-        for listener in store.commit_listeners if updates else ():
-            for operation, *arguments in updates:
-                if operation == "upsert":
-                    listener.upsert(*arguments)
-                else:
-                    listener.discard(*arguments)

@@ -238,13 +238,7 @@ async def run_service(
         await asyncio.to_thread(
             ensure_topics, settings.broker_servers, topics, **settings.kafka_security.kafka_python()
         )
-        store = VersionedVectorStore(
-            settings.data_dir,
-            keep_versions=settings.versions_kept,
-            vector_dtype=settings.vector_dtype,
-            block_cache_mb=settings.block_cache_mb,
-            serving_cache_mb=settings.serving_cache_mb,
-        )
+        store = VersionedVectorStore(settings.data_dir, settings.store_options)
         stack.callback(store.close)
         if store.ensure_broker_incarnation(incarnation):
             say("the broker changed since the last run: source offsets reset, entity state kept")

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from models.registry import version_number
-from store.vector_store import VECTOR_DTYPES
+from store.errors import InvalidArgumentError
+from store.options import StoreOptions
 from stream.api.server import HttpLimits
 from stream.errors import SettingsError
 from stream.kafka.security import KafkaSecurity, KafkaSecurityError
@@ -78,25 +79,22 @@ class Settings:
     kafka_ssl_keyfile: str = ""
 
     def __post_init__(self) -> None:
-        if self.vector_dtype not in VECTOR_DTYPES:
-            raise SettingsError(
-                f"EMBSTREAM_VECTOR_DTYPE={self.vector_dtype!r} is not one of {', '.join(VECTOR_DTYPES)}"
-            )
+        try:
+            self.store_options  # noqa: B018 - checked where the store's tuning is checked
+        except InvalidArgumentError as error:
+            setting = "versions_kept" if error.argument == "keep_versions" else error.argument
+            raise SettingsError(f"EMBSTREAM_{setting.upper()}{str(error)[len(error.argument) :]}") from None
         if self.torch_threads < 1:
             raise SettingsError(f"EMBSTREAM_TORCH_THREADS={self.torch_threads} must be at least 1")
         if not 1 <= self.user_window <= 65_535:
             raise SettingsError(f"EMBSTREAM_USER_WINDOW={self.user_window} must be between 1 and 65535")
         if self.max_event_bytes < 256:
             raise SettingsError(f"EMBSTREAM_MAX_EVENT_BYTES={self.max_event_bytes} must be at least 256")
-        if self.block_cache_mb < 0:
-            raise SettingsError(f"EMBSTREAM_BLOCK_CACHE_MB={self.block_cache_mb} must be 0 or more")
         for name in ("http_header_timeout_s", "http_body_timeout_s", "http_max_connections"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"EMBSTREAM_{name.upper()}={getattr(self, name)} must be at least 1")
         if self.index_versions < 0:
             raise SettingsError(f"EMBSTREAM_INDEX_VERSIONS={self.index_versions} must be 0 or more")
-        if self.serving_cache_mb < 0:
-            raise SettingsError(f"EMBSTREAM_SERVING_CACHE_MB={self.serving_cache_mb} must be 0 or more")
         try:
             self.kafka_security  # noqa: B018 - validates the combination
         except KafkaSecurityError as error:
@@ -112,6 +110,15 @@ class Settings:
             ssl_cafile=self.kafka_ssl_cafile,
             ssl_certfile=self.kafka_ssl_certfile,
             ssl_keyfile=self.kafka_ssl_keyfile,
+        )
+
+    @property
+    def store_options(self) -> StoreOptions:
+        return StoreOptions(
+            keep_versions=self.versions_kept,
+            vector_dtype=self.vector_dtype,
+            block_cache_mb=self.block_cache_mb,
+            serving_cache_mb=self.serving_cache_mb,
         )
 
     @property

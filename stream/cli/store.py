@@ -13,6 +13,7 @@ from typing import Any
 
 from store.errors import StoreError, StoreInUseError
 from store.maintenance import describe_store, estimated_keys, restore_store, verify_store
+from store.options import StoreOptions
 from store.vector_store import VersionedVectorStore
 from stream.console import progress_bar
 from stream.settings import Settings
@@ -60,7 +61,7 @@ def run_store(args: argparse.Namespace) -> int:
         return 0
     if not (data_dir / "CURRENT").is_file():
         raise StoreError(f"there is no store at {data_dir} (pass --data-dir or set EMBSTREAM_DATA_DIR)")
-    store = VersionedVectorStore(data_dir, read_only=True, block_cache_mb=0)
+    store = VersionedVectorStore(data_dir, StoreOptions(block_cache_mb=0), read_only=True)
     try:
         if args.action == "info":
             print(json.dumps(describe_store(store), indent=2))
@@ -81,7 +82,7 @@ def _backup(settings: Settings, target: Path, api: str | None) -> int:
     local = (data_dir / "CURRENT").is_file()
     if local and api is None:
         try:
-            store = VersionedVectorStore(data_dir, block_cache_mb=0)
+            store = VersionedVectorStore(data_dir, StoreOptions(block_cache_mb=0))
         except StoreInUseError:  # the worker writes it, inside its EMBSTREAM_BACKUP_DIR
             pass
         else:

@@ -26,7 +26,8 @@ from typing import Generic, TypeVar
 import orjson
 
 from store.errors import StoreError
-from store.vector_store import StoreWriter, VersionedVectorStore
+from store.vector_store import VersionedVectorStore
+from store.writer import StoreWriter
 from stream.ingest.records import RecordPosition
 
 __all__ = ["POISON_CRASHED", "BatchStart", "CrashGuard", "is_systemic", "isolate"]

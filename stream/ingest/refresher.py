@@ -24,7 +24,8 @@ import orjson
 
 from models.encoder import Encoder
 from models.state_batch import EventColumns, apply_item_events, apply_user_events, event_columns
-from store.vector_store import StoreWriter, VersionedVectorStore
+from store.vector_store import VersionedVectorStore
+from store.writer import StoreWriter
 from stream.ingest.events import MAX_EVENT_BYTES, Interaction, Rejection, parse_event
 from stream.ingest.outbox import OutgoingMessage, encode_outbox
 from stream.ingest.poison import POISON_CRASHED, CrashGuard, isolate

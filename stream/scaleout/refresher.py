@@ -28,7 +28,8 @@ import orjson
 from models.encoder import Encoder
 from models.features import EVENT_TYPES
 from models.state_batch import EventColumns, event_columns
-from store.vector_store import StoreWriter, VersionedVectorStore
+from store.vector_store import VersionedVectorStore
+from store.writer import StoreWriter
 from stream.ingest.events import MAX_EVENT_BYTES, Interaction
 from stream.ingest.outbox import OutgoingMessage
 from stream.ingest.records import BatchOutcome, ConsumedRecord, SourceRecord

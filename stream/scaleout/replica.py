@@ -25,7 +25,8 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from store.vector_store import StoreWriter, VersionedVectorStore
+from store.vector_store import VersionedVectorStore
+from store.writer import StoreWriter
 from stream.errors import ReplicaError
 from stream.kafka.topics import changelog_topic
 from stream.scaleout.changelog import ChangelogAssembler, ChangelogBatch, decode_changelog, encode_changelog

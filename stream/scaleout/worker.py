@@ -8,6 +8,10 @@ Between batches the worker applies what other workers published (:class:`Changel
 so its store holds every partition and its API answers for every id. It joins the group only
 once it has replayed the changelog to its end, so a take-over (which runs while the group
 waits, without heartbeats) reads only a short tail.
+
+Longer than the 400 lines modules keep to, for one reader: partition ownership (take-over,
+release, rewind) and the batch loop share one lock and one generation, and their order is
+the correctness argument.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
-from store.vector_store import StoreWriter
+from store.writer import StoreWriter
 from stream.cli.main import main
 
 CRASH_ON = os.environ["EMBSTREAM_TEST_CRASH_ON"]

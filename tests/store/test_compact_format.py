@@ -19,6 +19,7 @@ from store import (
     resolve_many,
     upsert_entry,
 )
+from store.options import StoreOptions
 from store.record import record_format_of, upsert_record
 
 NOW_MS = 1_767_225_600_123
@@ -114,7 +115,7 @@ def test_the_store_reads_format_1_records_and_rewrites_them_in_format_2(tmp_path
 
 
 def test_a_float16_store_writes_float16_and_serves_float32(tmp_path: Path) -> None:
-    store = VersionedVectorStore(tmp_path / "db", vector_dtype="float16")
+    store = VersionedVectorStore(tmp_path / "db", StoreOptions(vector_dtype="float16"))
     vectors = _vectors(3)
     writer = store.writer()
     writer.put_vectors("item", ["a", "b", "c"], 1, vectors, NOW_MS)
@@ -133,7 +134,7 @@ def test_float32_and_float16_records_coexist_and_both_read(tmp_path: Path) -> No
     writer.put_vectors("user", ["kept", "both"], 1, _vectors(2, seed=1), NOW_MS)
     writer.commit()
     store.close()
-    store = VersionedVectorStore(tmp_path / "db", vector_dtype="float16")
+    store = VersionedVectorStore(tmp_path / "db", StoreOptions(vector_dtype="float16"))
     writer = store.writer()
     writer.put_vectors("user", ["both", "new"], 2, _vectors(2, seed=2), NOW_MS + 1)
     writer.commit()
@@ -163,19 +164,19 @@ def test_compaction_and_sst_sizes_per_column_family(tmp_path: Path) -> None:
 
 def test_an_unknown_vector_dtype_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="vector_dtype"):
-        VersionedVectorStore(tmp_path / "db", vector_dtype="float64")
+        VersionedVectorStore(tmp_path / "db", StoreOptions(vector_dtype="float64"))
 
 
 def test_the_block_cache_size_is_an_open_option(tmp_path) -> None:
     for cache_mb in (0, 1):
-        store = VersionedVectorStore(tmp_path / f"db{cache_mb}", block_cache_mb=cache_mb)
+        store = VersionedVectorStore(tmp_path / f"db{cache_mb}", StoreOptions(block_cache_mb=cache_mb))
         writer = store.writer()
         writer.put_vectors("user", ["a"], 1, np.ones((1, 4), dtype=np.float32), 5)
         writer.commit()
         assert store.get_record("user", "a")[0].vector.tolist() == [1.0] * 4
         store.close()
     with pytest.raises(ValueError, match="block_cache_mb"):
-        VersionedVectorStore(tmp_path / "bad", block_cache_mb=-1)
+        VersionedVectorStore(tmp_path / "bad", StoreOptions(block_cache_mb=-1))
 
 
 def test_a_smaller_cap_applies_on_the_next_write() -> None:

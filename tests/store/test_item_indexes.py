@@ -10,6 +10,7 @@ import pytest
 
 from store.item_index import IndexTuning
 from store.item_indexes import ItemIndexes
+from store.options import StoreOptions
 from store.vector_store import VersionedVectorStore
 
 DIM = 8
@@ -35,7 +36,7 @@ def wait_built(indexes: ItemIndexes, version: int, timeout_s: float = 20.0) -> N
 
 @pytest.fixture
 def store(tmp_path: Path) -> VersionedVectorStore:
-    opened = VersionedVectorStore(tmp_path / "db", keep_versions=2)
+    opened = VersionedVectorStore(tmp_path / "db", StoreOptions(keep_versions=2))
     yield opened
     opened.close()
 

@@ -18,6 +18,7 @@ from store import (
     restore_store,
     verify_store,
 )
+from store.options import StoreOptions
 from stream.cli.main import main
 
 
@@ -172,7 +173,7 @@ def test_check_finds_a_bad_block_that_opening_does_not(tmp_path: Path) -> None:
     store.compact()
     store.close()
     _flip_a_byte_in_a_block(tmp_path / "db")
-    opened = VersionedVectorStore(tmp_path / "db", read_only=True, block_cache_mb=0)
+    opened = VersionedVectorStore(tmp_path / "db", StoreOptions(block_cache_mb=0), read_only=True)
     try:
         with pytest.raises(StoreDamagedError, match="column family"):
             verify_store(opened)
@@ -247,7 +248,7 @@ def test_scans_stop_with_an_error_at_a_bad_block_not_quietly(tmp_path: Path) -> 
     store.compact()
     store.close()
     _flip_a_byte_in_a_block(tmp_path / "db")
-    opened = VersionedVectorStore(tmp_path / "db", serving_cache_mb=8)
+    opened = VersionedVectorStore(tmp_path / "db", StoreOptions(serving_cache_mb=8))
     try:
         with pytest.raises(StoreDamagedError):
             opened.warm_serving_cache()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from store.lookup import resolve_many, resolve_matrix
+from store.options import StoreOptions
 from store.serving_cache import ServingCache
 from store.vector_store import VersionedVectorStore
 
@@ -185,7 +186,9 @@ def test_cached_store_answers_exactly_as_rocksdb(tmp_path: Path, budget_mb: floa
     ids were warmed, written after, read through, or beyond a small budget."""
     stores = []
     for name, cache_mb in (("cached", budget_mb), ("plain", 0)):
-        store = VersionedVectorStore(tmp_path / name, keep_versions=5, vector_dtype=vector_dtype)
+        store = VersionedVectorStore(
+            tmp_path / name, StoreOptions(keep_versions=5, vector_dtype=vector_dtype)
+        )
         if cache_mb:
             store.serving_cache = ServingCache(int(cache_mb * (1 << 20)))
         stores.append(store)
@@ -213,7 +216,7 @@ def test_cached_store_answers_exactly_as_rocksdb(tmp_path: Path, budget_mb: floa
 
 
 def test_vectors_evicted_by_newer_versions_leave_the_cache(tmp_path: Path) -> None:
-    store = VersionedVectorStore(tmp_path / "db", keep_versions=1, serving_cache_mb=8)
+    store = VersionedVectorStore(tmp_path / "db", StoreOptions(keep_versions=1, serving_cache_mb=8))
     try:
         store.set_serving_version(1)
         writer = store.writer()
@@ -230,7 +233,7 @@ def test_vectors_evicted_by_newer_versions_leave_the_cache(tmp_path: Path) -> No
 
 
 def test_warm_stops_when_asked(tmp_path: Path) -> None:
-    store = VersionedVectorStore(tmp_path / "db", serving_cache_mb=8)
+    store = VersionedVectorStore(tmp_path / "db", StoreOptions(serving_cache_mb=8))
     try:
         fill_store(store, np.random.default_rng(0), (1,))
         store.set_serving_version(1)
@@ -253,7 +256,7 @@ def test_warm_stops_when_asked(tmp_path: Path) -> None:
 def test_concurrent_reads_never_see_a_torn_or_foreign_row(tmp_path: Path) -> None:
     """A writer thread commits generations of constant rows at the serving version and at a
     staged one; readers must only ever see whole rows of the serving version."""
-    store = VersionedVectorStore(tmp_path / "db", serving_cache_mb=8)
+    store = VersionedVectorStore(tmp_path / "db", StoreOptions(serving_cache_mb=8))
     ids = [f"u{n}" for n in range(200)]
     done = threading.Event()
     problems: list[str] = []
@@ -303,7 +306,7 @@ def commit(store: VersionedVectorStore, ids: list[str], version: int, vectors: n
 def test_a_read_racing_an_eviction_does_not_bring_the_evicted_vector_back(tmp_path: Path) -> None:
     """Reader misses x and reads x@1 from RocksDB; a commit of x@2 evicts x@1 (keep 1);
     then the reader fills. Afterwards the cache must answer as RocksDB does: x lacks v1."""
-    store = VersionedVectorStore(tmp_path / "db", keep_versions=1, serving_cache_mb=8)
+    store = VersionedVectorStore(tmp_path / "db", StoreOptions(keep_versions=1, serving_cache_mb=8))
     try:
         commit(store, ["x"], 1, rows(1), 10)
         store.set_serving_version(1)  # an empty cache: x is read through
@@ -323,7 +326,7 @@ def test_a_read_racing_an_eviction_does_not_bring_the_evicted_vector_back(tmp_pa
 
 
 def test_a_warm_scan_racing_an_eviction_reads_its_chunk_again(tmp_path: Path) -> None:
-    store = VersionedVectorStore(tmp_path / "db", keep_versions=1, serving_cache_mb=8)
+    store = VersionedVectorStore(tmp_path / "db", StoreOptions(keep_versions=1, serving_cache_mb=8))
     try:
         store.set_serving_version(1)
         commit(store, ["w", "x"], 1, rows(1, 1), 10)
@@ -348,7 +351,7 @@ def test_a_warm_scan_racing_an_eviction_reads_its_chunk_again(tmp_path: Path) ->
 
 
 def test_a_promote_and_rollback_during_a_read_leave_no_stale_row(tmp_path: Path) -> None:
-    store = VersionedVectorStore(tmp_path / "db", serving_cache_mb=8)
+    store = VersionedVectorStore(tmp_path / "db", StoreOptions(serving_cache_mb=8))
     try:
         commit(store, ["x"], 1, rows(1), 10)
         store.set_serving_version(1)
@@ -374,7 +377,7 @@ def test_a_promote_and_rollback_during_a_read_leave_no_stale_row(tmp_path: Path)
 def test_rows_of_two_dimensions_in_one_version_answer_as_without_the_cache(tmp_path: Path) -> None:
     answers = []
     for cache_mb in (0, 8):
-        store = VersionedVectorStore(tmp_path / str(cache_mb), serving_cache_mb=cache_mb)
+        store = VersionedVectorStore(tmp_path / str(cache_mb), StoreOptions(serving_cache_mb=cache_mb))
         try:
             store.set_serving_version(1)
             commit(store, ["a"], 1, np.ones((1, 4), np.float32), 1)

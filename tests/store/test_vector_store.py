@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from store import StoreOpenError, VersionedVectorStore, VersionNotFoundError, lookup_many, lookup_one
+from store.options import StoreOptions
 
 
 def _vectors(count: int, dim: int = 16, seed: int = 0) -> np.ndarray:
@@ -16,7 +17,7 @@ def _vectors(count: int, dim: int = 16, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture
 def store(tmp_path: Path):
-    opened = VersionedVectorStore(tmp_path / "db", keep_versions=3)
+    opened = VersionedVectorStore(tmp_path / "db", StoreOptions(keep_versions=3))
     yield opened
     opened.close()
 
@@ -150,7 +151,7 @@ def test_a_range_read_of_records_writes_what_a_multi_get_writes(tmp_path: Path) 
     new_ids = ids + [f"u{n:03d}" for n in range(50, 60)]
     records = []
     for use_range in (False, True):
-        store = VersionedVectorStore(tmp_path / str(use_range), keep_versions=2)
+        store = VersionedVectorStore(tmp_path / str(use_range), StoreOptions(keep_versions=2))
         try:
             writer = store.writer()
             writer.put_vectors("user", ids, 1, first, 10)

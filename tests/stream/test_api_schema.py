@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import allow_header_conformance
 
 from store.item_indexes import ItemIndexes
+from store.options import StoreOptions
 from store.vector_store import VersionedVectorStore
 from stream.api.app import MAX_BATCH_IDS, MAX_BODY_BYTES, ApiContext, create_app
 from stream.api.openapi import openapi_document
@@ -40,7 +41,7 @@ schema = schemathesis.openapi.from_dict(openapi_document(MAX_BATCH_IDS, MAX_BODY
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real app over a real store (versions 1 and 2, serving 2), on its own thread."""
-    store = VersionedVectorStore(tmp_path_factory.mktemp("api") / "db", serving_cache_mb=8)
+    store = VersionedVectorStore(tmp_path_factory.mktemp("api") / "db", StoreOptions(serving_cache_mb=8))
     writer = store.writer()
     for kind in ("user", "item"):
         ids = [f"{kind[0]}{n}" for n in range(20)] + ["0", "a", "zoë"]

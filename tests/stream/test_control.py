@@ -11,6 +11,7 @@ import numpy as np
 from models.features import ItemInput, ItemState, UserInput, UserState
 from store.item_index import IndexTuning
 from store.item_indexes import ItemIndexes
+from store.options import StoreOptions
 from store.vector_store import VersionedVectorStore
 from stream.rollout.backfill import Backfiller, fill_missing
 from stream.rollout.controller import RolloutController
@@ -134,7 +135,7 @@ def test_backfill_resumes_from_its_cursor_after_a_restart(tmp_path: Path) -> Non
 def test_a_store_that_missed_a_rollout_fills_the_serving_version_once(tmp_path: Path) -> None:
     """A scale-out worker that was down while version 8 was rolled out holds its entities
     at version 7 only: every one is encoded at 8, and a second call finds nothing to do."""
-    store = VersionedVectorStore(tmp_path / "db", keep_versions=3)
+    store = VersionedVectorStore(tmp_path / "db", StoreOptions(keep_versions=3))
     try:
         writer = store.writer()
         ids = [f"u{n}" for n in range(25)]

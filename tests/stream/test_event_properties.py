@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from models.encoder import Encoder
 from models.features import EVENT_TYPES, UserState
 from models.registry import EncoderRegistry
+from store.options import StoreOptions
 from store.vector_store import VersionedVectorStore
 from stream.ingest.events import MAX_ID_LENGTH, MAX_VALUE, MIN_TIMESTAMP_MS, Interaction, parse_event
 from stream.ingest.outbox import decode_outbox
@@ -133,7 +134,7 @@ def test_bad_records_are_dead_lettered_and_every_valid_event_around_them_applied
         ConsumedRecord("interactions", 0, offset, b"k", raw, BROKER_TS) for offset, raw in enumerate(raws)
     ]
     with tempfile.TemporaryDirectory() as scratch:
-        store = VersionedVectorStore(Path(scratch) / "db", block_cache_mb=0)
+        store = VersionedVectorStore(Path(scratch) / "db", StoreOptions(block_cache_mb=0))
         try:
             refresher = EmbeddingRefresher(
                 store, encoder, updates_topic="updates", dlq_topic="dlq", clock_ms=lambda: NOW

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from models.features import ItemState, UserState
+from store.options import StoreOptions
 from store.vector_store import VersionedVectorStore
 from stream.ingest.refresher import ConsumedRecord, EmbeddingRefresher
 from stream.scaleout.changelog import (
@@ -33,7 +34,7 @@ class SecondVersion(RecordingEncoder):
 
 @pytest.fixture
 def stores(tmp_path: Path):
-    opened = [VersionedVectorStore(tmp_path / f"db{i}", keep_versions=3) for i in range(3)]
+    opened = [VersionedVectorStore(tmp_path / f"db{i}", StoreOptions(keep_versions=3)) for i in range(3)]
     yield opened
     for store in opened:
         store.close()

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from models.features import ItemInput, UserInput, UserState
+from store.options import StoreOptions
 from store.vector_store import VersionedVectorStore
 from stream.ingest.outbox import decode_outbox
 from stream.ingest.refresher import ConsumedRecord, EmbeddingRefresher
@@ -37,7 +38,7 @@ class RecordingEncoder:
 
 @pytest.fixture
 def store(tmp_path: Path):
-    opened = VersionedVectorStore(tmp_path / "db", keep_versions=2)
+    opened = VersionedVectorStore(tmp_path / "db", StoreOptions(keep_versions=2))
     yield opened
     opened.close()
 
