@@ -4,7 +4,7 @@
         --plot benchmarks/results/freshness.png
 
 For each rate (5k, 10k, 20k, 30k, 40k events/s by default) a fresh worker process is started
-exactly as users start one (``python -m stream.cli.main run`` with ``EMBSTREAM_*`` settings) on
+exactly as users start one (``python -m stream.cli run`` with ``EMBSTREAM_*`` settings) on
 its own topics and data directory, against one embedded broker. A paced producer process
 (``benchmarks.paced_producer``) sends synthetic events stamped at send time. This process
 consumes the worker's updates topic: the worker publishes an update only after the RocksDB

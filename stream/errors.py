@@ -7,7 +7,9 @@ StreamError
 │   └── ReplicaError            a scale-out replica misses changelog batches
 ├── ControlError            a control command cannot be carried out
 ├── VectorsFormatError      a body is not in the binary vectors format
-└── ApiError                an answer other than 200, with its status and code (stream.api.errors)
+├── ApiError                an answer other than 200, with its status and code (stream.api.errors)
+├── ApiAnswerError          a command asked a worker's API and got an error (stream.cli.client)
+└── ApiUnreachableError     a command found no API at the address (stream.cli.client)
 
 Errors of the store and the registry keep their own bases (``store.errors.StoreError``,
 ``models.errors.ModelError``); the command line reports all three the same way.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stream.cli.main import build_parser
+from stream.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 

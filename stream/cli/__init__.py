@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from stream.cli.main import main
+from stream.cli.main import build_parser, main
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]

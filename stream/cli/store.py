@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +12,7 @@ from store.errors import StoreError, StoreInUseError
 from store.maintenance import describe_store, estimated_keys, restore_store, verify_store
 from store.options import StoreOptions
 from store.vector_store import VersionedVectorStore
+from stream.cli.client import ApiAnswerError, ApiClient, ApiUnreachableError
 from stream.console import progress_bar
 from stream.settings import Settings
 
@@ -95,51 +93,21 @@ def _backup(settings: Settings, target: Path, api: str | None) -> int:
             _say(f"backup of {data_dir} written to {target}")
             print(json.dumps({**described, "path": str(target)}, indent=2))
             return 0
-    base = (api or os.environ.get("EMBSTREAM_API_URL") or _api_of(settings)).rstrip("/")
+    client = ApiClient.of(settings, api)
     try:
-        return _backup_through_api(target, base, settings.api_token)
-    except urllib.error.URLError as error:
-        if isinstance(error, urllib.error.HTTPError):
-            raise
+        body = client.post("/v1/admin/backup", {"dir": str(target)}, timeout_s=600)
+    except ApiAnswerError as error:
+        raise StoreError(
+            f"the running worker at {client.base} refused the backup: {error.status} {error.message}"
+        ) from None
+    except ApiUnreachableError as error:
         where = "is in use" if local else f"is not at {data_dir} (EMBSTREAM_DATA_DIR, --data-dir)"
         raise StoreError(
-            f"the store {where}, and no worker answers at {base} ({error.reason}): run the command "
+            f"the store {where}, and no worker answers at {client.base} ({error}): run the command "
             "with the worker's EMBSTREAM_* settings, or pass --data-dir (a stopped worker's store) "
             "or --api (a running worker's address)"
         ) from None
-
-
-def _api_of(settings: Settings) -> str:
-    """The worker's API address from its settings (a wildcard bind is reached on loopback)."""
-    host = settings.api_host
-    if host in ("0.0.0.0", "", "::"):
-        host = "127.0.0.1"
-    elif ":" in host:  # an IPv6 address
-        host = f"[{host}]"
-    return f"http://{host}:{settings.api_port}"
-
-
-def _backup_through_api(target: Path, base: str, token: str) -> int:
-    """The store is held by a running worker: ask it to write the checkpoint."""
-    request = urllib.request.Request(
-        f"{base}/v1/admin/backup",
-        data=json.dumps({"dir": str(target)}).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=600) as response:
-            body = json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        raw = error.read()
-        try:
-            message = json.loads(raw).get("message", error.reason)
-        except (ValueError, AttributeError):
-            message = raw[:200].decode(errors="replace") or error.reason
-        raise StoreError(f"the running worker at {base} refused the backup: {error.code} {message}") from None
-    _say(f"backup written by the running worker at {base} to {body['path']}")
+    _say(f"backup written by the running worker at {client.base} to {body['path']}")
     print(json.dumps(body, indent=2))
     return 0
 

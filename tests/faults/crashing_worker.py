@@ -8,7 +8,7 @@ import os
 import sys
 
 from store.writer import StoreWriter
-from stream.cli.main import main
+from stream.cli import main
 
 CRASH_ON = os.environ["EMBSTREAM_TEST_CRASH_ON"]
 _put_state = StoreWriter.put_state

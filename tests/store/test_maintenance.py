@@ -19,7 +19,7 @@ from store import (
     verify_store,
 )
 from store.options import StoreOptions
-from stream.cli.main import main
+from stream.cli import main
 
 
 def _batch(store: VersionedVectorStore, number: int) -> None:
