@@ -37,7 +37,6 @@ __all__ = [
     "decode_record",
     "encode_record",
     "upsert_entry",
-    "upsert_record",
 ]
 
 RECORD_FORMAT = 1

@@ -37,6 +37,7 @@ EXPORTS = {
         "RolloutState",
         "Settings",
         "SettingsError",
+        "StreamError",
         "StreamWorker",
         "check_swappable",
         "control_message",

@@ -18,7 +18,7 @@ from stream.rollout.messages import ControlCodec, ControlError, control_message
 from stream.rollout.state import RolloutState, VersionCheck
 from stream.settings import Settings, SettingsError
 
-__all__ = ["add_swap_commands", "read_rollout", "run_swap"]
+__all__ = ["add_swap_commands", "run_swap"]
 
 
 def add_swap_commands(commands: Any) -> None:

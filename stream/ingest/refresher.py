@@ -33,7 +33,6 @@ from stream.ingest.records import BatchOutcome, ConsumedRecord, SourceRecord
 
 __all__ = [
     "KEY_NOT_USER_ID",
-    "MAX_DEAD_LETTER_BYTES",
     "BatchOutcome",
     "ConsumedRecord",
     "Decoded",

@@ -37,7 +37,6 @@ __all__ = [
     "ControlCodec",
     "ControlError",
     "control_message",
-    "decode_control",
     "malformed_reason",
 ]
 

@@ -43,7 +43,7 @@ from stream.ingest.refresher import (
 from stream.kafka.topics import by_item_topic
 from stream.scaleout.changelog import NO_OFFSET, ChangelogBatch, ItemBundle, decode_bundle, encode_bundle
 
-__all__ = ["KEY_NOT_USER_ID", "ChangelogOutcome", "PartitionedRefresher", "PreparedBatch", "item_partition"]
+__all__ = ["KEY_NOT_USER_ID", "ChangelogOutcome", "PartitionedRefresher", "PreparedBatch"]
 
 _U64 = struct.Struct("<Q")
 _NAN = float("nan")
