@@ -341,29 +341,38 @@ def test_slow_and_abandoned_http_clients_hold_no_worker_slot(
     topic = "hostile-http"
     ensure_topics([broker.bootstrap], {topic: 4})
     worker = WorkerProcess(tmp_path / "data", trained_registry, broker.bootstrap, topic)
-    worker.env = {"EMBSTREAM_HTTP_HEADER_TIMEOUT_S": "2", "EMBSTREAM_HTTP_BODY_TIMEOUT_S": "2"}
-    with worker.start():
-        wait_users(worker, send_sentinels(broker.bootstrap, topic, 0))
-        port = worker.api_port
-        slow = []
-        for n in range(500):  # headers that never finish
-            connection = socket.create_connection(("127.0.0.1", port))
-            connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Never-Ends-" + str(n).encode())
-            slow.append(connection)
-        for _ in range(20):  # bodies abandoned half-way
-            connection = socket.create_connection(("127.0.0.1", port))
-            connection.sendall(
-                b"POST /v1/embeddings/user/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n{"
-            )
-            connection.close()
-        assert http_json("GET", f"{worker.api}/v1/embeddings/user/sentinel-0-0")[0] == 200  # still answering
-        started = time.monotonic()
+    # Room for every slow connection: this is about timeouts (the bound has its own unit test).
+    worker.env = {
+        "EMBSTREAM_HTTP_HEADER_TIMEOUT_S": "2",
+        "EMBSTREAM_HTTP_BODY_TIMEOUT_S": "2",
+        "EMBSTREAM_HTTP_MAX_CONNECTIONS": "1000",
+    }
+    slow: list[socket.socket] = []
+    try:
+        with worker.start():
+            wait_users(worker, send_sentinels(broker.bootstrap, topic, 0))
+            port = worker.api_port
+            for n in range(500):  # headers that never finish
+                connection = socket.create_connection(("127.0.0.1", port))
+                connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Never-Ends-" + str(n).encode())
+                slow.append(connection)
+            for _ in range(20):  # bodies abandoned half-way
+                with socket.create_connection(("127.0.0.1", port)) as connection:
+                    connection.sendall(
+                        b"POST /v1/embeddings/user/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n{"
+                    )
+            assert (
+                http_json("GET", f"{worker.api}/v1/embeddings/user/sentinel-0-0")[0] == 200
+            )  # still answering
+            started = time.monotonic()
+            for connection in slow:
+                connection.settimeout(10)
+                assert connection.recv(100) == b""  # the worker closed it
+            assert time.monotonic() - started < 10
+            assert worker.stop() == 0
+    finally:
         for connection in slow:
-            connection.settimeout(10)
-            assert connection.recv(100) == b""  # the worker closed it
             connection.close()
-        assert time.monotonic() - started < 10
-        assert worker.stop() == 0
     log = worker.log()
     assert "Traceback" not in log and "ConnectionResetError" not in log, log[-2000:]
 
