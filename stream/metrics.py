@@ -6,16 +6,37 @@ import bisect
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from store.item_indexes import IndexStatus
     from store.serving_cache import ServingCache
-    from stream.ingest.records import BatchOutcome
 
-__all__ = ["LAG_BUCKETS_SECONDS", "STATUS_SAMPLES", "Metrics"]
+__all__ = ["LAG_BUCKETS_SECONDS", "STATUS_SAMPLES", "BatchCounts", "Metrics"]
+
+
+class BatchCounts(Protocol):
+    """What an applied batch counts (``stream.ingest.records.BatchOutcome``)."""
+
+    @property
+    def consumed(self) -> int: ...
+    @property
+    def applied(self) -> int: ...
+    @property
+    def item_events(self) -> int: ...
+    @property
+    def duplicates(self) -> int: ...
+    @property
+    def rejected(self) -> Mapping[str, int]: ...
+    @property
+    def quarantined(self) -> int: ...
+    @property
+    def written(self) -> Mapping[tuple[str, int], int]: ...
+    @property
+    def lags_seconds(self) -> list[float]: ...
+
 
 STATUS_SAMPLES = 150  # 5 minutes at one row every 2 s
 
@@ -53,7 +74,7 @@ class Metrics:
     _interval_lags: list[float] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def count(self, outcome: BatchOutcome) -> None:
+    def count(self, outcome: BatchCounts) -> None:
         """Add one applied batch."""
         self.events_consumed += outcome.consumed
         self.events_applied += outcome.applied

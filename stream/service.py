@@ -21,7 +21,7 @@ from models.registry import EncoderRegistry
 from store.item_indexes import ItemIndexes
 from store.vector_store import VersionedVectorStore
 from stream.api.app import ApiContext, create_app
-from stream.api.server import HttpServer
+from stream.api.server import HttpLimits, HttpServer
 from stream.console import progress_bar, say
 from stream.ingest.refresher import EmbeddingRefresher
 from stream.ingest.worker import StreamWorker
@@ -253,7 +253,7 @@ async def run_service(
             registry=registry,
             token=settings.api_token,
             backup_root=settings.backup_dir,
-            body_timeout_s=settings.http_limits.body_timeout_s,
+            body_timeout_s=settings.http_body_timeout_s,
             admin_allowed=bool(settings.api_token) or settings.api_host in ("127.0.0.1", "localhost", "::1"),
             readiness=worker.readiness if isinstance(worker, ScaleOutWorker) else None,
             health=lambda: {
@@ -268,7 +268,10 @@ async def run_service(
                 "uptime_s": round(time.monotonic() - started_at, 1),
             },
         )
-        http = HttpServer(create_app(context), settings.api_host, settings.api_port, settings.http_limits)
+        limits = HttpLimits(
+            settings.http_header_timeout_s, settings.http_body_timeout_s, settings.http_max_connections
+        )
+        http = HttpServer(create_app(context), settings.api_host, settings.api_port, limits)
         await http.start()  # before any long step, so a port in use fails at once
         stack.push_async_callback(http.stop)
         say(f"lookup API on http://{settings.api_host}:{settings.api_port}")

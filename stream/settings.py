@@ -11,7 +11,6 @@ from pathlib import Path
 from models.registry import version_number
 from store.errors import InvalidArgumentError
 from store.options import StoreOptions
-from stream.api.server import HttpLimits
 from stream.errors import SettingsError
 from stream.kafka.security import KafkaSecurity, KafkaSecurityError
 from stream.kafka.topics import by_item_topic
@@ -119,12 +118,6 @@ class Settings:
             vector_dtype=self.vector_dtype,
             block_cache_mb=self.block_cache_mb,
             serving_cache_mb=self.serving_cache_mb,
-        )
-
-    @property
-    def http_limits(self) -> HttpLimits:
-        return HttpLimits(
-            float(self.http_header_timeout_s), float(self.http_body_timeout_s), self.http_max_connections
         )
 
     @property

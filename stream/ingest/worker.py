@@ -24,7 +24,7 @@ from stream.kafka.clients import group_consumer, publish, worker_producer
 from stream.metrics import Metrics
 from stream.settings import Settings
 
-__all__ = ["BetweenBatches", "StreamWorker", "flush_pending_outbox"]
+__all__ = ["BetweenBatches", "StreamWorker", "consumer_of", "flush_pending_outbox", "producer_of"]
 
 log = logging.getLogger("embstream.worker")
 
@@ -33,6 +33,26 @@ class BetweenBatches(Protocol):
     """Work a worker does between two batches, never during one (the control plane)."""
 
     async def between_batches(self, loop: asyncio.AbstractEventLoop, executor: Executor) -> None: ...
+
+
+def producer_of(
+    settings: Settings, *, acks: int | str = 1, max_request_size: int | None = None
+) -> AIOKafkaProducer:
+    """The producer of a worker running with ``settings``."""
+    security = settings.kafka_security.aiokafka()
+    return worker_producer(settings.broker_servers, security, acks=acks, max_request_size=max_request_size)
+
+
+def consumer_of(settings: Settings) -> AIOKafkaConsumer:
+    """The group consumer of a worker running with ``settings`` (not subscribed yet)."""
+    return group_consumer(
+        settings.broker_servers,
+        settings.group_id,
+        settings.kafka_security.aiokafka(),
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        fetch_max_wait_ms=settings.batch_max_wait_ms,
+    )
 
 
 async def flush_pending_outbox(store: VersionedVectorStore, producer: AIOKafkaProducer) -> None:
@@ -88,10 +108,10 @@ class StreamWorker:
 
     async def start(self) -> None:
         """Connect the producer, re-send any pending outbox, and join the consumer group."""
-        self.producer = worker_producer(self.settings)
+        self.producer = producer_of(self.settings)
         await self.producer.start()
         await flush_pending_outbox(self.store, self.producer)
-        self.consumer = group_consumer(self.settings)
+        self.consumer = consumer_of(self.settings)
         self.consumer.subscribe([self.settings.topic], listener=_SeekToStoredOffsets(self))
         await self.consumer.start()
 

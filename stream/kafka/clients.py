@@ -10,8 +10,6 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from stream.settings import Settings
-
 __all__ = ["Message", "group_consumer", "group_generation", "publish", "worker_producer"]
 
 
@@ -31,37 +29,41 @@ class Message(Protocol):
 
 
 def worker_producer(
-    settings: Settings, *, acks: int | str = 1, max_request_size: int | None = None
+    servers: list[str], security: dict[str, Any], *, acks: int | str = 1, max_request_size: int | None = None
 ) -> AIOKafkaProducer:
     """A worker's producer: dead letters, updates and control messages (with scale-out also
-    item bundles and changelog batches, acknowledged by all replicas)."""
+    item bundles and changelog batches, acknowledged by all replicas). ``security``: the
+    connection options of ``stream.kafka.security.KafkaSecurity.aiokafka``."""
     options: dict[str, Any] = {} if max_request_size is None else {"max_request_size": max_request_size}
     return AIOKafkaProducer(
-        bootstrap_servers=settings.broker_servers,
-        client_id="embstream-worker",
-        linger_ms=5,
-        acks=acks,
-        **options,
-        **settings.kafka_security.aiokafka(),
+        bootstrap_servers=servers, client_id="embstream-worker", linger_ms=5, acks=acks, **options, **security
     )
 
 
-def group_consumer(settings: Settings) -> AIOKafkaConsumer:
+def group_consumer(
+    servers: list[str],
+    group_id: str,
+    security: dict[str, Any],
+    *,
+    session_timeout_ms: int,
+    heartbeat_interval_ms: int,
+    fetch_max_wait_ms: int,
+) -> AIOKafkaConsumer:
     """A worker's consumer of its group (subscribed by the caller)."""
     return AIOKafkaConsumer(
-        bootstrap_servers=settings.broker_servers,
-        group_id=settings.group_id,
+        bootstrap_servers=servers,
+        group_id=group_id,
         client_id="embstream-worker",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         # The embedded broker completes a group's first join after half the session
         # timeout; 6 s keeps start-up near 3 s and still tolerates a long batch.
-        session_timeout_ms=settings.session_timeout_ms,
-        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=heartbeat_interval_ms,
         max_poll_interval_ms=300_000,
-        fetch_max_wait_ms=settings.batch_max_wait_ms,
+        fetch_max_wait_ms=fetch_max_wait_ms,
         max_partition_fetch_bytes=4 << 20,
-        **settings.kafka_security.aiokafka(),
+        **security,
     )
 
 

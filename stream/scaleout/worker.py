@@ -28,8 +28,8 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from store.vector_store import VersionedVectorStore
 from stream.console import say
 from stream.errors import BrokerError, ReplicaError, SettingsError
-from stream.ingest.worker import BetweenBatches, flush_pending_outbox
-from stream.kafka.clients import group_consumer, group_generation, publish, worker_producer
+from stream.ingest.worker import BetweenBatches, consumer_of, flush_pending_outbox, producer_of
+from stream.kafka.clients import group_generation, publish
 from stream.kafka.topics import changelog_topic, scale_out_topics
 from stream.metrics import Metrics
 from stream.rollout.backfill import fill_missing
@@ -84,11 +84,11 @@ class ScaleOutWorker:
         """Connect the producer (acks from all replicas: changelog batches are published
         before they are committed), check the topics, re-send any pending outbox, and create
         the group consumer; :meth:`attach` joins the group once the replica is up to date."""
-        self.producer = worker_producer(self.settings, acks="all", max_request_size=4 << 20)
+        self.producer = producer_of(self.settings, acks="all", max_request_size=4 << 20)
         await self.producer.start()
         self.partitions = await self.partition_count()
         await flush_pending_outbox(self.store, self.producer)
-        self.consumer = group_consumer(self.settings)
+        self.consumer = consumer_of(self.settings)
         await self.consumer.start()
 
     async def stop(self) -> None:
