@@ -173,7 +173,12 @@ class ItemIndexes:
     # ----- commit listener ----------------------------------------------------------------
 
     def upsert(
-        self, kind: str, version: int, ids: Sequence[str], vectors: np.ndarray, updated_at_ms: int
+        self,
+        kind: str,
+        version: int,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        updated_at_ms: int | np.ndarray,
     ) -> None:
         if kind != "item":
             return

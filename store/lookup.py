@@ -117,9 +117,10 @@ def resolve_many(
 ) -> tuple[int, list[ResolvedVector | None]]:
     """Vectors of ``ids`` at ``version`` (the serving version when ``None``).
 
-    Native where a record holds that version. Otherwise, for a version older than the
-    serving one and with a ``carry`` provider, the serving vector carried back
-    (``source="aligned"``). The serving version is read once, so every vector of one call
+    Native where a record holds that version, as fresh as its serving entry. For a version
+    older than the serving one and with a ``carry`` provider, an entity whose record lacks
+    that version, or holds it older than its serving entry (the version is no longer
+    written), gets its serving vector carried back (``source="aligned"``). The serving version is read once, so every vector of one call
     comes from one version. Returns the version answered and one entry per id (``None``
     where there is nothing to give). Vectors are float32 whatever the store holds. Raises
     :class:`NoServingVersionError` and, when a vector would have to be carried but cannot,
@@ -323,10 +324,15 @@ def _locate(
         if raw is None:
             continue
         span = locate_entry(raw, target)
+        if carry_from is not None:
+            # A native entry older than the entity's serving entry missed the refreshes since
+            # (its version is no longer written): the serving vector carried back is fresh.
+            source = locate_entry(raw, carry_from)
+            if source is not None and (span is None or span.updated_at_ms < source.updated_at_ms):
+                to_carry.append((row, raw, source))
+                continue
         if span is not None:
             native.append((row, raw, span))
-        elif carry_from is not None and (source := locate_entry(raw, carry_from)) is not None:
-            to_carry.append((row, raw, source))
     return _Located(target, serving, native, to_carry)
 
 

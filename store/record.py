@@ -238,12 +238,20 @@ def upsert_record(
     return splice_entry(raw, version, entry, keep, record_format)
 
 
-def encode_entries(version: int, updated_at_ms: int, vectors: np.ndarray, record_format: int) -> list[bytes]:
-    """One encoded entry per row of ``vectors`` (all of one version and time), for
-    :func:`splice_entry`; the entry header is packed once."""
+def encode_entries(
+    version: int, updated_at_ms: int | np.ndarray, vectors: np.ndarray, record_format: int
+) -> list[bytes]:
+    """One encoded entry per row of ``vectors`` (all of one version), for :func:`splice_entry`;
+    ``updated_at_ms`` is one time for every row (the header is packed once) or one per row."""
     data, code = _storable(vectors)
-    header = _entry_header(record_format, version, updated_at_ms, data.shape[1], code)
     blob, step = data.tobytes(), data.shape[1] * data.itemsize
+    if isinstance(updated_at_ms, np.ndarray):
+        return [
+            _entry_header(record_format, version, stamp, data.shape[1], code)
+            + blob[row * step : (row + 1) * step]
+            for row, stamp in enumerate(updated_at_ms.tolist())
+        ]
+    header = _entry_header(record_format, version, updated_at_ms, data.shape[1], code)
     return [header + blob[row * step : (row + 1) * step] for row in range(data.shape[0])]
 
 

@@ -26,7 +26,7 @@ from store.record import (
     _raw_entries,
 )
 
-__all__ = ["EntrySpan", "locate_entry", "span_vector"]
+__all__ = ["EntrySpan", "latest_update_ms", "locate_entry", "span_vector"]
 
 #: The record header and the first entry's header, read in one go.
 _FIRST = struct.Struct("<" + _HEADER.format.lstrip("<") + _ENTRY.format.lstrip("<"))
@@ -94,3 +94,9 @@ def _newest_entry(data: bytes, version: int) -> EntrySpan | None:
 def span_vector(data: bytes, span: EntrySpan) -> np.ndarray:
     """The vector at ``span`` as a read-only view of ``data`` (its stored dtype)."""
     return np.frombuffer(data, dtype=span.dtype, count=span.dim, offset=span.offset)
+
+
+def latest_update_ms(data: bytes) -> int:
+    """When the newest entry of record ``data`` was written: the time of the entity state its
+    vectors encode (a backfill writes its vectors with this time, not its own)."""
+    return max(updated_at for _, updated_at, *_ in _raw_entries(data))

@@ -162,7 +162,12 @@ class ServingCache:
             return CacheHits(positions, table.matrix[picked], table.updated[picked], self._epoch)
 
     def upsert(
-        self, kind: str, version: int, ids: Sequence[str], vectors: np.ndarray, updated_at_ms: int
+        self,
+        kind: str,
+        version: int,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        updated_at_ms: int | np.ndarray,
     ) -> None:
         """Committed writes: replace held ids, add new ones while the budget allows."""
         with self._lock:

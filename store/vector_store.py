@@ -53,7 +53,12 @@ class CommitListener(Protocol):
     (the serving cache and the item indexes keep themselves equal to the store this way)."""
 
     def upsert(
-        self, kind: str, version: int, ids: Sequence[str], vectors: np.ndarray, updated_at_ms: int
+        self,
+        kind: str,
+        version: int,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        updated_at_ms: int | np.ndarray,
     ) -> None: ...
 
     def discard(self, kind: str, version: int, ids: Sequence[str]) -> None: ...

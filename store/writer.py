@@ -46,10 +46,11 @@ class StoreWriter:
         ids: Sequence[str],
         version: int,
         vectors: np.ndarray,
-        updated_at_ms: int,
+        updated_at_ms: int | np.ndarray,
         stored_records: Mapping[bytes, bytes] | None = None,
     ) -> None:
-        """Upsert one vector per id at ``version`` (rows of ``vectors``, float32 or float16).
+        """Upsert one vector per id at ``version`` (rows of ``vectors``, float32 or float16),
+        written at ``updated_at_ms`` (one time, or one per row).
 
         A float16 store writes them as float16; a float32 store keeps the rows' dtype.
         ``stored_records`` (from :meth:`VersionedVectorStore.scan_raw_records` over a range

@@ -282,7 +282,9 @@ async def run_service(
         )
         worker_id = worker_identity(store)
         indexes = _item_indexes(settings, store, registry) if settings.index_versions else None
-        controller = RolloutController(registry, store, worker_id, settings.user_window, indexes)
+        controller = RolloutController(
+            registry, store, worker_id, settings.user_window, indexes, settings.retained_versions
+        )
         assert worker.producer is not None
         plane = RolloutPlane(
             controller,

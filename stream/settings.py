@@ -34,6 +34,9 @@ class Settings:
     group_id: str = "embstream"
     encoder_version: int | None = None
     versions_kept: int = 5
+    # Previous serving versions still written natively on every refresh after a promote (0:
+    # none; reads at an older version then carry the serving vector back through aligners).
+    retained_versions: int = 1
     user_window: int = 50
     batch_max_records: int = 5_000
     batch_max_wait_ms: int = 50
@@ -87,6 +90,8 @@ class Settings:
             raise SettingsError(f"EMBSTREAM_TORCH_THREADS={self.torch_threads} must be at least 1")
         if not 1 <= self.user_window <= 65_535:
             raise SettingsError(f"EMBSTREAM_USER_WINDOW={self.user_window} must be between 1 and 65535")
+        if self.retained_versions < 0:
+            raise SettingsError(f"EMBSTREAM_RETAINED_VERSIONS={self.retained_versions} must be 0 or more")
         if self.max_event_bytes < 256:
             raise SettingsError(f"EMBSTREAM_MAX_EVENT_BYTES={self.max_event_bytes} must be at least 256")
         for name in ("http_header_timeout_s", "http_body_timeout_s", "http_max_connections"):

@@ -33,6 +33,10 @@ def add_swap_commands(commands: Any) -> None:
     promote.add_argument("--force", action="store_true", help="even if the backfill has not finished")
     actions.add_parser("rollback", help="serve the previous version again")
     actions.add_parser("cancel", help="drop the staged version")
+    retire = actions.add_parser(
+        "retire", help="stop keeping a previous serving version fresh (reads at it are then carried back)"
+    )
+    retire.add_argument("version", type=version_number)
     for action in actions.choices.values():
         action.add_argument("--broker", help="host:port[,host:port] (default: EMBSTREAM_BROKER)")
         action.add_argument("--registry", type=Path, help="model registry (default: embstream-registry)")
@@ -151,6 +155,7 @@ def _status(state: RolloutState, messages: list[dict]) -> dict[str, Any]:
         "serving_version": state.serving,
         "staged_version": staged,
         "previous_version": state.previous,
+        "retained_versions": state.retained,
         "last_command": None if state.last_command is None else state.last_command.get("op"),
         "acknowledged_by": acked,
         "workers_seen": workers,
@@ -192,7 +197,8 @@ def run_swap(args: argparse.Namespace) -> int:
             print(
                 f"serving v{status['serving_version']}  staged "
                 f"{'-' if status['staged_version'] is None else 'v' + str(status['staged_version'])}  "
-                f"previous {status['previous_version'] or '-'}"
+                f"previous {status['previous_version'] or '-'}  "
+                f"retained {', '.join(f'v{v}' for v in status['retained_versions']) or '-'}"
             )
             for worker, kinds in status["backfill"].items():
                 for kind, p in kinds.items():
@@ -229,6 +235,19 @@ def run_swap(args: argparse.Namespace) -> int:
         if state.previous is None or state.serving is None:
             raise ControlError("there is no previous version to roll back to")
         message = control_message("rollback", **{"from": state.serving, "to": state.previous})
+    elif args.action == "retire":
+        if args.version not in state.retained:
+            raise ControlError(
+                f"version {args.version} is not kept fresh "
+                f"(retained previous versions: {state.retained or 'none'})"
+            )
+        message = control_message("retire", version=args.version)
+        print(
+            f"embstream: workers stop writing version {args.version} on every refresh: one encoder pass "
+            f"and one vector write less per refreshed entity; reads at version {args.version} carry "
+            "the serving vector back through the aligners from now on (source: aligned)",
+            file=sys.stderr,
+        )
     else:
         if state.staged is None:
             raise ControlError("no version is staged")

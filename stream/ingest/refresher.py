@@ -57,11 +57,12 @@ def write_entities(
     kind: str,
     ids: Sequence[str],
     vectors: Mapping[int, np.ndarray],
-    written_at_ms: int,
+    written_at_ms: int | np.ndarray,
     states: Sequence[bytes] | None = None,
     stored_records: Mapping[bytes, bytes] | None = None,
 ) -> None:
-    """Stage the vectors of ``ids`` per version (and their new ``states``) in ``writer``.
+    """Stage the vectors of ``ids`` per version (and their new ``states``) in ``writer``,
+    written at ``written_at_ms`` (one time, or one per id).
 
     The one place entity vectors are written (``stored_records``: the records of every id,
     read in one range scan, for a writer that has them; see ``StoreWriter.put_vectors``).

@@ -10,7 +10,11 @@ import struct
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from models.encoder import Encoder
+from store.keys import entity_key
+from store.record_scan import latest_update_ms
 from store.vector_store import VersionedVectorStore
 from stream.ingest.refresher import refresh_entities, write_entities
 
@@ -87,9 +91,15 @@ class Backfiller:
                 refreshed = refresh_entities(kind, None, dict(chunk), [self.encoder], self.user_window, ids)
                 # The chunk is a run of adjacent keys: one range read finds their records.
                 records = self.store.scan_raw_records(kind, ids[0], ids[-1])
-                write_entities(
-                    writer, kind, ids, refreshed.vectors, int(time.time() * 1000), stored_records=records
+                # Vectors of a state are as fresh as the state: they take the time of the
+                # entity's newest entry, so a read never takes them for fresher than its
+                # serving entry (or the serving entry for fresher than them).
+                now = int(time.time() * 1000)
+                raws = [records.get(entity_key(kind, entity_id)) for entity_id in ids]
+                stamps = np.array(
+                    [now if raw is None else latest_update_ms(raw) for raw in raws], dtype=np.int64
                 )
+                write_entities(writer, kind, ids, refreshed.vectors, stamps, stored_records=records)
                 raw_done = self.store.get_meta(self._done_name(kind))
                 done = (_U64.unpack(raw_done)[0] if raw_done else 0) + len(chunk)
                 writer.put_meta(self._done_name(kind), _U64.pack(done))

@@ -75,9 +75,11 @@ class RolloutController:
         worker_id: str,
         user_window: int = 50,
         indexes: ItemIndexes | None = None,
+        retained_versions: int = 1,
     ) -> None:
         """``indexes``: the worker's item indexes; a staged version's index must then be
-        built before this worker reports its backfill complete."""
+        built before this worker reports its backfill complete. ``retained_versions``: how
+        many previous serving versions (``RolloutState.retained``) it keeps writing natively."""
         self.registry = registry
         self.indexes = indexes
         self.store = store
@@ -87,6 +89,9 @@ class RolloutController:
         self._encoders: dict[int, TorchEncoder] = {}
         self.serving_encoder: TorchEncoder | None = None
         self.staged_encoder: TorchEncoder | None = None
+        self.retained_versions = retained_versions
+        #: Previous serving versions written natively on every refresh, after the serving one.
+        self.retained_encoders: list[TorchEncoder] = []
         self.backfiller: Backfiller | None = None
         self.rejected_messages = 0
         self.check = version_check(registry, self.encoder)
@@ -127,14 +132,33 @@ class RolloutController:
                 self._stage(self.state.staged, force=True)
             except (ControlError, ModelError) as error:
                 log.error("staged version %d cannot be loaded here: %s", self.state.staged, error)
+        self._retain()
         return [control_message("worker", worker=self.worker_id, serving=version, override=override)]
 
+    def _retain(self) -> None:
+        """Load the encoders of the previous versions this worker keeps fresh."""
+        chosen: list[TorchEncoder] = []
+        for version in self.state.retained:
+            if len(chosen) >= self.retained_versions:
+                break
+            if version in (self.state.serving, self.state.staged):
+                continue
+            try:
+                chosen.append(self.encoder(version))
+            except ModelError as error:
+                log.error("previous version %d cannot be kept fresh here: %s", version, error)
+        if [e.version for e in chosen] != [e.version for e in self.retained_encoders]:
+            log.info("previous versions kept fresh: %s", [e.version for e in chosen] or "none")
+        self.retained_encoders = chosen
+
     def refresh_encoders(self) -> list[Encoder]:
-        """Serving first; the staged version second while one is staged (dual write)."""
+        """Serving first; the staged version while one is staged (dual write); then the
+        retained previous versions (kept fresh for pinned consumers and a rollback)."""
         assert self.serving_encoder is not None
         encoders: list[Encoder] = [self.serving_encoder]
         if self.staged_encoder is not None:
             encoders.append(self.staged_encoder)
+        encoders.extend(self.retained_encoders)
         return encoders
 
     def _fold(self, message: dict[str, Any]) -> Folded:
@@ -173,6 +197,7 @@ class RolloutController:
             self.serving_encoder = self.encoder(serving)
             self.store.set_serving_version(serving)
             log.info("serving version is now %d", serving)
+        self._retain()
         return [ack]
 
     def _stage(self, version: int, force: bool) -> None:
@@ -231,5 +256,6 @@ class RolloutController:
             "serving_version": self.state.serving,
             "staged_version": self.state.staged,
             "previous_version": self.state.previous,
+            "retained_versions": [encoder.version for encoder in self.retained_encoders],
             "backfill": backfill,
         }

@@ -7,6 +7,7 @@ Messages are JSON objects with an ``op`` and an ``id``:
 - ``{"op": "promote", "version": V, "force": bool}``: V becomes the serving version.
 - ``{"op": "rollback", "from": V, "to": W}``: the serving version goes back from V to W.
 - ``{"op": "cancel", "version": V}``: drop a staged version.
+- ``{"op": "retire", "version": P}``: stop keeping a previous serving version fresh.
 - ``{"op": "ack", "worker": …, "of": message id, "error": reason?}``,
   ``{"op": "progress", "worker": …, "version": V, "kind": …, "done": n, "total": m}`` and
   ``{"op": "worker", "worker": …, "serving": V, "override": bool}``: what workers report.
@@ -105,7 +106,7 @@ class ControlCodec:
 
 
 #: Operator commands (as opposed to workers' acks, progress and hellos).
-COMMANDS = frozenset({"stage", "promote", "rollback", "cancel"})
+COMMANDS = frozenset({"stage", "promote", "rollback", "cancel", "retire"})
 
 _Version = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 _Count = Annotated[int, msgspec.Meta(ge=0)]
@@ -160,6 +161,7 @@ _SCHEMAS: dict[str, type[msgspec.Struct]] = {
     "promote": _Promote,
     "rollback": _Rollback,
     "cancel": _Cancel,
+    "retire": _Cancel,
     "ack": _Ack,
     "progress": _Progress,
     "worker": _Hello,

@@ -53,6 +53,10 @@ class RolloutState:
     #: command must all finish the backfill before promote (not only those that reported).
     stage_ids: dict[int, str] = field(default_factory=dict)
     progress: dict[tuple[str, int, str], tuple[int, int]] = field(default_factory=dict)
+    #: Earlier serving versions still written natively on every refresh (most recent first;
+    #: workers keep the first ``EMBSTREAM_RETAINED_VERSIONS`` of them fresh), so consumers
+    #: pinned to them and a rollback get fresh native vectors. ``retire`` removes one.
+    retained: list[int] = field(default_factory=list)
     last_command_id: str | None = None
     last_command: dict[str, Any] | None = None
     #: Ids of every command seen: a command is acted on once, so re-sending an old (even
@@ -110,13 +114,22 @@ class RolloutState:
                 self.staged, self.rate = version, message.get("rate")
                 self.stage_ids[version] = command_id
         elif op == "promote":
+            if self.serving is not None:
+                self.retained = [
+                    self.serving,
+                    *(r for r in self.retained if r not in (version, self.serving)),
+                ]
             self.previous, self.serving, self.staged = self.serving, version, None
         elif op == "rollback":
+            left = message["from"]  # the version rolled back from is kept fresh in turn
+            self.retained = [left, *(r for r in self.retained if r not in (version, left))]
             self.serving, self.previous, self.staged = version, None, None
+        elif op == "retire":
+            self.retained = [r for r in self.retained if r != version]
         else:  # cancel
             self.staged = None
         self.last_command_id, self.last_command = command_id, message
-        return Folded((self.serving, self.staged) != before)
+        return Folded((self.serving, self.staged) != before or op == "retire")
 
     def _refusal(self, op: str, message: dict[str, Any], version: int, force: bool) -> str | None:
         """Why ``op`` cannot act in the current state (before the registry is asked)."""
@@ -132,6 +145,8 @@ class RolloutState:
             return f"version {version} is already the serving version"
         if op == "cancel" and self.staged != version:
             return f"version {version} is not staged"
+        if op == "retire" and version not in self.retained:
+            return f"version {version} is not a retained previous version (retained: {self.retained})"
         return None
 
     def _refuse(self, message: dict[str, Any], version: int, reason: str) -> Folded:

@@ -136,7 +136,7 @@ def test_float32_and_float16_records_coexist_and_both_read(tmp_path: Path) -> No
     store.close()
     store = VersionedVectorStore(tmp_path / "db", StoreOptions(vector_dtype="float16"))
     writer = store.writer()
-    writer.put_vectors("user", ["both", "new"], 2, _vectors(2, seed=2), NOW_MS + 1)
+    writer.put_vectors("user", ["both", "new"], 2, _vectors(2, seed=2), NOW_MS)  # as fresh as v1
     writer.commit()
     assert [e.vector.dtype for e in store.get_record("user", "both")] == [np.float16, np.float32]
     assert store.get_record("user", "kept")[0].vector.dtype == np.float32

@@ -115,7 +115,9 @@ def test_resolve_carries_the_serving_vector_back_when_the_old_one_is_gone(
         resolve_many(store, "user", ["a"], None)
     writer = store.writer()
     writer.put_vectors("user", ["old"], 1, _vectors(1, seed=1), 5)
-    writer.put_vectors("user", ["old", "new"], 2, _vectors(2, seed=2), 6)
+    versions_2 = _vectors(2, seed=2)
+    writer.put_vectors("user", ["old"], 2, versions_2[:1], 5)  # as fresh as its version 1
+    writer.put_vectors("user", ["new"], 2, versions_2[1:], 6)
     writer.commit()
     store.set_serving_version(2)
     calls = []
@@ -139,6 +141,31 @@ def test_resolve_carries_the_serving_vector_back_when_the_old_one_is_gone(
 
     with pytest.raises(VersionUnreachableError):
         resolve_many(store, "user", ["new"], 1, unreachable)
+
+
+def test_a_native_entry_older_than_the_serving_one_is_never_served(store: VersionedVectorStore) -> None:
+    """A version no longer written keeps the vector of an old state: a read at it gets the
+    fresh serving vector carried back instead, with the serving entry's time."""
+    from store import resolve_many, resolve_matrix
+
+    writer = store.writer()
+    writer.put_vectors("user", ["stale", "fresh"], 1, _vectors(2, seed=1), 5)
+    writer.put_vectors("user", ["stale"], 2, _vectors(1, seed=2), 9)  # refreshed after v1 stopped
+    writer.put_vectors("user", ["fresh"], 2, _vectors(1, seed=3), 5)
+    writer.commit()
+    store.set_serving_version(2)
+
+    def carry(source: int, target: int):
+        return lambda rows: rows * -1
+
+    _, (stale, fresh) = resolve_many(store, "user", ["stale", "fresh"], 1, carry)
+    assert stale.source == "aligned" and stale.updated_at_ms == 9
+    np.testing.assert_allclose(stale.vector, -_vectors(1, seed=2)[0])
+    assert fresh.source == "native" and fresh.updated_at_ms == 5
+    matrix = resolve_matrix(store, "user", ["stale", "fresh"], 1, carry)
+    assert matrix.sources == ["aligned", "native"] and matrix.updated_at_ms == [9, 5]
+    _, (exact, _) = resolve_many(store, "user", ["stale", "fresh"], 1)  # no carry: exact version
+    assert exact.source == "native" and exact.updated_at_ms == 5
 
 
 def test_a_range_read_of_records_writes_what_a_multi_get_writes(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def store(tmp_path: Path) -> Iterator[VersionedVectorStore]:
     opened = VersionedVectorStore(tmp_path / "db")
     both = [f"u{n}" for n in range(10)] + ODD_IDS
     writer = opened.writer()
-    writer.put_vectors("user", both, 1, _vectors(1, len(both)), 1_000)
+    writer.put_vectors("user", both, 1, _vectors(1, len(both)), 2_000)  # as fresh as version 2
     writer.put_vectors("user", both, 2, _vectors(2, len(both)), 2_000)
     writer.put_vectors("user", [f"u{n}" for n in range(10, 15)], 2, _vectors(3, 5), 3_000)
     writer.commit()
@@ -142,7 +142,7 @@ def test_accept_header_negotiation(store: VersionedVectorStore, accept: str, bin
 
 def test_version_pinning_in_binary_reads_the_pinned_vectors(store: VersionedVectorStore) -> None:
     answer, header, matrix = _json_and_binary(store, {"ids": ["u0", "u1"], "version": 1})
-    assert header["version"] == answer["version"] == 1 and header["updated_at"] == [1_000, 1_000]
+    assert header["version"] == answer["version"] == 1 and header["updated_at"] == [2_000, 2_000]
     assert np.array_equal(matrix, _vectors(1, 2))
     assert np.array_equal(matrix, np.array([row["vector"] for row in _json_rows(answer)], dtype=np.float32))
 
