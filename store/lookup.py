@@ -120,11 +120,11 @@ def resolve_many(
     Native where a record holds that version, as fresh as its serving entry. For a version
     older than the serving one and with a ``carry`` provider, an entity whose record lacks
     that version, or holds it older than its serving entry (the version is no longer
-    written), gets its serving vector carried back (``source="aligned"``). The serving version is read once, so every vector of one call
-    comes from one version. Returns the version answered and one entry per id (``None``
-    where there is nothing to give). Vectors are float32 whatever the store holds. Raises
-    :class:`NoServingVersionError` and, when a vector would have to be carried but cannot,
-    :class:`VersionUnreachableError`.
+    written), gets its serving vector carried back (``source="aligned"``). The serving
+    version is read once, so every vector of one call comes from one version. Returns the
+    version answered and one entry per id (``None`` where there is nothing to give).
+    Vectors are float32 whatever the store holds. Raises :class:`NoServingVersionError`
+    and, when a vector would have to be carried but cannot, whatever ``carry`` raises.
     """
     cached = _read_cache(store, kind, ids, version)
     if cached is not None:
