@@ -49,6 +49,7 @@ __all__ = [
     "apply_item_events",
     "apply_user_events",
     "event_columns",
+    "item_popularity",
 ]
 
 _USER_HEADER = np.dtype([("format", "u1"), ("count", "<u4"), ("last_ts", "<u8"), ("entries", "<u2")])
@@ -441,3 +442,16 @@ def _update_items(state: np.ndarray, events: EventColumns, rows: np.ndarray) -> 
     state["first_seen"][touched] = np.minimum(first[touched], oldest[touched])
     last = state["last_seen"].astype(np.int64)
     state["last_seen"][touched] = np.maximum(last[touched], newest[touched])
+
+
+def item_popularity(states: Sequence[bytes], now_ms: int) -> np.ndarray:
+    """Each item's interactions of the last day, all types, decayed to ``now_ms`` (the 24 h
+    counts of its state, float64); 0 for a damaged or foreign state."""
+    whole = [
+        raw if len(raw) == _ITEM_STATE.itemsize and raw[:1] == b"\x01" else _EMPTY_ITEM for raw in states
+    ]
+    state = np.frombuffer(b"".join(whole), dtype=_ITEM_STATE, count=len(whole))
+    day = WINDOWS_SECONDS.index(86_400)
+    counts = state["decayed"][:, day :: len(WINDOWS_SECONDS)].sum(axis=1)
+    age_s = np.maximum(0.0, (now_ms - state["ref_ts"].astype(np.float64)) / 1000.0)
+    return counts * np.exp(-age_s / 86_400.0)

@@ -3,7 +3,10 @@ kept equal to the store's item vectors of that version.
 
 - Writes: the manager is a commit listener of the store (like the serving cache). After a
   write batch commits, every item vector it wrote at an indexed version is upserted into
-  that version's index, and every vector it evicted is discarded from it.
+  that version's index, and every vector it evicted is discarded from it. An indexed older
+  version that is no longer written (not serving, staged or retained: :meth:`track`'s
+  ``fresh``) gets the serving vectors carried back through the aligners instead, as a read
+  at that version does (:mod:`store.lookup`), so its answers never go stale.
 - Builds: :meth:`ItemIndexes.track` names the versions wanted (serving, staged, then the
   newest others held while ``keep`` allows, such as the version rolled back from). A new
   index is built from the store in the background: the builder scans the version's item
@@ -22,12 +25,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from store.item_index import IndexTuning, ItemIndex
+from store.lookup import CarryProvider
 from store.vector_store import VersionedVectorStore
 
 __all__ = ["IndexStatus", "ItemIndexes"]
@@ -79,9 +83,11 @@ class ItemIndexes:
         tuning: IndexTuning | None = None,
         build_chunk: int = 10_000,
         on_build_progress: BuildProgress | None = None,
+        carry: CarryProvider | None = None,
     ) -> None:
         """``dim_of(version)`` gives a version's vector dimension; ``keep`` bounds how many
-        versions keep an index (the serving and staged versions always do)."""
+        versions keep an index (the serving and staged versions always do); ``carry`` takes
+        serving vectors back to an older version (:data:`store.lookup.CarryProvider`)."""
         if keep < 1:
             raise ValueError("keep must be at least 1")
         self.store = store
@@ -98,13 +104,21 @@ class ItemIndexes:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._retry_at: dict[tuple[int, str], float] = {}  # (version, step) -> not before
+        self.carry = carry
+        self._serving: int | None = None
+        self._fresh: frozenset[int] = frozenset()  # versions written natively on every refresh
         store.add_commit_listener(self)
 
     # ----- which versions -----------------------------------------------------------------
 
-    def track(self, serving: int | None, staged: int | None = None) -> None:
+    def track(self, serving: int | None, staged: int | None = None, fresh: Sequence[int] = ()) -> None:
         """Index ``serving`` and ``staged``, then other versions already indexed or held in
-        the store (newest first) while ``keep`` allows; drop indexes past that bound."""
+        the store (newest first) while ``keep`` allows; drop indexes past that bound.
+        ``fresh``: versions besides these two that workers still write natively (retained);
+        other indexed versions older than ``serving`` are fed carried serving vectors."""
+        with self._lock:
+            self._serving = serving
+            self._fresh = frozenset(v for v in (serving, staged, *fresh) if v is not None)
         wanted: list[int] = [v for v in (serving, staged) if v is not None]
         held = sorted(self.store.version_counts().get("item", {}), reverse=True)
         with self._lock:
@@ -184,17 +198,41 @@ class ItemIndexes:
             return
         index = self._indexes.get(version)
         if index is not None:
-            if vectors.shape[1] != index.dim:
-                log.warning(
-                    "item vectors of version %d are %d-d, its index %d-d: not indexed",
-                    version,
-                    vectors.shape[1],
-                    index.dim,
-                )
-                index.discard(ids)  # their earlier vectors are gone from the store too
-                return
-            index.upsert(ids, vectors)
-            self._wake.set()
+            self._upsert(index, ids, vectors)
+        if version == self._serving:
+            for behind in self._behind():
+                carried = self._carried(version, behind.version, vectors)
+                if carried is not None:
+                    self._upsert(behind, ids, carried)
+
+    def _behind(self) -> list[ItemIndex]:
+        """Indexes of versions older than the serving one that are no longer written."""
+        serving, fresh = self._serving, self._fresh
+        with self._lock:
+            indexes = list(self._indexes.values())
+        return [i for i in indexes if serving is not None and i.version < serving and i.version not in fresh]
+
+    def _carried(self, source: int, target: int, vectors: np.ndarray) -> np.ndarray | None:
+        if self.carry is None or not len(vectors):
+            return None
+        try:
+            return self.carry(source, target)(np.asarray(vectors, dtype=np.float32))
+        except Exception as error:  # no chain to it: its index keeps what it has
+            log.warning("item index of version %d not fed from version %d: %s", target, source, error)
+            return None
+
+    def _upsert(self, index: ItemIndex, ids: Sequence[str], vectors: np.ndarray) -> None:
+        if vectors.shape[1] != index.dim:
+            log.warning(
+                "item vectors of version %d are %d-d, its index %d-d: not indexed",
+                index.version,
+                vectors.shape[1],
+                index.dim,
+            )
+            index.discard(ids)  # their earlier vectors are gone from the store too
+            return
+        index.upsert(ids, vectors)
+        self._wake.set()
 
     def discard(self, kind: str, version: int, ids: Sequence[str]) -> None:
         if kind == "item":
@@ -246,7 +284,8 @@ class ItemIndexes:
         started = time.monotonic()
         total = self._expected(version)
         scanned = 0
-        for ids, vectors in self.store.iter_vectors("item", version, self.build_chunk, dim=index.dim):
+        chunks = self._chunks(version, index.dim)
+        for ids, vectors in chunks:
             if self._stop.is_set() or self._indexes.get(version) is not index:
                 return
             if len(ids):
@@ -269,6 +308,22 @@ class ItemIndexes:
             len(index),
             time.monotonic() - started,
         )
+
+    def _chunks(self, version: int, dim: int) -> Iterator[tuple[list[str], np.ndarray]]:
+        """``version``'s item vectors as a read at it resolves them, chunk by chunk."""
+        serving = self._serving
+        if serving is None or version >= serving or version in self._fresh or self.carry is None:
+            yield from self.store.iter_vectors("item", version, self.build_chunk, dim=dim)
+            return
+        # No longer written: stale natives give way to serving vectors carried back.
+        for ids, vectors, behind, behind_rows in self.store.iter_current_vectors(
+            "item", version, serving, self.build_chunk, dim=dim
+        ):
+            carried = self._carried(serving, version, behind_rows) if behind else None
+            if carried is None:
+                yield ids, vectors
+            else:
+                yield ids + behind, np.concatenate([vectors, carried]) if ids else carried
 
     def _merge_loop(self) -> None:
         while not self._stop.is_set():

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from models.features import UserState
 from store.errors import IndexBuildingError, IndexMissingError, InvalidArgumentError
-from store.item_index import Neighbours
+from store.item_index import ItemIndex, Neighbours
 from store.item_indexes import ItemIndexes
 from store.lookup import CarryProvider, resolve_many
+from store.popular import PopularItems
 from store.vector_store import VersionedVectorStore
 
 __all__ = ["MAX_K", "MAX_RECOMMENDATION_USERS", "Recommendation", "recommend_many"]
@@ -32,11 +33,14 @@ class Recommendation:
 
     user_id: str
     version: int
-    #: ``native`` or ``aligned``: how the user's vector of ``version`` was obtained.
+    #: ``native``, ``aligned`` or ``forward``: how the user's vector of ``version`` was
+    #: obtained; ``none`` for a user with no vector (a fallback answer).
     user_vector: str
     items: Neighbours
     #: Items left out because the user interacted with them recently.
     excluded: int
+    #: ``popular`` when the user has no vector and the answer is the most popular items.
+    fallback: str | None = None
 
 
 def recommend_many(
@@ -47,9 +51,11 @@ def recommend_many(
     version: int | None = None,
     carry: CarryProvider | None = None,
     exclude_seen: bool = True,
+    popular: PopularItems | None = None,
 ) -> tuple[int, list[Recommendation | None]]:
-    """The top ``k`` items for each user, all at one version (``None`` for users with no
-    vector to give). Raises :class:`IndexMissingError` when that version keeps no index,
+    """The top ``k`` items for each user, all at one version. A user with no vector to give
+    gets the most ``popular`` items that have a vector at that version (``fallback``), or
+    ``None`` without ``popular``. Raises :class:`IndexMissingError` when that version keeps no index,
     :class:`IndexBuildingError` while its index is built, and
     :class:`InvalidArgumentError` for a ``k`` out of range."""
     if not 1 <= k <= MAX_K:
@@ -69,14 +75,20 @@ def recommend_many(
         )
     states = store.get_states("user", list(user_ids)) if exclude_seen else [None] * len(user_ids)
     results: list[Recommendation | None] = []
-    for user, state in zip(users, states, strict=True):
+    for user_id, user, state in zip(user_ids, users, states, strict=True):
         if user is None:
-            results.append(None)
+            results.append(None if popular is None else _popular(user_id, answered, index, popular, k))
             continue
         seen = _seen_items(state)
         found = index.search(user.vector, k, exclude=seen)
         results.append(Recommendation(user.id, answered, user.source, found, len(seen)))
     return answered, results
+
+
+def _popular(user_id: str, version: int, index: ItemIndex, popular: PopularItems, k: int) -> Recommendation:
+    found = popular.top(k, index.__contains__)
+    items = Neighbours([item_id for item_id, _ in found], [score for _, score in found])
+    return Recommendation(user_id, version, "none", items, 0, fallback="popular")
 
 
 def _seen_items(state: bytes | None) -> frozenset[str]:

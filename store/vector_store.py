@@ -281,6 +281,43 @@ class VersionedVectorStore:
         if ids:
             yield ids, np.stack(rows).astype(np.float32, copy=False)
 
+    def iter_current_vectors(
+        self, kind: str, version: int, serving: int, chunk: int = 10_000, dim: int | None = None
+    ) -> Iterator[tuple[list[str], np.ndarray, list[str], np.ndarray]]:
+        """:meth:`iter_vectors` of an older ``version`` as a read resolves it: per chunk, the
+        ids whose native vector is as fresh as their ``serving`` entry, with those vectors,
+        and the ids whose native vector is older or absent, with their serving vectors (for
+        the caller to carry back). Serving rows of a dimension other than the first one's are
+        left out."""
+        prefix = entity_key(kind, "")
+        native_ids: list[str] = []
+        native_rows: list[np.ndarray] = []
+        behind_ids: list[str] = []
+        behind_rows: list[np.ndarray] = []
+        serving_dim: int | None = None
+        for key, raw in scan(self._cf["vectors"], prefix, self.path):
+            if not key.startswith(prefix):
+                break
+            span, fresh = locate_entry(raw, version), locate_entry(raw, serving)
+            entity_id = key[len(prefix) :].decode("utf-8")
+            if span is not None and (fresh is None or span.updated_at_ms >= fresh.updated_at_ms):
+                row = span_vector(raw, span)
+                dim = row.shape[0] if dim is None else dim
+                if row.shape[0] == dim:
+                    native_ids.append(entity_id)
+                    native_rows.append(row)
+            elif fresh is not None:
+                row = span_vector(raw, fresh)
+                serving_dim = row.shape[0] if serving_dim is None else serving_dim
+                if row.shape[0] == serving_dim:
+                    behind_ids.append(entity_id)
+                    behind_rows.append(row)
+            if len(native_ids) + len(behind_ids) >= chunk:
+                yield native_ids, _stacked(native_rows), behind_ids, _stacked(behind_rows)
+                native_ids, native_rows, behind_ids, behind_rows = [], [], [], []
+        if native_ids or behind_ids:
+            yield native_ids, _stacked(native_rows), behind_ids, _stacked(behind_rows)
+
     def checkpoint(self, target: str | Path) -> Path:
         """A consistent copy of the whole store in ``target`` (a new directory), taken while
         it is in use: a RocksDB checkpoint, whose hard links to the store's files are then
@@ -367,6 +404,10 @@ class VersionedVectorStore:
         self._cf.clear()
         self._handles.clear()
         self._db.close()
+
+
+def _stacked(rows: list[np.ndarray]) -> np.ndarray:
+    return np.stack(rows).astype(np.float32, copy=False) if rows else np.empty((0, 0), dtype=np.float32)
 
 
 def scan(view: Any, start: bytes | None, path: Path) -> Iterator[tuple[bytes, bytes]]:

@@ -19,6 +19,7 @@ import torch
 from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
 from store.item_indexes import ItemIndexes
+from store.popular import PopularItems
 from store.vector_store import VersionedVectorStore
 from stream.api.app import ApiContext, create_app
 from stream.api.server import HttpLimits, HttpServer
@@ -126,6 +127,7 @@ def _item_indexes(settings: Settings, store: VersionedVectorStore, registry: Enc
         dim_of=lambda version: registry.manifest(version).dim,
         keep=settings.index_versions,
         on_build_progress=report,
+        carry=registry.carry,
     )
 
 
@@ -134,14 +136,19 @@ async def _keep_indexes_tracking(
 ) -> None:
     """Index the serving and staged versions (and older ones the bound allows), following
     every stage, promote, rollback and cancel; stopped before the store closes."""
-    indexes.track(controller.store.serving_version, controller.state.staged)
+
+    def wanted_now() -> tuple[int | None, int | None, tuple[int, ...]]:
+        retained = tuple(encoder.version for encoder in controller.retained_encoders)
+        return controller.store.serving_version, controller.state.staged, retained
+
+    indexes.track(*wanted_now())
     indexes.start()
 
     async def follow() -> None:
-        tracked = (controller.store.serving_version, controller.state.staged)
+        tracked = wanted_now()
         while True:
             await asyncio.sleep(0.1)
-            wanted = (controller.store.serving_version, controller.state.staged)
+            wanted = wanted_now()
             if wanted != tracked:
                 try:
                     await asyncio.to_thread(indexes.track, *wanted)
@@ -159,6 +166,28 @@ async def _keep_indexes_tracking(
         await asyncio.to_thread(indexes.stop)
 
     stack.push_async_callback(stop_indexes)
+
+
+async def _keep_popular_fresh(popular: PopularItems, stack: AsyncExitStack, every_s: float = 30.0) -> None:
+    """Rank the items by popularity at start and every ``every_s`` seconds (the fallback of
+    recommendations for users with no vector); stopped before the store closes."""
+
+    async def refresh() -> None:
+        while True:
+            try:
+                await asyncio.to_thread(popular.refresh)
+            except Exception as error:  # e.g. a damaged block: the last ranking stays
+                log.error("popular items not ranked: %s", error)
+            await asyncio.sleep(every_s)
+
+    task = asyncio.ensure_future(refresh())
+
+    async def stop_refreshing() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop_refreshing)
 
 
 async def _sample_status(metrics: Metrics, stack: AsyncExitStack, every_s: float = 2.0) -> None:
@@ -301,6 +330,8 @@ async def run_service(
         await _keep_serving_cache_warm(store, stack)
         if indexes is not None:
             await _keep_indexes_tracking(indexes, controller, stack)
+            context.popular = PopularItems(store)
+            await _keep_popular_fresh(context.popular, stack)
             context.item_indexes = indexes
             metrics.item_indexes = indexes.status
         context.controller = controller

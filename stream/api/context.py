@@ -12,6 +12,7 @@ from aiohttp import web
 
 from models.registry import EncoderRegistry
 from store.item_indexes import ItemIndexes
+from store.popular import PopularItems
 from store.vector_store import VersionedVectorStore
 from stream.metrics import Metrics
 from stream.rollout.controller import RolloutController
@@ -36,6 +37,8 @@ class ApiContext:
     admin_allowed: bool = False
     #: The per-version item indexes behind ``/v1/recommendations`` (``None``: off).
     item_indexes: ItemIndexes | None = None
+    #: The most popular items, answered to users with no vector (``None``: no fallback).
+    popular: PopularItems | None = None
     #: A request body must arrive within this many seconds (else 408 ``body_timeout``).
     body_timeout_s: float = 30.0
 

@@ -35,11 +35,21 @@ def _as_json(result: Recommendation) -> dict[str, Any]:
             for item_id, score in zip(result.items.ids, result.items.scores, strict=True)
         ],
         "excluded_seen": result.excluded,
+        "fallback": result.fallback,
     }
 
 
+def _fallback(raw: object) -> bool:
+    """Whether a user with no vector gets the most popular items (``popular``, the default)."""
+    if raw is None or raw == "popular":
+        return True
+    if raw == "none":
+        return False
+    raise ApiError(400, "bad_fallback", 'fallback must be "popular" or "none"')
+
+
 async def _recommend(
-    request: web.Request, user_ids: list[str], k: int, version: int | None, exclude_seen: bool
+    request: web.Request, user_ids: list[str], k: int, version: int | None, exclude_seen: bool, fallback: bool
 ) -> tuple[int, list[Recommendation | None]]:
     context = context_of(request)
     if context.item_indexes is None:
@@ -55,14 +65,19 @@ async def _recommend(
             version,
             context.registry.carry,
             exclude_seen,
+            context.popular if fallback else None,
         )
     except (IndexUnavailableError, InvalidArgumentError) as error:
         answer = api_error(error)
         assert answer is not None
         context.metrics.recommendations[answer.code] += 1
         raise answer from None
-    context.metrics.recommendations["ok"] += sum(result is not None for result in results)
-    context.metrics.recommendations["no_user_vector"] += sum(result is None for result in results)
+    counts = context.metrics.recommendations
+    counts["ok"] += sum(result is not None and result.fallback is None for result in results)
+    counts["fallback_popular"] += sum(
+        result is not None and result.fallback is not None for result in results
+    )
+    counts["no_user_vector"] += sum(result is None for result in results)
     return answered, results
 
 
@@ -72,7 +87,8 @@ async def get_one(request: web.Request) -> web.Response:
     k = _k(query_param(request, "k", "bad_k"))
     version = parse_version(query_param(request, "version", "bad_version"))
     exclude_seen = parse_flag(query_param(request, "exclude_seen", "bad_flag"), "exclude_seen")
-    answered, results = await _recommend(request, [user_id], k, version, exclude_seen)
+    fallback = _fallback(query_param(request, "fallback", "bad_fallback"))
+    answered, results = await _recommend(request, [user_id], k, version, exclude_seen, fallback)
     if results[0] is None:
         raise ApiError(404, "not_found", f"user {user_id!r} has no vector of version {answered}")
     return json_response(_as_json(results[0]))
@@ -90,7 +106,8 @@ async def get_batch(request: web.Request) -> web.Response:
     k = _k(body.get("k"), in_json=True)
     version = parse_version(body.get("version"), in_json=True)
     exclude_seen = parse_flag(body.get("exclude_seen"), "exclude_seen")
-    answered, results = await _recommend(request, user_ids, k, version, exclude_seen)
+    fallback = _fallback(body.get("fallback"))
+    answered, results = await _recommend(request, user_ids, k, version, exclude_seen, fallback)
     return json_response(
         {"version": answered, "results": [None if r is None else _as_json(r) for r in results]}
     )
@@ -102,7 +119,7 @@ RECOMMENDATION_SCHEMA = {
     "properties": {
         "user_id": {"type": "string"},
         "version": {"type": "integer", "minimum": 1, "description": "of the user vector and every item"},
-        "user_vector": {"type": "string", "enum": ["native", "aligned"]},
+        "user_vector": {"type": "string", "enum": ["native", "aligned", "forward", "none"]},
         "items": {
             "type": "array",
             "items": {
@@ -112,6 +129,12 @@ RECOMMENDATION_SCHEMA = {
             },
         },
         "excluded_seen": {"type": "integer", "minimum": 0},
+        "fallback": {
+            "type": "string",
+            "enum": ["popular"],
+            "nullable": True,
+            "description": "popular: the user has no vector; the items are the most popular at the version",
+        },
     },
 }
 _K = {"type": "integer", "minimum": 1, "maximum": MAX_K}
@@ -125,7 +148,9 @@ def openapi_paths() -> dict[str, Any]:
     """``/v1/recommendations/{user_id}`` and ``/v1/recommendations/batch``."""
     errors = {
         **COMMON_ERRORS,
-        "404": error_response("the user has no vector of that version, or the version has no item index"),
+        "404": error_response(
+            "the version has no item index, or (with fallback=none) the user has no vector of that version"
+        ),
         "503": error_response("no serving version yet, or the version's item index is being built"),
     }
     reference = {"$ref": "#/components/schemas/Recommendation"}
@@ -142,6 +167,12 @@ def openapi_paths() -> dict[str, Any]:
                         "in": "query",
                         "required": False,
                         "schema": {"type": "string", "enum": ["true", "false"]},
+                    },
+                    {
+                        "name": "fallback",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["popular", "none"]},
                     },
                 ],
                 "responses": {
@@ -172,6 +203,9 @@ def openapi_paths() -> dict[str, Any]:
                                     "k": _nullable(_K, "default 10"),
                                     "version": _nullable(VERSION_SCHEMA, "default: the serving version"),
                                     "exclude_seen": _nullable({"type": "boolean"}, "default true"),
+                                    "fallback": _nullable(
+                                        {"type": "string", "enum": ["popular", "none"]}, "default popular"
+                                    ),
                                 },
                             }
                         }

@@ -153,3 +153,42 @@ def test_ready_needs_the_graph_to_hold_the_items(store: VersionedVectorStore) ->
         assert indexes.status()[1].ready
     finally:
         indexes.stop()
+
+
+def test_an_older_version_no_longer_written_is_fed_serving_vectors_carried_back(
+    store: VersionedVectorStore,
+) -> None:
+    """Version 1 is indexed but no longer written (not serving, staged or retained): its
+    stale items are built from carried serving vectors, and refreshes of the serving version
+    reach it carried back, as a read at version 1 resolves them."""
+    writer = store.writer()
+    writer.put_vectors("item", ["fresh", "stale"], 1, unit_rows(2, seed=1), updated_at_ms=5)
+    writer.put_vectors("item", ["fresh"], 2, unit_rows(1, seed=2), updated_at_ms=5)
+    writer.put_vectors("item", ["stale"], 2, unit_rows(1, seed=3), updated_at_ms=9)  # refreshed after
+    writer.commit()
+    store.set_serving_version(2)
+
+    def carry(source: int, target: int):  # type: ignore[no-untyped-def]
+        assert (source, target) == (2, 1)
+        return lambda rows: -rows
+
+    indexes = ItemIndexes(store, dim_of=lambda v: DIM, keep=2, carry=carry)
+    indexes.track(serving=2, fresh=())
+    indexes.start()
+    try:
+        wait_built(indexes, 1)
+        index = indexes.index(1)
+        assert index is not None
+        stale_query = -unit_rows(1, seed=3)[0]  # the carried serving vector of "stale"
+        assert index.search(stale_query, 1).ids == ["stale"]
+        assert index.search(unit_rows(2, seed=1)[0], 1).ids == ["fresh"]  # native, as fresh
+        new = unit_rows(1, seed=4)
+        write(store, "item", 2, ["fresh"], new)  # a refresh at the serving version only
+        assert index.search(-new[0], 1).ids == ["fresh"]
+        assert indexes.index(2) is not None and indexes.index(2).search(new[0], 1).ids == ["fresh"]
+        # Retained (still written natively), version 1 takes no carried vectors.
+        indexes.track(serving=2, fresh=(1,))
+        write(store, "item", 2, ["fresh"], unit_rows(1, seed=5))
+        assert index.search(-new[0], 1).ids == ["fresh"]  # unchanged
+    finally:
+        indexes.stop()
