@@ -2,9 +2,11 @@
 
 Popularity is an item's interactions of the last day, all types, decayed to now (its state's
 24 h counts, :func:`models.state_batch.item_popularity`). The ranking is recomputed from the
-item states by a scan (:meth:`PopularItems.refresh`, every half minute in a worker), so
-serving it costs nothing; callers keep only items that have a vector at the version they
-answer, so a fallback never mixes versions either.
+item states by a scan (:meth:`PopularItems.refresh`, every half minute in a worker; while the
+store holds fewer items than the ranking keeps, the scan is small and :meth:`PopularItems.top`
+runs it itself when the ranking is older than half a second), so serving it costs nothing;
+callers keep only items that have a vector at the version they answer, so a fallback never
+mixes versions either.
 """
 
 from __future__ import annotations
@@ -24,14 +26,27 @@ __all__ = ["PopularItems"]
 class PopularItems:
     """The ``size`` most popular items of a store, as of the last :meth:`refresh`."""
 
-    def __init__(self, store: VersionedVectorStore, size: int = 2_000, chunk: int = 50_000) -> None:
+    def __init__(
+        self,
+        store: VersionedVectorStore,
+        size: int = 2_000,
+        chunk: int = 50_000,
+        small_max_age_s: float = 0.5,
+    ) -> None:
         self.store = store
+        self.small_max_age_s = small_max_age_s
         self.size = size
         self.chunk = chunk
         self._lock = threading.Lock()
         self._ids: list[str] = []
         self._scores = np.empty(0)
         self.refreshed_at: float | None = None  # monotonic time of the last refresh
+
+    @property
+    def full(self) -> bool:
+        """Whether the ranking holds ``size`` items (fewer: the store has fewer items so far)."""
+        with self._lock:
+            return len(self._ids) >= self.size
 
     def refresh(self, now_ms: int | None = None) -> int:
         """Rank every item by its popularity now; returns how many items were read."""
@@ -67,7 +82,16 @@ class PopularItems:
         self, k: int, has_vector: Callable[[str], bool], exclude: Collection[str] = ()
     ) -> list[tuple[str, float]]:
         """The ``k`` most popular items that ``has_vector`` accepts (those with a vector at the
-        version answered), best first, leaving out ``exclude``."""
+        version answered), best first, leaving out ``exclude``. While the store holds fewer
+        items than the ranking keeps (a new store filling up), a ranking older than
+        ``small_max_age_s`` or shorter than ``k`` is redone first: the scan is small, and a new
+        item counts at once."""
+        with self._lock:
+            held, refreshed = len(self._ids), self.refreshed_at
+        if held < self.size and (
+            held < k or refreshed is None or time.monotonic() - refreshed > self.small_max_age_s
+        ):
+            self.refresh()
         with self._lock:
             ids, scores = self._ids, self._scores
         found = []

@@ -213,7 +213,10 @@ def openapi_paths() -> dict[str, Any]:
                 },
                 "responses": {
                     "200": {
-                        "description": "one entry per user, null for a user with no vector of the version",
+                        "description": (
+                            "one entry per user; null for a user with no vector of the version "
+                            "when fallback is none"
+                        ),
                         "content": {
                             "application/json": {
                                 "schema": {

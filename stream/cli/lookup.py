@@ -31,6 +31,11 @@ def add_lookup_commands(commands: Any) -> None:
     recommend.add_argument(
         "--include-seen", action="store_true", help="keep items the user interacted with recently"
     )
+    recommend.add_argument(
+        "--fallback",
+        choices=["popular", "none"],
+        help="a user with no vector gets the most popular items (popular, the default) or an error (none)",
+    )
     recommend.add_argument("--api", default=None, help=_API_HELP)
 
 
@@ -41,7 +46,12 @@ def run_lookup(args: argparse.Namespace) -> int:
 
 def run_recommend(args: argparse.Namespace) -> int:
     path = f"/v1/recommendations/{urllib.parse.quote(args.user_id, safe='')}"
-    query = {"k": args.k, "version": args.version, "exclude_seen": "false" if args.include_seen else None}
+    query = {
+        "k": args.k,
+        "version": args.version,
+        "exclude_seen": "false" if args.include_seen else None,
+        "fallback": args.fallback,
+    }
     return _print(ApiClient.of(Settings.from_env(), args.api), path, query)
 
 

@@ -31,7 +31,12 @@ def add_swap_commands(commands: Any) -> None:
     actions.add_parser("status", help="serving and staged versions, backfill progress, acks")
     promote = actions.add_parser("promote", help="make the staged version the serving version")
     promote.add_argument("--force", action="store_true", help="even if the backfill has not finished")
-    actions.add_parser("rollback", help="serve the previous version again")
+    rollback = actions.add_parser("rollback", help="serve the previous version again")
+    rollback.add_argument(
+        "--force",
+        action="store_true",
+        help="even if the previous version was retired (its vectors are stale)",
+    )
     actions.add_parser("cancel", help="drop the staged version")
     retire = actions.add_parser(
         "retire", help="stop keeping a previous serving version fresh (reads at it are then carried back)"
@@ -234,6 +239,12 @@ def run_swap(args: argparse.Namespace) -> int:
     elif args.action == "rollback":
         if state.previous is None or state.serving is None:
             raise ControlError("there is no previous version to roll back to")
+        if state.previous not in state.retained and not args.force:
+            raise ControlError(
+                f"version {state.previous} was retired: its vectors stopped following events then, "
+                "and serving it would answer them stale (stage it again to backfill it; "
+                "--force to roll back anyway)"
+            )
         message = control_message("rollback", **{"from": state.serving, "to": state.previous})
     elif args.action == "retire":
         if args.version not in state.retained:

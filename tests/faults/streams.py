@@ -59,10 +59,12 @@ def stored_counts(data_dir: Path, users: list[str]) -> dict[str, int]:
         store.close()
 
 
-def vectors_match_states(data_dir: Path, registry: Path, users: list[str], window: int = 50) -> int:
-    """How many users' stored vectors differ from their stored state encoded afresh (0 when
-    every embedding was recomputed from the final state)."""
-    encoder = EncoderRegistry(registry).load(1)
+def vectors_match_states(
+    data_dir: Path, registry: Path, users: list[str], window: int = 50, version: int = 1
+) -> int:
+    """How many users' stored vectors of ``version`` differ from their stored state encoded
+    afresh by that version's encoder (0 when every one was recomputed from the final state)."""
+    encoder = EncoderRegistry(registry).load(version)
     store = VersionedVectorStore(data_dir, read_only=True)
     try:
         states = store.get_states("user", users)
@@ -73,7 +75,7 @@ def vectors_match_states(data_dir: Path, registry: Path, users: list[str], windo
     expected = encoder.encode_users(histories)
     stale = 0
     for row, record in enumerate(records):
-        held = None if record is None else next((e.vector for e in record if e.version == 1), None)
+        held = None if record is None else next((e.vector for e in record if e.version == version), None)
         if held is None or not np.allclose(held, expected[row], atol=1e-5):
             stale += 1
     return stale

@@ -58,7 +58,7 @@ def test_a_new_user_gets_recommendations_within_the_freshness_budget(
     started = time.monotonic()
     produce(broker.bootstrap, TOPIC, [_event("newcomer", "i3"), _event("newcomer", "i10")])
     body = wait_until(
-        lambda: (lambda answer: answer[1] if answer[0] == 200 else None)(
+        lambda: (lambda answer: answer[1] if answer[0] == 200 and answer[1]["fallback"] is None else None)(
             _recommend(worker, "newcomer", "?k=20")
         ),
         timeout_s=FRESHNESS_BUDGET_S,
@@ -104,7 +104,15 @@ def test_a_batch_answers_every_user_at_one_version(worker: WorkerProcess) -> Non
     )
     assert status == 200 and body["version"] == 1
     first, missing, second = body["results"]
-    assert missing is None
+    # a user with no vector gets the most popular items at the same version, marked as such
+    assert missing["fallback"] == "popular" and missing["user_vector"] == "none"
+    assert missing["version"] == 1 and len(missing["items"]) == 3
+    status, strict = http_json(
+        "POST",
+        f"{worker.api}/v1/recommendations/batch",
+        {"user_ids": ["u1", "nobody"], "k": 3, "fallback": "none"},
+    )
+    assert status == 200 and strict["results"][1] is None
     assert first["user_id"] == "u1" and second["user_id"] == "u2"
     assert first["version"] == second["version"] == 1 and len(first["items"]) == 3
     status, single = _recommend(worker, "u1", "?k=3")
@@ -112,7 +120,10 @@ def test_a_batch_answers_every_user_at_one_version(worker: WorkerProcess) -> Non
 
 
 def test_errors_are_clear(worker: WorkerProcess) -> None:
-    assert _recommend(worker, "nobody")[0] == 404
+    status, body = _recommend(worker, "nobody", "?fallback=none")
+    assert status == 404 and body["error"] == "not_found", body
+    status, body = _recommend(worker, "u1", "?fallback=sometimes")
+    assert status == 400 and body["error"] == "bad_fallback"
     status, body = _recommend(worker, "u1", "?k=0")
     assert status == 400 and body["error"] == "bad_k"
     status, body = _recommend(worker, "u1", "?version=7")
@@ -156,5 +167,7 @@ def test_the_cli_prints_recommendations(worker: WorkerProcess) -> None:
     assert body["user_id"] == "u1" and len(body["items"]) == 3
     with_seen = json.loads(cli("u1", "--k", str(ITEMS + 10), "--include-seen").stdout)
     assert with_seen["excluded_seen"] == 0
-    missing = cli("nobody")
+    popular = cli("nobody")
+    assert popular.returncode == 0 and json.loads(popular.stdout)["fallback"] == "popular"
+    missing = cli("nobody", "--fallback", "none")
     assert missing.returncode == 1 and "no vector" in missing.stderr

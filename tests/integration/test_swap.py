@@ -21,6 +21,7 @@ from stream.cli.swap import read_rollout
 from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.producer import send_records
 from tests.conftest import WorkerProcess, http_json, wait_until
+from tests.faults.streams import vectors_match_states
 
 pytestmark = pytest.mark.integration
 
@@ -231,8 +232,9 @@ def test_stage_promote_rollback_under_load_never_fail_or_mix(worker: WorkerProce
         wait_until(lambda: http_json("GET", f"{worker.api}/v1/embeddings/user/u5000")[0] == 200, timeout_s=20)
         status_code, old = http_json("GET", f"{worker.api}/v1/embeddings/user/u3?version=1")
         assert status_code == 200 and old["version"] == 1 and len(old["vector"]) == 64
-        status_code, aligned = http_json("GET", f"{worker.api}/v1/embeddings/user/u5000?version=1")
-        assert status_code == 200 and aligned["source"] == "aligned" and len(aligned["vector"]) == 64
+        # version 1 is the retained previous version: a new user gets a native vector of it too
+        status_code, pinned = http_json("GET", f"{worker.api}/v1/embeddings/user/u5000?version=1")
+        assert status_code == 200 and pinned["source"] == "native" and len(pinned["vector"]) == 64
         rolled = _swap(worker, "rollback")
         assert rolled.returncode == 0, rolled.stderr
         wait_until(lambda: _serving(worker) == 1, timeout_s=20)
@@ -245,6 +247,82 @@ def test_stage_promote_rollback_under_load_never_fail_or_mix(worker: WorkerProce
     assert _scores_match_the_store(worker, 1, users) + _scores_match_the_store(worker, 2, users) == 100
     status_code, _ = http_json("GET", f"{worker.api}/v1/embeddings/user/u3?version=3")
     assert status_code == 404  # v3 was never written: not held, and newer than serving
+
+
+def _promote_2(worker: WorkerProcess) -> None:
+    assert _swap(worker, "stage", "2").returncode == 0
+    wait_until(lambda: _backfilled(worker, 2), timeout_s=60)
+    promoted = _swap(worker, "promote")
+    assert promoted.returncode == 0, promoted.stderr
+    wait_until(lambda: _serving(worker) == 2, timeout_s=20)
+
+
+def _read(worker: WorkerProcess, user: str, version: int) -> dict:
+    status, body = http_json("GET", f"{worker.api}/v1/embeddings/user/{user}?version={version}")
+    assert status == 200, body
+    return body
+
+
+def _changes(worker: WorkerProcess, user: str, version: int, before: dict, seed: int) -> dict:
+    """Send ``user`` an event; the read at ``version`` answers a newer vector within 20 s."""
+    started = time.monotonic()
+    send_records([worker.broker], worker.topic, _events(range(int(user[1:]), int(user[1:]) + 1), 500, seed))
+    after = wait_until(
+        lambda: (lambda now: now if now["updated_at"] > before["updated_at"] else None)(
+            _read(worker, user, version)
+        ),
+        timeout_s=20,
+    )
+    assert time.monotonic() - started < 20
+    assert after["vector"] != before["vector"] and after["version"] == version
+    return after
+
+
+def test_pinned_reads_stay_fresh_after_a_promote_and_a_rollback_serves_fresh_vectors(
+    worker: WorkerProcess,
+) -> None:
+    _promote_2(worker)
+    status = json.loads(_swap(worker, "status").stdout)
+    assert status["serving_version"] == 2 and status["retained_versions"] == [1]
+    for n, user in enumerate(("u1", "u4", "u7")):
+        pinned = _changes(worker, user, 1, _read(worker, user, 1), seed=100 + n)
+        assert pinned["source"] == "native"  # written on every refresh: version 1 is retained
+    # events for many users while version 2 serves, then back to version 1
+    send_records([worker.broker], worker.topic, _events(range(0, 600, 2), 500, 7))
+    _quiet(worker)
+    rolled = _swap(worker, "rollback")
+    assert rolled.returncode == 0, rolled.stderr
+    wait_until(lambda: _serving(worker) == 1, timeout_s=20)
+    status = json.loads(_swap(worker, "status").stdout)
+    assert status["retained_versions"] == [2]  # the roles swap: version 2 is now kept fresh
+    assert worker.stop() == 0
+    users = [f"u{n}" for n in range(0, 600, 2)]
+    # every version-1 vector is what version 1's encoder gives for the user's state now
+    assert vectors_match_states(worker.data_dir, worker.registry, users, version=1) == 0
+    assert vectors_match_states(worker.data_dir, worker.registry, users, version=2) == 0
+
+
+def test_a_retired_version_is_read_through_the_aligner_and_not_rolled_back_to(worker: WorkerProcess) -> None:
+    _promote_2(worker)
+    retired = _swap(worker, "retire", "1")
+    assert retired.returncode == 0, retired.stderr
+    assert "one encoder pass" in retired.stderr
+    wait_until(lambda: json.loads(_swap(worker, "status").stdout)["retained_versions"] == [], timeout_s=20)
+    wait_until(
+        lambda: http_json("GET", f"{worker.api}/v1/versions")[1]["rollout"]["retained_versions"] == [],
+        timeout_s=20,
+    )
+    before = _read(worker, "u1", 1)
+    assert before["source"] == "native"  # written up to the retire, as fresh as the serving entry
+    after = _changes(worker, "u1", 1, before, seed=200)
+    assert after["source"] == "aligned"  # never the stale native entry
+    serving = _read(worker, "u1", 2)
+    assert after["updated_at"] == serving["updated_at"]
+    again = _swap(worker, "retire", "1")
+    assert again.returncode != 0 and "not kept fresh" in again.stderr
+    refused = _swap(worker, "rollback")
+    assert refused.returncode != 0 and "was retired" in refused.stderr
+    assert _serving(worker) == 2
 
 
 def test_gate_and_hash_failures_are_refused_and_change_nothing(worker: WorkerProcess, tmp_path: Path) -> None:

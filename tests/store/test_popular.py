@@ -3,6 +3,7 @@ with no vector: popular items that have a vector at the version answered."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,35 @@ def test_items_are_ranked_by_their_last_day_decayed_to_now(tmp_path: Path) -> No
         writer.put_state("item", "some", _state([("click", NOW - 60_000)] * 5))
         writer.commit()
         popular = PopularItems(store, size=2, chunk=2)
+        assert not popular.full
         assert popular.refresh(now_ms=NOW) == 3
+        assert popular.full
         top = popular.top(3, lambda item_id: True)
         assert [item_id for item_id, _ in top] == ["busy", "some"]  # at most size, best first
         assert top[0][1] > top[1][1] > 0
         assert popular.top(3, lambda item_id: item_id != "busy") == [top[1]]
+    finally:
+        store.close()
+
+
+def test_a_small_store_is_ranked_again_when_asked_so_new_items_count_at_once(tmp_path: Path) -> None:
+    store = VersionedVectorStore(tmp_path / "db")
+    try:
+        popular = PopularItems(store, size=10, small_max_age_s=0.0)
+        popular.refresh()
+        assert popular.top(3, lambda item_id: True) == []  # nothing yet
+        now = int(time.time() * 1000)
+        writer = store.writer()
+        writer.put_state("item", "new", _state([("view", now)] * 3))
+        writer.commit()
+        assert [item_id for item_id, _ in popular.top(3, lambda item_id: True)] == ["new"]
+        big = PopularItems(store, size=1, small_max_age_s=0.0)
+        big.refresh()
+        writer = store.writer()
+        writer.put_state("item", "newer", _state([("view", now)] * 9))
+        writer.commit()
+        # a full ranking (a large store) waits for the worker's periodic refresh
+        assert [item_id for item_id, _ in big.top(3, lambda item_id: True)] == ["new"]
     finally:
         store.close()
 
