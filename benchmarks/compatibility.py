@@ -4,7 +4,10 @@ Synthetic interactions with planted clusters and taste drift between periods; ve
 trained on the first v+1 periods and evaluated on the next. For each method, the averages
 over the updates of the intended-task change (new vs the same model without alignment) and
 of the consumer-task change (new carried back vs the parent's native vectors), as in the
-BC-Aligner paper's table. Writes JSON to stdout (or --out) and a Markdown table (--table).
+BC-Aligner paper's table, and of the forward transform (parent space into the new one, as in
+FCT): the share of the parent-to-new recall gain that new users against carried-forward
+parent items keep, and in how many updates that beats the parent's own recall. Writes JSON
+to stdout (and to --out), then a Markdown table.
 
     python -m benchmarks.compatibility --out benchmarks/results/compatibility.json
 """
@@ -50,6 +53,8 @@ def run(periods: int, events_per_period: int, seed: int) -> dict[str, Any]:
             reports.append(report)
         updates = reports[1:]
         consumer = [r["consumer_change_pct"]["mean"] for r in updates]
+        forwards = [r["forward"] for r in updates]
+        kept = [f["gain_kept"] for f in forwards if f["gain_kept"] is not None]
         results[name] = {
             "intended_change_pct": round(float(np.mean([r["intended_change_pct"] for r in updates])), 2),
             "consumer_change_pct": round(
@@ -62,9 +67,12 @@ def run(periods: int, events_per_period: int, seed: int) -> dict[str, Any]:
                     "consumer": r["consumer_change_pct"],
                     "ecc": r["ecc"],
                     "swappable": r["swappable"],
+                    "forward": r["forward"],
                 }
                 for r in updates
             ],
+            "forward_gain_kept": round(float(np.mean(kept)), 4) if kept else None,
+            "forward_ecc_updates": f"{sum(f['ecc'] for f in forwards)}/{len(forwards)}",
             "compatibility_matrix": updates[-1]["compatibility_matrix"],
             "seconds": round(time.perf_counter() - started, 1),
         }
@@ -73,14 +81,16 @@ def run(periods: int, events_per_period: int, seed: int) -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        "| method | intended task vs no alignment | consumer tasks vs parent | AC | AM |",
-        "|---|---|---|---|---|",
+        "| method | intended task vs no alignment | consumer tasks vs parent | AC | AM "
+        "| forward: ECC met | forward: gain kept |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, row in results.items():
         matrix = row["compatibility_matrix"]
         lines.append(
             f"| {name} | {row['intended_change_pct']:+.2f} % | {row['consumer_change_pct']:+.2f} % "
-            f"| {matrix['ac']} | {matrix['am']} |"
+            f"| {matrix['ac']} | {matrix['am']} | {row['forward_ecc_updates']} "
+            f"| {'-' if row['forward_gain_kept'] is None else format(row['forward_gain_kept'], '.0%')} |"
         )
     return "\n".join(lines)
 

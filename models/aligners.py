@@ -15,7 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ALIGNER_METHODS", "BackwardAligner", "fit_least_squares", "fit_procrustes"]
+__all__ = [
+    "ALIGNER_METHODS",
+    "BackwardAligner",
+    "fit_forward",
+    "fit_least_squares",
+    "fit_procrustes",
+    "forward_apply",
+]
 
 ALIGNER_METHODS = ("bc-aligner", "posthoc-linear", "procrustes", "none")
 
@@ -64,3 +71,17 @@ def fit_procrustes(source: np.ndarray, target: np.ndarray) -> BackwardAligner:
     cross = target.astype(np.float64).T @ source.astype(np.float64)  # [target_dim, source_dim]
     left, _, right = np.linalg.svd(cross, full_matrices=False)
     return BackwardAligner.from_matrix(left @ right)
+
+
+def fit_forward(parent: np.ndarray, new: np.ndarray) -> BackwardAligner:
+    """The forward transform ``F`` of a version: least squares from its parent's vectors into
+    its own (rows are the same entities), the FCT direction (old space to new)."""
+    return fit_least_squares(parent, new)
+
+
+def forward_apply(transform: BackwardAligner, vectors: np.ndarray) -> np.ndarray:
+    """Parent vectors carried forward into the new space, unit length like the vectors the
+    new encoder writes (so inner products against them rank as against native ones)."""
+    carried = transform.apply(np.asarray(vectors, dtype=np.float32))
+    norms = np.linalg.norm(carried, axis=1, keepdims=True)
+    return (carried / np.maximum(norms, 1e-12)).astype(np.float32)

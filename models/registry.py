@@ -73,6 +73,9 @@ class Manifest:
     parent: int | None = None
     training: dict[str, Any] = field(default_factory=dict)
     aligner: dict[str, Any] | None = None
+    #: The forward transform from the parent's space into this one's (``forward.pt``):
+    #: ``{"method", "sha256", "source_dim", "target_dim"}``, or ``None``.
+    forward: dict[str, Any] | None = None
 
     @property
     def dim(self) -> int:
@@ -89,6 +92,7 @@ class Manifest:
             "parent": self.parent,
             "training": self.training,
             "aligner": self.aligner,
+            "forward": self.forward,
         }
 
     @classmethod
@@ -102,6 +106,7 @@ class Manifest:
                 parent=None if data.get("parent") is None else int(data["parent"]),
                 training=dict(data.get("training", {})),
                 aligner=data.get("aligner"),
+                forward=data.get("forward"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RegistryError(f"malformed manifest: {exc}") from exc
@@ -197,6 +202,8 @@ class EncoderRegistry:
         self.load(version)
         if manifest.aligner is not None:
             self.load_aligner(version)
+        if manifest.forward is not None:
+            self.load_forward(version)
         return manifest
 
     def _check_hash(self, version: int, name: str, expected: str) -> bytes:
@@ -231,6 +238,17 @@ class EncoderRegistry:
         aligner = BackwardAligner(int(manifest.aligner["source_dim"]), int(manifest.aligner["target_dim"]))
         _load_into(aligner, version, "backward.pt", data)
         return aligner.eval()
+
+    def load_forward(self, version: int) -> BackwardAligner | None:
+        """The verified forward transform from ``version``'s parent into it, or ``None``.
+        Apply it with :func:`models.aligners.forward_apply` (it normalises the rows)."""
+        manifest = self.manifest(version)
+        if manifest.forward is None:
+            return None
+        data = self._check_hash(version, "forward.pt", str(manifest.forward["sha256"]))
+        transform = BackwardAligner(int(manifest.forward["source_dim"]), int(manifest.forward["target_dim"]))
+        _load_into(transform, version, "forward.pt", data)
+        return transform.eval()
 
     def lineage(self, version: int) -> list[int]:
         """``version``, its parent, grandparent, … back to the root."""
@@ -313,10 +331,12 @@ class EncoderRegistry:
         aligner: BackwardAligner | None = None,
         aligner_method: str | None = None,
         files: dict[str, bytes] | None = None,
+        forward: BackwardAligner | None = None,
     ) -> Manifest:
-        """Store ``model`` (and its aligner, report files) as the next version, atomically."""
-        if aligner is not None and parent is None:
-            raise RegistryError("an aligner needs a parent version")
+        """Store ``model`` (and its aligner, forward transform, report files) as the next
+        version, atomically."""
+        if (aligner is not None or forward is not None) and parent is None:
+            raise RegistryError("an aligner or a forward transform needs a parent version")
         if parent is not None:
             parent_dim = self.manifest(parent).dim
             if aligner is not None and (aligner.source_dim, aligner.target_dim) != (
@@ -326,6 +346,14 @@ class EncoderRegistry:
                 raise RegistryError(
                     f"aligner maps {aligner.source_dim}->{aligner.target_dim}, expected "
                     f"{model.config.dim}->{parent_dim}"
+                )
+            if forward is not None and (forward.source_dim, forward.target_dim) != (
+                parent_dim,
+                model.config.dim,
+            ):
+                raise RegistryError(
+                    f"forward transform maps {forward.source_dim}->{forward.target_dim}, expected "
+                    f"{parent_dim}->{model.config.dim}"
                 )
         for name in files or {}:
             if Path(name).name != name or name in ("", ".", ".."):
@@ -344,6 +372,15 @@ class EncoderRegistry:
                 "source_dim": aligner.source_dim,
                 "target_dim": aligner.target_dim,
             }
+        forward_entry = None
+        if forward is not None:
+            torch.save(forward.state_dict(), staging / "forward.pt")
+            forward_entry = {
+                "method": "least-squares",
+                "sha256": _sha256(staging / "forward.pt"),
+                "source_dim": forward.source_dim,
+                "target_dim": forward.target_dim,
+            }
         for name, content in (files or {}).items():
             (staging / name).write_bytes(content)
         manifest = Manifest(
@@ -354,6 +391,7 @@ class EncoderRegistry:
             parent=parent,
             training=training or {},
             aligner=aligner_entry,
+            forward=forward_entry,
         )
         (staging / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
         try:

@@ -11,16 +11,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.aligners import ALIGNER_METHODS, BackwardAligner, fit_least_squares, fit_procrustes
+from models.aligners import (
+    ALIGNER_METHODS,
+    BackwardAligner,
+    fit_forward,
+    fit_least_squares,
+    fit_procrustes,
+    forward_apply,
+)
 from models.compatibility import (
     VersionView,
     compatibility_matrix,
     consumer_changes,
     cross_recall,
     embed_version,
+    validation_targets,
 )
 from models.encoder import EncoderConfig, TorchEncoder, TwoTowerModel
 from models.errors import IncompatibleVersionsError, TrainingError
+from models.evaluation import recall_at_k
 from models.registry import EncoderRegistry, Manifest
 from models.report_plot import render_report_png
 from models.training import (
@@ -54,6 +63,7 @@ class VersionRequest:
     batch_size: int = 512
     learning_rate: float = 3e-3
     encoder: EncoderConfig | None = None  # architecture override (dim still from ``dim``)
+    forward: bool = True  # fit the forward transform from the parent's space (FCT direction)
 
 
 def _alignment_targets(
@@ -99,6 +109,7 @@ def build_report(
     unaligned: TwoTowerModel,
     examples: Examples,
     request: VersionRequest,
+    forward: BackwardAligner | None = None,
 ) -> dict[str, Any]:
     k = request.recall_k
     new_view = embed_version(TorchEncoder(model, version), examples)
@@ -149,12 +160,40 @@ def build_report(
             ecc[str(ancestor)] = value > base
         report["cross_version_recall"] = cross
         report["ecc"] = ecc
+        if forward is not None:
+            report["forward"] = _forward_report(forward, new_view, parent_view, examples, k)
         mean = report["consumer_change_pct"]["mean"]
         report["swappable"] = aligner is not None and mean is not None and mean >= request.gate_pct
     else:
         report.update(consumer_change_pct={"mean": None}, ecc={}, swappable=True)
     report["compatibility_matrix"] = compatibility_matrix(views, chains, examples, k)
     return report
+
+
+def _forward_report(
+    forward: BackwardAligner, new: VersionView, parent: VersionView, examples: Examples, k: int
+) -> dict[str, Any]:
+    """How well the parent's vectors carried forward serve next to the new version's, as FCT
+    measures it: new users against forward-carried parent items (what an instant promote
+    serves before the native backfill), and forward-carried parent users against new items."""
+    targets = validation_targets(examples)
+    new_new = recall_at_k(new.queries, new.catalogue, targets, k)
+    parent_parent = recall_at_k(parent.queries, parent.catalogue, targets, k)
+    new_forward = recall_at_k(new.queries, forward_apply(forward, parent.catalogue), targets, k)
+    forward_new = recall_at_k(forward_apply(forward, parent.queries), new.catalogue, targets, k)
+    gain = new_new - parent_parent
+    return {
+        "method": "least-squares",
+        "recall": {
+            "new_new": round(new_new, 4),
+            "parent_parent": round(parent_parent, 4),
+            "new_vs_forward_parent_items": round(new_forward, 4),
+            "forward_parent_users_vs_new": round(forward_new, 4),
+        },
+        # Of the parent-to-new gain, the share an instant promote keeps (None: no gain).
+        "gain_kept": None if gain <= 0 else round((new_forward - parent_parent) / gain, 4),
+        "ecc": new_forward > parent_parent,
+    }
 
 
 def train_version(
@@ -199,9 +238,17 @@ def train_version(
             embed_version(TorchEncoder(model, 0), examples),
             embed_version(registry.load(parent), examples),
         )
+    forward = None
+    if request.forward and parent is not None:
+        new_view = embed_version(TorchEncoder(model, 0), examples)
+        parent_view = embed_version(registry.load(parent), examples)
+        forward = fit_forward(
+            np.concatenate([parent_view.users, parent_view.items]),
+            np.concatenate([new_view.users, new_view.items]),
+        )
     version = (registry.latest() or 0) + 1
     report = build_report(
-        registry, version, parent, method, model, aligner, unaligned.model, examples, request
+        registry, version, parent, method, model, aligner, unaligned.model, examples, request, forward
     )
     files = {
         "report.json": (json.dumps(report, indent=2) + "\n").encode(),
@@ -209,6 +256,12 @@ def train_version(
     }
     info = {**metrics, "method": method, "events": len(events), "alignment_weight": request.alignment_weight}
     manifest = registry.save(
-        model, parent=parent, training=info, aligner=aligner, aligner_method=method, files=files
+        model,
+        parent=parent,
+        training=info,
+        aligner=aligner,
+        aligner_method=method,
+        files=files,
+        forward=forward,
     )
     return manifest, report

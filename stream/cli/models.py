@@ -37,6 +37,11 @@ def add_model_commands(commands: Any) -> None:
         "--no-warm-start", action="store_true", help="bc-aligner: start from random weights, not the parent's"
     )
     train.add_argument(
+        "--no-forward",
+        action="store_true",
+        help="skip the forward transform from the parent's space (promote then waits for the backfill)",
+    )
+    train.add_argument(
         "--gate-pct",
         type=float,
         default=DEFAULT_GATE_PCT,
@@ -83,6 +88,7 @@ def run_train(args: argparse.Namespace) -> int:
         multi_step=not args.single_step,
         warm_start=not args.no_warm_start,
         gate_pct=args.gate_pct,
+        forward=not args.no_forward,
     )
     bars: dict[str, Any] = {}
 
@@ -110,6 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
         "intended_change_pct": result["intended_change_pct"],
         "consumer_change_pct": result["consumer_change_pct"],
         "ecc": result["ecc"],
+        "forward": result.get("forward"),
         "swappable": result["swappable"],
         "report": str(registry.path_of(manifest.version) / "report.json"),
     }
@@ -147,6 +154,7 @@ def run_models(args: argparse.Namespace) -> int:
                     "intended_change_pct",
                     "consumer_change_pct",
                     "ecc",
+                    "forward",
                     "swappable",
                     "compatibility_matrix",
                 )
@@ -159,7 +167,12 @@ def run_models(args: argparse.Namespace) -> int:
         except IntegrityError as error:
             print(f"embstream: version {args.version} FAILED: {error}", file=sys.stderr)
             return 1
-        checked = "weights and aligner" if manifest.aligner else "weights"
+        files = [
+            "weights",
+            *(["aligner"] if manifest.aligner else []),
+            *(["forward transform"] if manifest.forward else []),
+        ]
+        checked = ", ".join(files)
         print(f"embstream: version {args.version} OK ({checked} match the manifest)")
         return 0
     registry.delete(args.version, force=args.force)

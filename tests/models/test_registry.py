@@ -43,6 +43,36 @@ def test_save_load_round_trip_gives_identical_vectors(tmp_path: Path) -> None:
     assert encoder.version == 2 and encoder.dim == 16
 
 
+def test_a_forward_transform_is_stored_hashed_and_checked(tmp_path: Path) -> None:
+    from models.aligners import fit_forward, forward_apply
+
+    registry = EncoderRegistry(tmp_path)
+    registry.save(TwoTowerModel(CONFIG))
+    rng = np.random.default_rng(0)
+    parent = rng.normal(size=(200, 16)).astype(np.float32)
+    mixing = rng.normal(size=(16, 24)).astype(np.float32)
+    forward = fit_forward(parent, parent @ mixing)
+    with pytest.raises(RegistryError, match="needs a parent"):
+        registry.save(TwoTowerModel(CONFIG), forward=forward)
+    with pytest.raises(RegistryError, match="expected 16->16"):
+        registry.save(TwoTowerModel(CONFIG), parent=1, forward=forward)  # maps 16->24
+    wide = EncoderConfig(dim=24, id_dim=8, buckets=256, hidden=16, history=5)
+    manifest = registry.save(TwoTowerModel(wide), parent=1, forward=forward)
+    assert manifest.forward is not None and manifest.forward["method"] == "least-squares"
+    loaded = registry.load_forward(2)
+    assert loaded is not None and registry.load_forward(1) is None
+    carried = forward_apply(loaded, parent[:5])
+    expected = parent[:5] @ mixing
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(carried, expected, atol=1e-3)  # an exact linear map is recovered
+    assert np.allclose(np.linalg.norm(carried, axis=1), 1.0, atol=1e-5)
+    assert registry.verify(2).forward == manifest.forward
+    path = tmp_path / "v2" / "forward.pt"
+    path.write_bytes(path.read_bytes() + b"\x00")
+    with pytest.raises(IntegrityError, match=r"forward\.pt"):
+        registry.verify(2)
+
+
 def test_tampered_weights_are_refused(tmp_path: Path) -> None:
     registry = EncoderRegistry(tmp_path)
     registry.save(TwoTowerModel(CONFIG))

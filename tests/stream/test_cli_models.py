@@ -60,7 +60,32 @@ def test_train_then_manage_versions(events_file: Path, tmp_path: Path) -> None:
     assert listing[2].split()[:4] == ["2", "1", "48", "procrustes"]
     shown = json.loads(_embstream("models", "show", "2", "--registry", registry).stdout)
     assert shown["manifest"]["aligner"]["target_dim"] == 64 and "compatibility_matrix" in shown["report"]
-    assert "OK" in _embstream("models", "verify", "2", "--registry", registry).stdout
+    # the forward transform (version 1's space into version 2's) is stored, hashed and reported
+    forward = shown["manifest"]["forward"]
+    assert (forward["source_dim"], forward["target_dim"]) == (64, 48) and len(forward["sha256"]) == 64
+    assert set(shown["report"]["forward"]["recall"]) == {
+        "new_new",
+        "parent_parent",
+        "new_vs_forward_parent_items",
+        "forward_parent_users_vs_new",
+    }
+    assert isinstance(second["forward"]["ecc"], bool)
+    verified = _embstream("models", "verify", "2", "--registry", registry).stdout
+    assert "OK" in verified and "forward transform" in verified
+    forward_file = tmp_path / "registry" / "v2" / "forward.pt"
+    data = forward_file.read_bytes()
+    forward_file.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    failed = _embstream("models", "verify", "2", "--registry", registry, check=False)
+    assert failed.returncode == 1 and "forward.pt sha256" in failed.stderr
+    forward_file.write_bytes(data)
+    third = json.loads(
+        _embstream(
+            "train", "--events", str(events_file), "--registry", registry, "--epochs", "1", "--no-forward"
+        ).stdout
+    )
+    assert third["version"] == 3 and third["forward"] is None
+    assert not (tmp_path / "registry" / "v3" / "forward.pt").exists()
+    _embstream("models", "delete", "3", "--registry", registry)
 
     aligner = tmp_path / "registry" / "v2" / "backward.pt"
     data = aligner.read_bytes()
