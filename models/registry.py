@@ -5,12 +5,15 @@ Layout::
     <registry>/
       v1/
         manifest.json   {"version", "dim", "architecture", "created_at", "weights_sha256",
-                         "parent", "format", "training", "aligner"}
+                         "parent", "format", "training", "aligner", "forward"}
+                        (:class:`models.manifest.Manifest`)
         weights.pt      a torch state dict, loaded with ``weights_only=True``
         backward.pt     the backward aligner into the parent's space (if any), likewise
+        forward.pt      the forward transform from the parent's space (if any), likewise
         report.json     the compatibility report (if any), report.png its picture
 
-Weights and aligners are loaded only after their sha256 matches the manifest.
+Weights, aligners and forward transforms are loaded only after their sha256 matches the
+manifest.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 from models.aligners import BackwardAligner
-from models.encoder import EncoderConfig, TorchEncoder, TwoTowerModel
+from models.encoder import TorchEncoder, TwoTowerModel
 from models.errors import (
     IncompatibleVersionsError,
     IntegrityError,
@@ -41,75 +43,11 @@ from models.errors import (
     UnloadableError,
     VersionMissingError,
 )
+from models.manifest import MAX_VERSION, Manifest, version_number
 
 __all__ = ["MAX_VERSION", "EncoderRegistry", "Manifest", "version_number"]
 
-MANIFEST_FORMAT = 1
 _VERSION_DIR = re.compile(r"^v([0-9]+)$")  # ASCII digits: \d would take "v١" as version 1
-#: Versions are positive integers that fit a signed 32-bit field.
-MAX_VERSION = 2**31 - 1
-
-
-def version_number(text: str) -> int:
-    """A version written as text (a command-line argument, a setting): ASCII digits only,
-    1 to :data:`MAX_VERSION`; ``ValueError`` otherwise (``int()`` alone takes "١" or " 1")."""
-    if (
-        not text
-        or len(text) > 10
-        or not text.isascii()
-        or not text.isdigit()
-        or not 1 <= int(text) <= MAX_VERSION
-    ):
-        raise ValueError(f"versions are integers from 1 to {MAX_VERSION} in ASCII digits, got {text!r}")
-    return int(text)
-
-
-@dataclass(frozen=True)
-class Manifest:
-    version: int
-    architecture: EncoderConfig
-    weights_sha256: str
-    created_at: str
-    parent: int | None = None
-    training: dict[str, Any] = field(default_factory=dict)
-    aligner: dict[str, Any] | None = None
-    #: The forward transform from the parent's space into this one's (``forward.pt``):
-    #: ``{"method", "sha256", "source_dim", "target_dim"}``, or ``None``.
-    forward: dict[str, Any] | None = None
-
-    @property
-    def dim(self) -> int:
-        return self.architecture.dim
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": MANIFEST_FORMAT,
-            "version": self.version,
-            "dim": self.dim,
-            "architecture": self.architecture.to_dict(),
-            "created_at": self.created_at,
-            "weights_sha256": self.weights_sha256,
-            "parent": self.parent,
-            "training": self.training,
-            "aligner": self.aligner,
-            "forward": self.forward,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Manifest:
-        try:
-            return cls(
-                version=int(data["version"]),
-                architecture=EncoderConfig.from_dict(data["architecture"]),
-                weights_sha256=str(data["weights_sha256"]),
-                created_at=str(data["created_at"]),
-                parent=None if data.get("parent") is None else int(data["parent"]),
-                training=dict(data.get("training", {})),
-                aligner=data.get("aligner"),
-                forward=data.get("forward"),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RegistryError(f"malformed manifest: {exc}") from exc
 
 
 def _load_into(module: torch.nn.Module, version: int, name: str, data: bytes) -> None:
