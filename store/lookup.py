@@ -50,8 +50,8 @@ class ResolvedMatrix:
     """A batch as served, column-wise: one float32 row per id found, in request order.
 
     ``ids[i]`` is the id of ``vectors[i]``; an id requested twice gives two rows. ``missing``
-    lists (in request order) the ids with nothing to give. ``sources[i]`` is ``"native"`` or
-    ``"aligned"``; ``dim`` is 0 when no row was found.
+    lists (in request order) the ids with nothing to give. ``sources[i]`` is ``"native"``,
+    ``"forward"`` or ``"aligned"``; ``dim`` is 0 when no row was found.
     """
 
     kind: str
@@ -64,11 +64,17 @@ class ResolvedMatrix:
 
     @property
     def all_native(self) -> bool:
-        return "aligned" not in self.sources
+        return all(source == "native" for source in self.sources)
 
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
+
+
+def _source(span: EntrySpan) -> str:
+    """A stored entry's source: ``forward`` (carried forward by a hot swap's forward fill,
+    until the native backfill replaces it) or ``native`` (computed by its version's encoder)."""
+    return "forward" if span.forward else "native"
 
 
 def _served(vector: np.ndarray) -> np.ndarray:
@@ -117,7 +123,8 @@ def resolve_many(
 ) -> tuple[int, list[ResolvedVector | None]]:
     """Vectors of ``ids`` at ``version`` (the serving version when ``None``).
 
-    Native where a record holds that version, as fresh as its serving entry. For a version
+    Native where a record holds that version, as fresh as its serving entry (``source`` is
+    ``forward`` when that entry was carried forward by a hot swap's forward fill). For a version
     older than the serving one and with a ``carry`` provider, an entity whose record lacks
     that version, or holds it older than its serving entry (the version is no longer
     written), gets its serving vector carried back (``source="aligned"``). The serving
@@ -133,7 +140,9 @@ def resolve_many(
     resolved: list[ResolvedVector | None] = [None] * len(ids)
     for row, raw, span in found.native:
         vector = _served(span_vector(raw, span))
-        resolved[row] = ResolvedVector(kind, ids[row], found.target, vector, span.updated_at_ms)
+        resolved[row] = ResolvedVector(
+            kind, ids[row], found.target, vector, span.updated_at_ms, _source(span)
+        )
     for (row, _, span), vector in zip(found.to_carry, _carried(found, carry), strict=True):
         resolved[row] = ResolvedVector(kind, ids[row], found.target, vector, span.updated_at_ms, "aligned")
     return found.target, resolved
@@ -179,7 +188,7 @@ def resolve_matrix(
     if found.to_carry:
         rows, matrix, sources = _merge_rows(found, native, _carried(found, carry))
     else:
-        rows, matrix, sources = found.native, native, ["native"] * len(found.native)
+        rows, matrix, sources = found.native, native, [_source(span) for _, _, span in found.native]
     present = {row for row, _, _ in rows}
     return ResolvedMatrix(
         kind=kind,
@@ -225,24 +234,27 @@ def _read_cache(
 
 def _read_missed(
     store: VersionedVectorStore, kind: str, ids: list[str], cached: _Cached
-) -> tuple[list[int], list[np.ndarray], list[int]]:
-    """The missed ids read from RocksDB at the cache's version, and copied into the cache:
-    request positions found, their float32 vectors, their write times."""
+) -> tuple[list[int], list[np.ndarray], list[int], list[str]]:
+    """The missed ids read from RocksDB at the cache's version, and copied into the cache
+    (native ones only: the cache answers ``native``): request positions found, their
+    float32 vectors, their write times, their sources."""
     missed_ids = [ids[at] for at in cached.missed]
     found = _locate(store, kind, missed_ids, cached.target, may_carry=False)
     vectors = [_served(span_vector(raw, span)) for _, raw, span in found.native]
     stamps = [span.updated_at_ms for _, _, span in found.native]
-    if vectors and len({vector.shape[0] for vector in vectors}) == 1:
+    sources = [_source(span) for _, _, span in found.native]
+    cacheable = [at for at, source in enumerate(sources) if source == "native"]
+    if cacheable and len({vectors[at].shape[0] for at in cacheable}) == 1:
         assert store.serving_cache is not None
         store.serving_cache.fill(
             kind,
             cached.target,
-            [missed_ids[row] for row, _, _ in found.native],
-            np.stack(vectors),
-            np.asarray(stamps, dtype=np.int64),
+            [missed_ids[found.native[at][0]] for at in cacheable],
+            np.stack([vectors[at] for at in cacheable]),
+            np.asarray([stamps[at] for at in cacheable], dtype=np.int64),
             cached.hits.epoch,
         )
-    return [cached.missed[row] for row, _, _ in found.native], vectors, stamps
+    return [cached.missed[row] for row, _, _ in found.native], vectors, stamps, sources
 
 
 def _many_with_cache(
@@ -253,9 +265,9 @@ def _many_with_cache(
     for row, (at, stamp) in enumerate(zip(hits.positions.tolist(), hits.updated_at_ms.tolist(), strict=True)):
         resolved[at] = ResolvedVector(kind, ids[at], target, hits.vectors[row], stamp)
     if cached.missed:
-        positions, vectors, stamps = _read_missed(store, kind, ids, cached)
-        for at, vector, stamp in zip(positions, vectors, stamps, strict=True):
-            resolved[at] = ResolvedVector(kind, ids[at], target, vector, stamp)
+        positions, vectors, stamps, sources = _read_missed(store, kind, ids, cached)
+        for at, vector, stamp, source in zip(positions, vectors, stamps, sources, strict=True):
+            resolved[at] = ResolvedVector(kind, ids[at], target, vector, stamp, source)
     return resolved
 
 
@@ -264,8 +276,9 @@ def _matrix_with_cache(
 ) -> ResolvedMatrix:
     hits = cached.hits
     positions, vectors, stamps = hits.positions, hits.vectors, hits.updated_at_ms
+    sources = np.full(len(positions), "native", dtype=object)
     if cached.missed:
-        found_at, found_vectors, found_stamps = _read_missed(store, kind, ids, cached)
+        found_at, found_vectors, found_stamps, found_sources = _read_missed(store, kind, ids, cached)
         if found_at:
             if len({vector.shape[0] for vector in found_vectors}) != 1 or (
                 len(positions) and found_vectors[0].shape[0] != vectors.shape[1]
@@ -277,6 +290,7 @@ def _matrix_with_cache(
             positions = positions[order]
             vectors = (np.concatenate([vectors, matrix]) if len(hits.positions) else matrix)[order]
             stamps = np.concatenate([stamps, np.asarray(found_stamps, dtype=np.int64)])[order]
+            sources = np.concatenate([sources, np.asarray(found_sources, dtype=object)])[order]
     present = positions.tolist()
     missing: list[str] = []
     if len(present) != len(ids):
@@ -290,7 +304,7 @@ def _matrix_with_cache(
         ids=[ids[at] for at in present],
         vectors=vectors,
         updated_at_ms=stamps.tolist(),
-        sources=["native"] * len(present),
+        sources=sources.tolist(),
         missing=missing,
     )
 
@@ -366,14 +380,15 @@ def _merge_rows(
     if native.shape[0] and native.shape[1] != carried.shape[1]:
         raise StoreError(f"native and aligned vectors of version {found.target} differ in dimension")
     tagged = sorted(
-        [(row, "native", i) for i, (row, _, _) in enumerate(found.native)]
+        [(row, "stored", i) for i, (row, _, _) in enumerate(found.native)]
         + [(row, "aligned", i) for i, (row, _, _) in enumerate(found.to_carry)]
     )
     matrix = np.empty((len(tagged), carried.shape[1]), dtype=np.float32)
-    native_at = [at for at, (_, source, _) in enumerate(tagged) if source == "native"]
-    if native_at:
-        matrix[native_at] = native
+    stored_at = [at for at, (_, source, _) in enumerate(tagged) if source == "stored"]
+    if stored_at:
+        matrix[stored_at] = native
     matrix[[at for at, (_, source, _) in enumerate(tagged) if source == "aligned"]] = carried
-    picked = {"native": found.native, "aligned": found.to_carry}
+    picked = {"stored": found.native, "aligned": found.to_carry}
     rows = [picked[source][i] for _, source, i in tagged]
-    return rows, matrix, [source for _, source, _ in tagged]
+    sources = [_source(picked[s][i][2]) if s == "stored" else s for _, s, i in tagged]
+    return rows, matrix, sources

@@ -11,8 +11,13 @@ tells them apart::
 
     format 2 (compact: 10 bytes of overhead for one version instead of 19)
     header : format u8 (=2); entries follow up to the end of the record
-    entry  : version LEB128 varint | updated_at_ms u48 | shape u16 (dim in the low 15 bits,
-             dtype in the top bit: 0=float32, 1=float16) | dim * itemsize bytes of vector data
+    entry  : version LEB128 varint | updated_at_ms u48 | shape u16 (dim in the low 14 bits,
+             bit 14 the forward flag, dtype in the top bit: 0=float32, 1=float16)
+             | dim * itemsize bytes of vector data
+
+A **forward** entry holds a vector carried forward into its version from an older version's
+space (a hot swap's forward fill) rather than one its encoder computed; reads say so, and the
+native backfill replaces it. Only format 2 marks it; format 1 entries are never forward.
 
 The functions write format 1 unless asked for another; the store writes format 2 and rewrites
 a format-1 record as format 2 when it next updates it.
@@ -46,7 +51,8 @@ _HEADER = struct.Struct("<2sBB")
 _ENTRY = struct.Struct("<IQHB")
 _COMPACT_HEADER = bytes([COMPACT_RECORD_FORMAT])
 _COMPACT_TAIL = struct.Struct("<IHH")  # updated_at_ms low 32 bits | high 16 bits | shape
-_MAX_COMPACT_DIM = 0x7FFF
+_MAX_COMPACT_DIM = 0x3FFF
+_FORWARD_BIT = 0x4000
 _MAX_TIMESTAMP_MS = (1 << 48) - 1
 _DTYPES: dict[int, np.dtype] = {0: np.dtype("<f4"), 1: np.dtype("<f2")}
 _DTYPE_CODES = {dtype: code for code, dtype in _DTYPES.items()}
@@ -59,6 +65,8 @@ class VersionedVector:
     version: int
     updated_at_ms: int
     vector: np.ndarray
+    #: Carried forward from an older version's space, not computed by this version's encoder.
+    forward: bool = False
 
     @property
     def dim(self) -> int:
@@ -72,7 +80,11 @@ def encode_record(entries: list[VersionedVector], record_format: int = RECORD_FO
     parts = [_record_header(record_format, len(entries))]
     for entry in entries:
         vector, code = _storable(entry.vector)
-        parts.append(_entry_header(record_format, entry.version, entry.updated_at_ms, vector.shape[0], code))
+        parts.append(
+            _entry_header(
+                record_format, entry.version, entry.updated_at_ms, vector.shape[0], code, entry.forward
+            )
+        )
         parts.append(vector.tobytes())
     return b"".join(parts)
 
@@ -80,9 +92,9 @@ def encode_record(entries: list[VersionedVector], record_format: int = RECORD_FO
 def decode_record(data: bytes) -> list[VersionedVector]:
     """Parse a record of either format; vectors come back as read-only float32 or float16 arrays."""
     entries: list[VersionedVector] = []
-    for version, updated_at, dim, code, _, start, _ in _raw_entries(data):
+    for version, updated_at, dim, code, forward, _, start, _ in _raw_entries(data):
         vector = np.frombuffer(data, dtype=_DTYPES[code], count=dim, offset=start)
-        entries.append(VersionedVector(version, updated_at, vector))
+        entries.append(VersionedVector(version, updated_at, vector, forward))
     return entries
 
 
@@ -114,14 +126,18 @@ def _record_header(record_format: int, count: int) -> bytes:
     raise RecordFormatError(f"cannot write record format {record_format}")
 
 
-def _entry_header(record_format: int, version: int, updated_at_ms: int, dim: int, code: int) -> bytes:
+def _entry_header(
+    record_format: int, version: int, updated_at_ms: int, dim: int, code: int, forward: bool = False
+) -> bytes:
     if record_format == RECORD_FORMAT:
+        if forward:
+            raise RecordFormatError("format 1 cannot mark a forward entry")
         return _ENTRY.pack(version, updated_at_ms, dim, code)
     if dim > _MAX_COMPACT_DIM:
         raise RecordFormatError(f"format 2 holds vectors of at most {_MAX_COMPACT_DIM} dimensions")
     if not 0 <= updated_at_ms <= _MAX_TIMESTAMP_MS:
         raise RecordFormatError(f"updated_at_ms {updated_at_ms} does not fit in 48 bits")
-    shape = dim | (code << 15)
+    shape = dim | (code << 15) | (_FORWARD_BIT if forward else 0)
     return _varint(version) + _COMPACT_TAIL.pack(updated_at_ms & 0xFFFFFFFF, updated_at_ms >> 32, shape)
 
 
@@ -147,9 +163,9 @@ def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
     raise RecordFormatError("record truncated or corrupt inside a version number")
 
 
-#: One entry as found in a record: version, updated_at_ms, dim, dtype code, and the byte
-#: offsets where the entry starts, where its vector data starts and where the entry ends.
-_RawEntry = tuple[int, int, int, int, int, int, int]
+#: One entry as found in a record: version, updated_at_ms, dim, dtype code, forward flag, and
+#: the byte offsets where the entry starts, where its vector data starts and where it ends.
+_RawEntry = tuple[int, int, int, int, bool, int, int, int]
 
 
 def _raw_entries(data: bytes) -> list[_RawEntry]:
@@ -167,7 +183,7 @@ def _format1_entries(data: bytes) -> list[_RawEntry]:
         if offset + _ENTRY.size > len(data):
             raise RecordFormatError("record truncated inside an entry header")
         header = _ENTRY.unpack_from(data, offset)
-        offset = _append_entry(entries, data, header, offset, offset + _ENTRY.size)
+        offset = _append_entry(entries, data, (*header, False), offset, offset + _ENTRY.size)
     if offset != len(data):
         raise RecordFormatError("trailing bytes after the last entry")
     return entries
@@ -181,23 +197,28 @@ def _compact_entries(data: bytes) -> list[_RawEntry]:
         if tail + _COMPACT_TAIL.size > len(data):
             raise RecordFormatError("record truncated inside an entry header")
         low, high, shape = _COMPACT_TAIL.unpack_from(data, tail)
-        header = (version, low | (high << 32), shape & _MAX_COMPACT_DIM, shape >> 15)
+        forward = bool(shape & _FORWARD_BIT)
+        header = (version, low | (high << 32), shape & _MAX_COMPACT_DIM, shape >> 15, forward)
         offset = _append_entry(entries, data, header, offset, tail + _COMPACT_TAIL.size)
     return entries
 
 
 def _append_entry(
-    entries: list[_RawEntry], data: bytes, header: tuple[int, int, int, int], entry_start: int, start: int
+    entries: list[_RawEntry],
+    data: bytes,
+    header: tuple[int, int, int, int, bool],
+    entry_start: int,
+    start: int,
 ) -> int:
     """Check that the vector of ``header`` fits in ``data`` from ``start``; returns its end."""
-    version, updated_at, dim, code = header
+    version, updated_at, dim, code, forward = header
     dtype = _DTYPES.get(code)
     if dtype is None:
         raise RecordFormatError(f"unknown dtype code {code}")
     end = start + dim * dtype.itemsize
     if end > len(data):
         raise RecordFormatError("record truncated inside a vector")
-    entries.append((version, updated_at, dim, code, entry_start, start, end))
+    entries.append((version, updated_at, dim, code, forward, entry_start, start, end))
     return end
 
 
@@ -239,19 +260,24 @@ def upsert_record(
 
 
 def encode_entries(
-    version: int, updated_at_ms: int | np.ndarray, vectors: np.ndarray, record_format: int
+    version: int,
+    updated_at_ms: int | np.ndarray,
+    vectors: np.ndarray,
+    record_format: int,
+    forward: bool = False,
 ) -> list[bytes]:
     """One encoded entry per row of ``vectors`` (all of one version), for :func:`splice_entry`;
-    ``updated_at_ms`` is one time for every row (the header is packed once) or one per row."""
+    ``updated_at_ms`` is one time for every row (the header is packed once) or one per row;
+    ``forward`` marks them all as carried forward (format 2 only)."""
     data, code = _storable(vectors)
     blob, step = data.tobytes(), data.shape[1] * data.itemsize
     if isinstance(updated_at_ms, np.ndarray):
         return [
-            _entry_header(record_format, version, stamp, data.shape[1], code)
+            _entry_header(record_format, version, stamp, data.shape[1], code, forward)
             + blob[row * step : (row + 1) * step]
             for row, stamp in enumerate(updated_at_ms.tolist())
         ]
-    header = _entry_header(record_format, version, updated_at_ms, data.shape[1], code)
+    header = _entry_header(record_format, version, updated_at_ms, data.shape[1], code, forward)
     return [header + blob[row * step : (row + 1) * step] for row in range(data.shape[0])]
 
 
@@ -314,13 +340,12 @@ def _held_entries(raw: bytes, record_format: int) -> list[tuple[int, bytes]]:
         return _compact_spans(raw)
     same_format = record_format_of(raw) == record_format
     held: list[tuple[int, bytes]] = []
-    for version, updated_at, dim, code, entry_start, start, end in _raw_entries(raw):
+    for version, updated_at, dim, code, forward, entry_start, start, end in _raw_entries(raw):
         if same_format:
             held.append((version, raw[entry_start:end]))
         else:  # rewritten with the header of ``record_format``; the vector bytes as they are
-            held.append(
-                (version, _entry_header(record_format, version, updated_at, dim, code) + raw[start:end])
-            )
+            header = _entry_header(record_format, version, updated_at, dim, code, forward)
+            held.append((version, header + raw[start:end]))
     return held
 
 

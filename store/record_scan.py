@@ -18,6 +18,7 @@ from store.record import (
     _COMPACT_TAIL,
     _DTYPES,
     _ENTRY,
+    _FORWARD_BIT,
     _HEADER,
     _MAGIC,
     _MAX_COMPACT_DIM,
@@ -26,7 +27,14 @@ from store.record import (
     _raw_entries,
 )
 
-__all__ = ["EntrySpan", "latest_update_ms", "locate_entry", "span_vector"]
+__all__ = [
+    "EntrySpan",
+    "entry_spans",
+    "latest_update_ms",
+    "locate_entry",
+    "newest_and_entry",
+    "span_vector",
+]
 
 #: The record header and the first entry's header, read in one go.
 _FIRST = struct.Struct("<" + _HEADER.format.lstrip("<") + _ENTRY.format.lstrip("<"))
@@ -41,6 +49,8 @@ class EntrySpan(NamedTuple):
     offset: int
     dim: int
     dtype: np.dtype
+    #: Carried forward from an older version's space (a forward fill), not encoded natively.
+    forward: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -56,10 +66,30 @@ def locate_entry(data: bytes, version: int) -> EntrySpan | None:
     found = _newest_compact_entry(data, version) or _newest_entry(data, version)
     if found is not None:
         return found
-    for held, updated_at, dim, code, _, start, _ in _raw_entries(data):
+    for held, updated_at, dim, code, forward, _, start, _ in _raw_entries(data):
         if held == version:
-            return EntrySpan(updated_at, start, dim, _DTYPES[code])
+            return EntrySpan(updated_at, start, dim, _DTYPES[code], forward)
     return None
+
+
+def entry_spans(data: bytes) -> dict[int, EntrySpan]:
+    """Every entry of record ``data`` by version, in one walk (for callers that need several
+    versions of a record, or its newest time, at once)."""
+    return {
+        held: EntrySpan(updated_at, start, dim, _DTYPES[code], forward)
+        for held, updated_at, dim, code, forward, _, start, _ in _raw_entries(data)
+    }
+
+
+def newest_and_entry(data: bytes, version: int) -> tuple[int, EntrySpan | None]:
+    """When the newest entry of record ``data`` was written, and ``version``'s span (or
+    ``None``), in one walk."""
+    latest, found = 0, None
+    for held, updated_at, dim, code, forward, _, start, _ in _raw_entries(data):
+        latest = max(latest, updated_at)
+        if held == version:
+            found = EntrySpan(updated_at, start, dim, _DTYPES[code], forward)
+    return latest, found
 
 
 def _newest_compact_entry(data: bytes, version: int) -> EntrySpan | None:
@@ -73,7 +103,7 @@ def _newest_compact_entry(data: bytes, version: int) -> EntrySpan | None:
     dim = shape & _MAX_COMPACT_DIM
     if dtype is None or _COMPACT_FIRST_END + dim * dtype.itemsize > len(data):
         return None
-    return EntrySpan(low | (high << 32), _COMPACT_FIRST_END, dim, dtype)
+    return EntrySpan(low | (high << 32), _COMPACT_FIRST_END, dim, dtype, bool(shape & _FORWARD_BIT))
 
 
 def _newest_entry(data: bytes, version: int) -> EntrySpan | None:

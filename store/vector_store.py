@@ -171,6 +171,15 @@ class VersionedVectorStore:
                 break
             yield key[len(prefix) :].decode("utf-8"), value
 
+    def iter_raw_records(self, kind: str, after: str | None = None) -> Iterable[tuple[str, bytes]]:
+        """Every (id, encoded record) of one kind in key order, optionally after id ``after``."""
+        prefix = entity_key(kind, "")
+        start = prefix if after is None else entity_key(kind, after) + b"\x00"
+        for key, value in scan(self._cf["vectors"], start, self.path):
+            if not key.startswith(prefix):
+                break
+            yield key[len(prefix) :].decode("utf-8"), value
+
     def count_states(self, kind: str) -> int:
         prefix = entity_key(kind, "")
         count = 0
@@ -242,7 +251,7 @@ class VersionedVectorStore:
                         break
                     scanned, last = scanned + 1, key
                     span = locate_entry(raw, version)
-                    if span is not None:
+                    if span is not None and not span.forward:  # the cache answers native vectors
                         ids.append(key[len(prefix) :].decode("utf-8"))
                         vectors.append(span_vector(raw, span))
                         stamps.append(span.updated_at_ms)

@@ -34,7 +34,8 @@ class StoreWriter:
         self._pending: dict[bytes, bytes] = {}
         self.vectors_written: Counter[tuple[str, int]] = Counter()
         # What the commit listeners learn once the batch is written, in write order:
-        # ("upsert", kind, version, ids, vectors, updated_at) or ("discard", kind, version, ids).
+        # ("upsert" or "upsert_forward", kind, version, ids, vectors, updated_at), or
+        # ("discard", kind, version, ids).
         self._cache_updates: list[tuple[Any, ...]] = []
 
     def put_state(self, kind: str, entity_id: str, state: bytes) -> None:
@@ -48,9 +49,12 @@ class StoreWriter:
         vectors: np.ndarray,
         updated_at_ms: int | np.ndarray,
         stored_records: Mapping[bytes, bytes] | None = None,
+        forward: bool = False,
     ) -> None:
         """Upsert one vector per id at ``version`` (rows of ``vectors``, float32 or float16),
-        written at ``updated_at_ms`` (one time, or one per row).
+        written at ``updated_at_ms`` (one time, or one per row). ``forward`` marks them as
+        carried forward from an older version's space (the item indexes take them, the
+        serving cache, which answers native vectors only, does not).
 
         A float16 store writes them as float16; a float32 store keeps the rows' dtype.
         ``stored_records`` (from :meth:`VersionedVectorStore.scan_raw_records` over a range
@@ -76,7 +80,7 @@ class StoreWriter:
                 dict(zip(unread, self._store._multi_get("vectors", unread), strict=True)) if unread else {}
             )
             stored = [fetched.get(key) for key in keys]
-        entries = encode_entries(version, updated_at_ms, vectors, COMPACT_RECORD_FORMAT)
+        entries = encode_entries(version, updated_at_ms, vectors, COMPACT_RECORD_FORMAT, forward)
         added_count = 0
         evicted_counts: Counter[int] = Counter()
         evicted_ids: dict[int, list[str]] = {}
@@ -92,7 +96,8 @@ class StoreWriter:
                     evicted_ids.setdefault(gone, []).append(entity_id)
             put(key, record, handle)
         if self._store.commit_listeners:
-            self._cache_updates.append(("upsert", kind, version, list(ids), vectors, updated_at_ms))
+            operation = "upsert_forward" if forward else "upsert"
+            self._cache_updates.append((operation, kind, version, list(ids), vectors, updated_at_ms))
             self._cache_updates.extend(
                 ("discard", kind, gone, gone_ids) for gone, gone_ids in evicted_ids.items()
             )
@@ -131,7 +136,9 @@ class StoreWriter:
         updates, self._cache_updates = self._cache_updates, []
         for listener in store.commit_listeners if updates else ():
             for operation, *arguments in updates:
-                if operation == "upsert":
+                if operation == "upsert" or (
+                    operation == "upsert_forward" and listener is not store.serving_cache
+                ):
                     listener.upsert(*arguments)
-                else:
+                elif operation == "discard":
                     listener.discard(*arguments)

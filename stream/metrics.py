@@ -206,7 +206,8 @@ class Metrics:
             "# HELP embstream_staged_version The version being rolled out (0: none).",
             "# TYPE embstream_staged_version gauge",
             f"embstream_staged_version {(rollout or {}).get('staged_version') or 0}",
-            "# HELP embstream_backfill_entities Entities of the staged version backfilled, and to do.",
+            "# HELP embstream_backfill_entities Entities of the staged version filled (kind forward: the "
+            "forward fill; user, item: the native backfill; index: the item index), and to do.",
             "# TYPE embstream_backfill_entities gauge",
         ]
         for kind, progress in ((rollout or {}).get("backfill") or {}).items():

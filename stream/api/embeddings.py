@@ -118,7 +118,7 @@ EMBEDDING_SCHEMA = {
         "version": {"type": "integer", "minimum": 1},
         "vector": {"type": "array", "items": {"type": "number"}},
         "updated_at": {"type": "integer", "description": "write time, epoch milliseconds"},
-        "source": {"type": "string", "enum": ["native", "aligned"]},
+        "source": {"type": "string", "enum": ["native", "forward", "aligned"]},
     },
 }
 

@@ -11,7 +11,7 @@ The header holds ``format`` (1), ``kind``, ``version``, ``dim`` (0 when no row w
 ``dtype`` (``"float32"``), ``count``, ``ids`` (the id of each row, in request order, found ids
 only; an id asked twice gives two rows), ``updated_at`` (epoch ms per row), ``missing`` (the
 ids with nothing to give, in request order) and, only when some row is not native,
-``source`` (``"native"`` or ``"aligned"`` per row).
+``source`` (``"native"``, ``"forward"`` or ``"aligned"`` per row).
 
 :func:`decode_vectors` is the client side: it needs numpy and orjson only.
 """

@@ -26,11 +26,24 @@ def add_swap_commands(commands: Any) -> None:
     actions = swap.add_subparsers(dest="action", required=True, metavar="ACTION")
     stage = actions.add_parser("stage", help="dual-write and backfill version V")
     stage.add_argument("version", type=version_number)
-    stage.add_argument("--rate", type=float, help="backfill entities per second (default: unlimited)")
-    stage.add_argument("--force", action="store_true", help="stage even if the compatibility gate fails")
-    actions.add_parser("status", help="serving and staged versions, backfill progress, acks")
+    stage.add_argument(
+        "--rate",
+        type=float,
+        help="native backfill: entities encoded per second (default: unlimited; not the forward fill)",
+    )
+    stage.add_argument(
+        "--force",
+        action="store_true",
+        help="stage even if the compatibility gate fails or the serving version is still being backfilled",
+    )
+    stage.add_argument(
+        "--no-forward",
+        action="store_true",
+        help="no forward fill: promote waits for the native backfill even with a usable forward transform",
+    )
+    actions.add_parser("status", help="serving and staged versions, fill progress, acks")
     promote = actions.add_parser("promote", help="make the staged version the serving version")
-    promote.add_argument("--force", action="store_true", help="even if the backfill has not finished")
+    promote.add_argument("--force", action="store_true", help="even if the staged version is not filled yet")
     rollback = actions.add_parser("rollback", help="serve the previous version again")
     rollback.add_argument(
         "--force",
@@ -151,11 +164,15 @@ def _bar(done: int, total: int, width: int = 30) -> str:
 def _status(state: RolloutState, messages: list[dict]) -> dict[str, Any]:
     staged = state.staged
     progress: dict[str, dict[str, Any]] = {}
+    serving_progress: dict[str, dict[str, Any]] = {}
     for (worker, version, kind), (done, total) in sorted(state.progress.items()):
         if version == staged:
             progress.setdefault(worker, {})[kind] = {"done": done, "total": total}
+        elif version == state.serving and kind in ("user", "item") and done < total:
+            serving_progress.setdefault(worker, {})[kind] = {"done": done, "total": total}
     workers = sorted({str(m.get("worker")) for m in messages if m.get("op") == "worker"})
     acked = sorted(state.acks.get(state.last_command_id or "", set()))
+    forward = any("forward" in kinds for kinds in progress.values())
     return {
         "serving_version": state.serving,
         "staged_version": staged,
@@ -166,6 +183,12 @@ def _status(state: RolloutState, messages: list[dict]) -> dict[str, Any]:
         "workers_seen": workers,
         "backfill": progress,
         "backfill_complete": None if staged is None else state.backfill_complete(staged),
+        # forward: the workers fill the staged version forward, and promote needs only that
+        # fill and the item index; native: promote waits for the whole backfill
+        "promote_after": None if staged is None else ("forward" if forward else "native"),
+        "promotable": None if staged is None else state.promotable(staged),
+        # the native backfill of the serving version, still running after an instant promote
+        "serving_backfill": serving_progress,
         "ignored_messages": dict(state.ignored),
         "refused_commands": state.refused,
     }
@@ -207,7 +230,13 @@ def run_swap(args: argparse.Namespace) -> int:
             )
             for worker, kinds in status["backfill"].items():
                 for kind, p in kinds.items():
-                    print(f"  {worker} {kind:<5} {_bar(p['done'], p['total'])}")
+                    print(f"  {worker} {kind:<7} {_bar(p['done'], p['total'])}")
+            if status["staged_version"] is not None:
+                verdict = "can be promoted" if status["promotable"] else "cannot be promoted yet"
+                print(f"staged version {verdict} (after its {status['promote_after']} fill)")
+            for worker, kinds in status["serving_backfill"].items():
+                for kind, p in kinds.items():
+                    print(f"  {worker} native {kind:<5} {_bar(p['done'], p['total'])} (serving)")
             print(f"acknowledged by: {', '.join(status['acknowledged_by']) or '-'}")
             for refusal in status["refused_commands"]:
                 print(f"refused: {refusal['op']} {refusal['version']}: {refusal['reason']}")
@@ -224,16 +253,24 @@ def run_swap(args: argparse.Namespace) -> int:
             raise ControlError(f"version {args.version} is already the serving version")
         if state.staged is not None and state.staged != args.version:
             raise ControlError(f"version {state.staged} is staged; promote or cancel it first")
+        if _status(state, messages)["serving_backfill"] and not args.force:
+            raise ControlError(
+                f"version {state.serving} is still being backfilled natively after an instant promote "
+                "(see `embstream swap status`); a stage now would stop that backfill and leave its "
+                "forward vectors in place: stage once it is done, or --force"
+            )
         check_swappable(registry, args.version, force=args.force)
-        message = control_message("stage", version=args.version, rate=args.rate, force=args.force)
+        message = control_message(
+            "stage", version=args.version, rate=args.rate, force=args.force, forward=not args.no_forward
+        )
     elif args.action == "promote":
         if state.staged is None:
             raise ControlError("no version is staged")
-        if not args.force and not state.backfill_complete(state.staged):
+        if not args.force and not state.promotable(state.staged):
             raise ControlError(
-                f"the backfill of version {state.staged} has not finished for users and items, "
-                "or its item index is not built yet "
-                "(see `embstream swap status`; --force to promote anyway)"
+                f"version {state.staged} is not filled yet: its forward fill (or, without a usable "
+                "forward transform, its backfill of users and items) has not finished, or its "
+                "item index is not built yet (see `embstream swap status`; --force to promote anyway)"
             )
         message = control_message("promote", version=state.staged, force=args.force)
     elif args.action == "rollback":

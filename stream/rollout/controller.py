@@ -3,8 +3,10 @@
 The :class:`RolloutController` applies control messages (:mod:`stream.rollout.messages`) in
 order, through the fold of :mod:`stream.rollout.state`. It loads and checks a staged version
 (sha256, compatibility gate), keeps refreshing with the serving version while also writing
-the staged one (dual write), backfills, and switches the store's serving version on promote
-and rollback.
+the staged one (dual write), fills it (a forward fill first when the version has a usable
+forward transform, then the native backfill), and switches the store's serving version on
+promote and rollback. After an instant promote (forward fill done, native backfill not), the
+native backfill of the new serving version goes on, across restarts, until it is complete.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from models.aligners import forward_apply
 from models.encoder import Encoder, TorchEncoder
 from models.errors import ModelError
 from models.registry import EncoderRegistry, Manifest
 from store.item_indexes import ItemIndexes
 from store.vector_store import VersionedVectorStore
-from stream.rollout.backfill import Backfiller, BackfillProgress
+from stream.rollout.backfill import RECENCY_TIERS, Backfiller, BackfillProgress, ForwardFiller
 from stream.rollout.messages import COMMANDS, ControlError, control_message
 from stream.rollout.state import Folded, RolloutState, VersionCheck
 
@@ -93,6 +96,11 @@ class RolloutController:
         #: Previous serving versions written natively on every refresh, after the serving one.
         self.retained_encoders: list[TorchEncoder] = []
         self.backfiller: Backfiller | None = None
+        #: The staged version's forward fill, when it has a usable forward transform.
+        self.forward: ForwardFiller | None = None
+        #: Whether :attr:`backfiller` is the serving version's (an instant promote's native
+        #: backfill, going on), not a staged version's.
+        self.backfilling_serving = False
         self.rejected_messages = 0
         self.check = version_check(registry, self.encoder)
 
@@ -132,6 +140,8 @@ class RolloutController:
                 self._stage(self.state.staged, force=True)
             except (ControlError, ModelError) as error:
                 log.error("staged version %d cannot be loaded here: %s", self.state.staged, error)
+        else:
+            self._resume_native_backfill(version)
         self._retain()
         return [control_message("worker", worker=self.worker_id, serving=version, override=override)]
 
@@ -191,8 +201,23 @@ class RolloutController:
         # The fold checked (and loaded) every version it accepted: nothing below can refuse.
         if staged is not None and staged != before[1]:
             self._stage(staged, force=True)
+            # A stage command applied live starts its fills afresh: progress left by an earlier
+            # stage of the same version (cancelled or rolled back since) is stale by now.
+            # (A worker replaying the topic at start resumes from the progress it kept.)
+            assert self.backfiller is not None
+            self.backfiller.forget()
+            if self.forward is not None:
+                self.forward.forget()
         if staged is None:
-            self.staged_encoder, self.backfiller = None, None
+            # An instant promote leaves the native backfill of the new serving version to
+            # finish; a rollback or a cancel ends it.
+            promoted = serving is not None and serving != before[0] and serving == before[1]
+            backfiller = self.backfiller
+            if not (promoted and backfiller is not None and backfiller.encoder.version == serving):
+                backfiller = None
+            self.staged_encoder, self.forward = None, None
+            self.backfiller = None if backfiller is None or backfiller.complete else backfiller
+            self.backfilling_serving = self.backfiller is not None
         if serving is not None and serving != before[0]:
             self.serving_encoder = self.encoder(serving)
             self.store.set_serving_version(serving)
@@ -203,15 +228,66 @@ class RolloutController:
     def _stage(self, version: int, force: bool) -> None:
         check_swappable(self.registry, version, force=force)
         self.staged_encoder = self.encoder(version)
-        self.backfiller = Backfiller(self.store, self.staged_encoder, self.user_window)
-        log.info("staged version %d: dual write and backfill", version)
+        self.backfilling_serving = False
+        self.forward = self._forward_filler(version)
+        tiers = RECENCY_TIERS if self.forward is not None else (None,)
+        self.backfiller = Backfiller(self.store, self.staged_encoder, self.user_window, tiers=tiers)
+        if self.forward is not None:
+            log.info("staged version %d: dual write, forward fill, then native backfill", version)
+        else:
+            log.info("staged version %d: dual write and backfill", version)
+
+    def _forward_filler(self, version: int) -> ForwardFiller | None:
+        """The forward fill of ``version``: when it has a forward transform from the serving
+        version (its parent) whose report says ``forward.ecc``; ``None`` otherwise (promote
+        then waits for the native backfill)."""
+        manifest = self.registry.manifest(version)
+        serving = self.state.serving
+        if not self.state.forward_fill:
+            log.info("version %d: staged without a forward fill; promote waits for the backfill", version)
+            return None
+        if manifest.forward is None or serving is None or manifest.parent != serving:
+            return None
+        report = self.registry.report(version) or {}
+        if not (report.get("forward") or {}).get("ecc"):
+            log.info("version %d: forward transform below its ECC; promote waits for the backfill", version)
+            return None
+        try:
+            transform = self.registry.load_forward(version)
+        except ModelError as error:
+            log.error("version %d: forward transform not loaded (%s); no forward fill", version, error)
+            return None
+        if transform is None:
+            return None
+        return ForwardFiller(
+            self.store,
+            version,
+            serving,
+            lambda rows: forward_apply(transform, rows),
+            transform.source_dim,
+        )
+
+    def _resume_native_backfill(self, serving: int) -> None:
+        """After a restart: the native backfill of a version promoted before it finished."""
+        assert self.serving_encoder is not None
+        backfiller = Backfiller(self.store, self.serving_encoder, self.user_window, tiers=RECENCY_TIERS)
+        if backfiller.started and not backfiller.complete:
+            self.backfiller, self.backfilling_serving = backfiller, True
+            log.info("version %d serves; its native backfill goes on", serving)
 
     def progress(self) -> dict[str, BackfillProgress]:
-        """The staged version's index and backfill per kind. The index counts items in its
-        graph and is complete once the item backfill is and the index is built and merged."""
+        """The staged version's index, forward fill (when it has one) and native backfill per
+        kind. The index counts items in its graph and is complete once every item has a vector
+        of the version (the forward fill, else the item backfill, is done) and the index is
+        built and merged. After an instant promote: the native backfill only."""
         if self.backfiller is None:
             return {}
         backfill = self.backfiller.progress()
+        if self.backfilling_serving:  # after an instant promote: the native backfill only
+            return dict(backfill)
+        forward = None if self.forward is None else self.forward.progress()
+        # With a forward fill, every item has a vector of the version once it is done.
+        items_filled = backfill["item"].complete if forward is None else forward.complete
         # The index first: a promote reading between these reports must never see users and
         # items complete before it sees the index. A worker without indexes reports 0 of 0,
         # so an index row it left before a restart with indexes off does not hold promote.
@@ -220,10 +296,10 @@ class RolloutController:
             status = self.indexes.status().get(self.backfiller.encoder.version)
             items = backfill["item"]
             total = max(1, items.total, 0 if status is None else status.items)
-            complete = items.complete and status is not None and status.ready
+            complete = items_filled and status is not None and status.ready
             done = total if complete else min(total - 1, 0 if status is None else status.graph_items)
             index = BackfillProgress(done, total, complete)
-        return {"index": index, **backfill}
+        return {"index": index, **({} if forward is None else {"forward": forward}), **backfill}
 
     @property
     def backfill_complete(self) -> bool:

@@ -2,8 +2,10 @@
 
 Messages are JSON objects with an ``op`` and an ``id``:
 
-- ``{"op": "stage", "version": V, "rate": R | null, "force": bool}``: refresh with the
-  serving version and also write V; backfill every known entity with V (at most R/s).
+- ``{"op": "stage", "version": V, "rate": R | null, "force": bool, "forward": bool}``:
+  refresh with the serving version and also write V; fill V forward first when it has a
+  usable forward transform (unless ``forward`` is false), then backfill every known entity
+  with V (at most R encoded per second).
 - ``{"op": "promote", "version": V, "force": bool}``: V becomes the serving version.
 - ``{"op": "rollback", "from": V, "to": W}``: the serving version goes back from V to W.
 - ``{"op": "cancel", "version": V}``: drop a staged version.
@@ -118,6 +120,7 @@ class _Stage(msgspec.Struct):
     version: _Version
     rate: Annotated[float, msgspec.Meta(gt=0)] | None = None
     force: bool = False
+    forward: bool = True  # false: no forward fill (promote waits for the native backfill)
 
 
 class _Promote(msgspec.Struct):

@@ -108,13 +108,20 @@ class RolloutPlane:
         if backfiller is not self._backfiller:  # a new backfill: the rate budget starts now
             self._backfiller, self._last_backfill = backfiller, now
         if backfiller is not None and not self._reported_complete:
-            limit = BACKFILL_CHUNK
-            if self.backfill_rate or self.controller.state.rate:
-                rate = float(self.controller.state.rate or self.backfill_rate or 0)
-                limit = min(BACKFILL_CHUNK, int(rate * (now - self._last_backfill)))
-            if limit > 0:
+            forward = self.controller.forward
+            if forward is not None and not forward.complete:
+                # The forward fill first, at full speed (a matrix product per chunk): the
+                # rate bounds the native backfill, which starts its budget afterwards.
+                await loop.run_in_executor(executor, forward.step, BACKFILL_CHUNK)
                 self._last_backfill = now
-                await loop.run_in_executor(executor, backfiller.step, limit)
+            else:
+                limit = BACKFILL_CHUNK
+                if self.backfill_rate or self.controller.state.rate:
+                    rate = float(self.controller.state.rate or self.backfill_rate or 0)
+                    limit = min(BACKFILL_CHUNK, int(rate * (now - self._last_backfill)))
+                if limit > 0:
+                    self._last_backfill = now
+                    await loop.run_in_executor(executor, backfiller.step, limit)
             # One reading serves both: what is published is what "complete" was decided on.
             progress = await loop.run_in_executor(executor, self.controller.progress)
             complete = all(p.complete for p in progress.values())

@@ -48,6 +48,8 @@ class RolloutState:
     staged: int | None = None
     previous: int | None = None
     rate: float | None = None
+    #: Whether the staged version may be filled forward first (``swap stage --no-forward``).
+    forward_fill: bool = True
     acks: dict[str, set[str]] = field(default_factory=dict)  # message id -> workers
     #: version -> id of the command that staged it: the workers that acknowledged that
     #: command must all finish the backfill before promote (not only those that reported).
@@ -112,6 +114,7 @@ class RolloutState:
         if op == "stage":
             if self.staged != version:
                 self.staged, self.rate = version, message.get("rate")
+                self.forward_fill = message.get("forward", True) is not False
                 self.stage_ids[version] = command_id
         elif op == "promote":
             if self.serving is not None:
@@ -156,6 +159,23 @@ class RolloutState:
         )
         del self.refused[:-REFUSALS_KEPT]
         return Folded(False, refused=reason)
+
+    def promotable(self, version: int) -> bool:
+        """Whether a promote of ``version`` may go ahead: :meth:`backfill_complete`, except that
+        a worker reporting a forward fill of ``version`` needs only that fill and its item
+        index done (its native backfill goes on after the promote)."""
+        reports = {(w, k): dp for (w, v, k), dp in self.progress.items() if v == version}
+        workers = {w for w, _ in reports} | self.acks.get(self.stage_ids.get(version, ""), set())
+        if not workers:
+            return False
+        for worker in workers:
+            kinds = {k for w, k in reports if w == worker}
+            needed = {"forward", *({"index"} & kinds)} if "forward" in kinds else {"user", "item", *kinds}
+            for kind in needed:
+                done_total = reports.get((worker, kind))
+                if done_total is None or done_total[0] < done_total[1]:
+                    return False
+        return True
 
     def backfill_complete(self, version: int, kinds: tuple[str, ...] = ("user", "item")) -> bool:
         """Every worker that acknowledged the stage of ``version`` or reported on it has

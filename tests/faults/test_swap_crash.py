@@ -17,11 +17,12 @@ __all__ = ["swap_registry", "worker"]  # fixtures shared with the swap tests
 
 
 def test_a_worker_killed_mid_backfill_resumes_and_promote_waits_for_it(worker: WorkerProcess, report) -> None:  # type: ignore[no-untyped-def]
-    staged = _swap(worker, "stage", "2", "--rate", "100")  # 1,100 entities: about 11 s
+    # without a forward fill, promote waits for the native backfill (1,100 entities: about 11 s)
+    staged = _swap(worker, "stage", "2", "--rate", "100", "--no-forward")
     assert staged.returncode == 0, staged.stderr
     time.sleep(1.5)
     refused = _swap(worker, "promote")
-    assert refused.returncode == 2 and "has not finished" in refused.stderr
+    assert refused.returncode == 2 and "not filled yet" in refused.stderr
     assert worker.process is not None
     worker.process.send_signal(signal.SIGKILL)
     worker.process.wait()

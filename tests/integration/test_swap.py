@@ -281,12 +281,14 @@ def _changes(worker: WorkerProcess, user: str, version: int, before: dict, seed:
 def test_pinned_reads_stay_fresh_after_a_promote_and_a_rollback_serves_fresh_vectors(
     worker: WorkerProcess,
 ) -> None:
-    _promote_2(worker)
-    status = json.loads(_swap(worker, "status").stdout)
-    assert status["serving_version"] == 2 and status["retained_versions"] == [1]
-    for n, user in enumerate(("u1", "u4", "u7")):
-        pinned = _changes(worker, user, 1, _read(worker, user, 1), seed=100 + n)
-        assert pinned["source"] == "native"  # written on every refresh: version 1 is retained
+    with Load(worker, users=600) as load:  # events for every third user, and readers
+        _promote_2(worker)
+        status = json.loads(_swap(worker, "status").stdout)
+        assert status["serving_version"] == 2 and status["retained_versions"] == [1]
+        for n, user in enumerate(("u1", "u4", "u7")):  # users the load leaves alone
+            pinned = _changes(worker, user, 1, _read(worker, user, 1), seed=100 + n)
+            assert pinned["source"] == "native"  # written on every refresh: version 1 is retained
+    assert load.failures == [], load.failures[:5]
     # events for many users while version 2 serves, then back to version 1
     send_records([worker.broker], worker.topic, _events(range(0, 600, 2), 500, 7))
     _quiet(worker)
@@ -323,6 +325,94 @@ def test_a_retired_version_is_read_through_the_aligner_and_not_rolled_back_to(wo
     refused = _swap(worker, "rollback")
     assert refused.returncode != 0 and "was retired" in refused.stderr
     assert _serving(worker) == 2
+
+
+def _sources(worker: WorkerProcess, version: int | None = None) -> dict[str, int]:
+    """How many of the 600 users and 500 items read at ``version`` come from each source."""
+    counts: dict[str, int] = {}
+    for kind, ids in (("user", [f"u{n}" for n in range(600)]), ("item", [f"i{n}" for n in range(500)])):
+        status, body = http_json(
+            "POST", f"{worker.api}/v1/embeddings/{kind}/batch", {"ids": ids, "version": version}
+        )
+        assert status == 200, body
+        for row in body["results"]:
+            source = "missing" if row is None else row["source"]
+            counts[source] = counts.get(source, 0) + 1
+    return counts
+
+
+def test_an_instant_promote_serves_forward_vectors_while_the_backfill_turns_them_native(
+    worker: WorkerProcess,
+) -> None:
+    staged_at = time.monotonic()
+    staged = _swap(worker, "stage", "2", "--rate", "40")  # a native backfill of about 30 s
+    assert staged.returncode == 0, staged.stderr
+    state = wait_until(
+        lambda: (lambda s: s if s.promotable(2) else None)(
+            read_rollout([worker.broker], f"{worker.topic}.control")[0]
+        ),
+        timeout_s=60,
+    )
+    promotable_s = time.monotonic() - staged_at
+    assert not state.backfill_complete(2)  # promotable long before the native backfill is done
+    status = json.loads(_swap(worker, "status").stdout)
+    assert status["promote_after"] == "forward" and status["promotable"] is True
+    assert any("forward" in kinds for kinds in status["backfill"].values())
+    _, versions = http_json("GET", f"{worker.api}/v1/versions")
+    assert versions["rollout"]["backfill"]["forward"]["complete"] is True
+    assert versions["rollout"]["backfill"]["user"]["complete"] is False  # shown apart
+    metrics = http_json("GET", f"{worker.api}/metrics")[1]
+    assert 'embstream_backfill_entities{kind="forward",state="done"}' in metrics
+    promoted = _swap(worker, "promote")
+    assert promoted.returncode == 0, promoted.stderr
+    wait_until(lambda: _serving(worker) == 2, timeout_s=20)
+    early = _sources(worker)
+    # every user and item reads at version 2, most of them carried forward so far
+    assert early.get("missing", 0) == 0 and early.get("forward", 0) > 500, early
+    status_code, body = http_json(
+        "POST", f"{worker.api}/v1/recommendations/batch", {"user_ids": [f"u{n}" for n in range(20)], "k": 5}
+    )
+    assert status_code == 200 and body["version"] == 2
+    assert all(r is not None and r["version"] == 2 and len(r["items"]) == 5 for r in body["results"])
+    assert {r["user_vector"] for r in body["results"]} <= {"forward", "native"}
+    serving_backfill = json.loads(_swap(worker, "status").stdout)["serving_backfill"]
+    assert serving_backfill, "the native backfill goes on after the promote"
+    refused = _swap(worker, "stage", "3", "--rate", "1")  # it would stop that backfill
+    assert refused.returncode == 2 and "still being backfilled" in refused.stderr
+    _, versions = http_json("GET", f"{worker.api}/v1/versions")
+    assert set(versions["rollout"]["backfill"]) == {"user", "item"}  # the native backfill goes on
+    # the throttled native backfill replaces the forward entries as it goes
+    middle = wait_until(
+        lambda: (lambda c: c if 0 < c.get("forward", 0) < early["forward"] else None)(_sources(worker)),
+        timeout_s=60,
+    )
+    assert middle.get("native", 0) > early.get("native", 0)
+    done = wait_until(
+        lambda: (lambda c: c if c.get("native", 0) == 1100 else None)(_sources(worker)), timeout_s=120
+    )
+    assert done == {"native": 1100}
+    assert promotable_s < 30  # well before the ~30 s native backfill
+
+
+def test_a_version_whose_forward_transform_fails_its_ecc_is_promoted_only_after_its_backfill(
+    worker: WorkerProcess,
+) -> None:
+    # version 3 was trained without alignment: its forward transform fails its ECC
+    report = EncoderRegistry(worker.registry).report(3)
+    assert report is not None and report["forward"]["ecc"] is False
+    staged = _swap(worker, "stage", "3", "--force", "--rate", "100")
+    assert staged.returncode == 0, staged.stderr
+    status = wait_until(
+        lambda: (lambda s: s if s["backfill"] else None)(json.loads(_swap(worker, "status").stdout)),
+        timeout_s=30,
+    )
+    assert status["promote_after"] == "native" and status["promotable"] is False
+    assert not any("forward" in kinds for kinds in status["backfill"].values())
+    refused = _swap(worker, "promote")
+    assert refused.returncode == 2 and "not filled yet" in refused.stderr
+    wait_until(lambda: _backfilled(worker, 3), timeout_s=60)
+    assert json.loads(_swap(worker, "status").stdout)["promotable"] is True
+    assert _swap(worker, "cancel").returncode == 0
 
 
 def test_gate_and_hash_failures_are_refused_and_change_nothing(worker: WorkerProcess, tmp_path: Path) -> None:

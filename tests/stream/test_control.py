@@ -134,7 +134,8 @@ def test_backfill_resumes_from_its_cursor_after_a_restart(tmp_path: Path) -> Non
 
 def test_a_store_that_missed_a_rollout_fills_the_serving_version_once(tmp_path: Path) -> None:
     """A scale-out worker that was down while version 8 was rolled out holds its entities
-    at version 7 only: every one is encoded at 8, and a second call finds nothing to do."""
+    at version 7 only: every one without a fresh native vector of 8 is encoded at 8, and a
+    second call finds nothing to do."""
     store = VersionedVectorStore(tmp_path / "db", StoreOptions(keep_versions=3))
     try:
         writer = store.writer()
@@ -145,10 +146,12 @@ def test_a_store_that_missed_a_rollout_fills_the_serving_version_once(tmp_path: 
             writer.put_state("user", user, state.to_bytes())
         writer.put_vectors("user", ids, 7, np.ones((25, 2), np.float32), 1_000)
         writer.put_vectors("user", ids[:5], 8, np.ones((5, 2), np.float32), 1_000)  # updated since
+        writer.put_vectors("user", ids[5:7], 8, np.ones((2, 2), np.float32), 900)  # older than v7's
         writer.commit()
         encoder = ConstantEncoder()
         encoder.version = 8
-        assert fill_missing(store, encoder, user_window=5, chunk=7) == 25
+        # the 5 native and fresh ones are left alone; the 2 stale ones are encoded again
+        assert fill_missing(store, encoder, user_window=5, chunk=7) == 20
         assert store.version_counts()["user"][8] == 25
         assert fill_missing(store, encoder, user_window=5) == 0
         assert store.get_meta("fill:8:user") is None  # its progress is not left behind
