@@ -164,18 +164,16 @@ class VersionedVectorStore:
 
     def iter_states(self, kind: str, after: str | None = None) -> Iterable[tuple[str, bytes]]:
         """Every (id, state bytes) of one kind in key order, optionally after id ``after``."""
-        prefix = entity_key(kind, "")
-        start = prefix if after is None else entity_key(kind, after) + b"\x00"
-        for key, value in scan(self._cf["state"], start, self.path):
-            if not key.startswith(prefix):
-                break
-            yield key[len(prefix) :].decode("utf-8"), value
+        return self._iter_kind("state", kind, after)
 
     def iter_raw_records(self, kind: str, after: str | None = None) -> Iterable[tuple[str, bytes]]:
         """Every (id, encoded record) of one kind in key order, optionally after id ``after``."""
+        return self._iter_kind("vectors", kind, after)
+
+    def _iter_kind(self, column_family: str, kind: str, after: str | None) -> Iterator[tuple[str, bytes]]:
         prefix = entity_key(kind, "")
         start = prefix if after is None else entity_key(kind, after) + b"\x00"
-        for key, value in scan(self._cf["vectors"], start, self.path):
+        for key, value in scan(self._cf[column_family], start, self.path):
             if not key.startswith(prefix):
                 break
             yield key[len(prefix) :].decode("utf-8"), value

@@ -55,7 +55,37 @@ class BackfillProgress:
     complete: bool
 
 
-class Backfiller:
+class _Progress:
+    """A fill's progress in the store's meta keys, per kind: a cursor (the last id done, or
+    done), a count, and the names of any other keys it keeps."""
+
+    def __init__(self, store: VersionedVectorStore, name: str, version: int) -> None:
+        self.store = store
+        self.name = name
+        self._version = version
+
+    def _cursor_name(self, kind: str) -> str:
+        return f"{self.name}:{self._version}:{kind}"
+
+    def _done_name(self, kind: str) -> str:
+        return f"{self.name}ed:{self._version}:{kind}"
+
+    def _other_names(self, kind: str) -> list[str]:
+        return []
+
+    def forget(self) -> None:
+        """Remove this fill's progress from the store (to run it again from the start)."""
+        writer = self.store.writer()
+        for kind in KINDS:
+            for name in (self._cursor_name(kind), self._done_name(kind), *self._other_names(kind)):
+                writer.delete_meta(name)
+        writer.commit()
+
+    def _finished(self, kind: str) -> bool:
+        return self.store.get_meta(self._cursor_name(kind)) == _DONE
+
+
+class Backfiller(_Progress):
     """Backfills one staged version; call :meth:`step` repeatedly until :attr:`complete`."""
 
     def __init__(
@@ -70,31 +100,18 @@ class Backfiller:
         ``tiers``: the passes (:data:`RECENCY_TIERS`; the default is one pass over all)."""
         if not tiers or tiers[-1] is not None:
             raise ValueError("the last pass of a backfill covers every entity (None)")
-        self.store = store
+        super().__init__(store, name, encoder.version)
         self.encoder = encoder
         self.user_window = user_window
-        self.name = name
         self.tiers = tiers
         self.totals = {kind: store.count_states(kind) for kind in KINDS}
         self.encoded = 0  # entities this object encoded (the store keeps the progress)
 
-    def _cursor_name(self, kind: str) -> str:
-        return f"{self.name}:{self.encoder.version}:{kind}"
-
-    def _done_name(self, kind: str) -> str:
-        return f"{self.name}ed:{self.encoder.version}:{kind}"
-
     def _pass_name(self, kind: str) -> str:
         return f"{self.name}-pass:{self.encoder.version}:{kind}"
 
-    def forget(self) -> None:
-        """Remove this backfill's progress from the store (to run it again from the start)."""
-        writer = self.store.writer()
-        for kind in KINDS:
-            writer.delete_meta(self._cursor_name(kind))
-            writer.delete_meta(self._done_name(kind))
-            writer.delete_meta(self._pass_name(kind))
-        writer.commit()
+    def _other_names(self, kind: str) -> list[str]:
+        return [self._pass_name(kind)]
 
     @property
     def started(self) -> bool:
@@ -122,7 +139,7 @@ class Backfiller:
         result = {}
         for kind in KINDS:
             done = max(self._counts(kind))
-            complete = self.store.get_meta(self._cursor_name(kind)) == _DONE
+            complete = self._finished(kind)
             total = max(self.totals[kind], done)
             result[kind] = BackfillProgress(total if complete else min(done, total), total, complete)
         return result
@@ -218,7 +235,7 @@ class Backfiller:
         self.encoded += len(ids)
 
 
-class ForwardFiller:
+class ForwardFiller(_Progress):
     """Gives ``version`` a forward vector, ``transform(serving vector)``, for every entity
     whose record holds a vector of ``source`` (the serving version, the version's parent) and
     none of ``version``; call :meth:`step` until :attr:`complete`. An entity that has a
@@ -234,27 +251,12 @@ class ForwardFiller:
         source_dim: int,
         name: str = "forward",
     ) -> None:
-        self.store = store
+        super().__init__(store, name, version)
         self.version = version
         self.source = source
         self.transform = transform
         self.source_dim = source_dim
-        self.name = name
         self.totals = {kind: store.count_states(kind) for kind in KINDS}
-
-    def _cursor_name(self, kind: str) -> str:
-        return f"{self.name}:{self.version}:{kind}"
-
-    def _done_name(self, kind: str) -> str:
-        return f"{self.name}ed:{self.version}:{kind}"
-
-    def forget(self) -> None:
-        """Remove this fill's progress from the store (to run it again from the start)."""
-        writer = self.store.writer()
-        for kind in KINDS:
-            writer.delete_meta(self._cursor_name(kind))
-            writer.delete_meta(self._done_name(kind))
-        writer.commit()
 
     def progress(self) -> BackfillProgress:
         """Both kinds together: records passed over, of the entities known at the start."""
@@ -263,7 +265,7 @@ class ForwardFiller:
         for kind in KINDS:
             raw = self.store.get_meta(self._done_name(kind))
             passed = _U64.unpack(raw)[0] if raw else 0
-            finished = self.store.get_meta(self._cursor_name(kind)) == _DONE
+            finished = self._finished(kind)
             kind_total = max(self.totals[kind], passed)
             done += kind_total if finished else passed
             total += kind_total
@@ -272,7 +274,7 @@ class ForwardFiller:
 
     @property
     def complete(self) -> bool:
-        return all(self.store.get_meta(self._cursor_name(kind)) == _DONE for kind in KINDS)
+        return all(self._finished(kind) for kind in KINDS)
 
     def step(self, limit: int) -> int:
         """Pass over up to ``limit`` more records (users first, then items); returns how many."""
