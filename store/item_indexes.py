@@ -70,6 +70,9 @@ class IndexStatus:
     fresh_items: int
     built_items: int
     build_total: int
+    #: Items whose vector of the version is a forward entry (a hot swap's forward fill, until
+    #: the native backfill replaces it).
+    forward_items: int = 0
 
 
 class ItemIndexes:
@@ -107,6 +110,10 @@ class ItemIndexes:
         self.carry = carry
         self._serving: int | None = None
         self._fresh: frozenset[int] = frozenset()  # versions written natively on every refresh
+        # Per version: the items whose vector is a forward entry, and (while its index is
+        # built) the items written natively meanwhile, which the build's scan must not mark.
+        self._forward: dict[int, set[str]] = {}
+        self._native_since_build: dict[int, set[str]] = {}
         store.add_commit_listener(self)
 
     # ----- which versions -----------------------------------------------------------------
@@ -138,6 +145,7 @@ class ItemIndexes:
         with self._lock:
             for version in [v for v in self._indexes if v not in wanted]:
                 del self._indexes[version]
+                self._forward.pop(version, None)
                 self._building.pop(version, None)
                 log.info("item index of version %d dropped (more than %d versions)", version, self.keep)
             for version, dim in dims.items():
@@ -181,6 +189,7 @@ class ItemIndexes:
                 fresh_items=fresh,
                 built_items=scanned,
                 build_total=total,
+                forward_items=len(self._forward.get(version, ())),
             )
         return result
 
@@ -193,11 +202,13 @@ class ItemIndexes:
         ids: Sequence[str],
         vectors: np.ndarray,
         updated_at_ms: int | np.ndarray,
+        forward: bool = False,
     ) -> None:
         if kind != "item":
             return
         index = self._indexes.get(version)
         if index is not None:
+            self._mark(version, ids, forward)
             self._upsert(index, ids, vectors)
         if version == self._serving:
             for behind in self._behind():
@@ -238,7 +249,19 @@ class ItemIndexes:
         if kind == "item":
             index = self._indexes.get(version)
             if index is not None:
+                self._mark(version, ids, False)
                 index.discard(ids)
+
+    def _mark(self, version: int, ids: Sequence[str], forward: bool) -> None:
+        """Keep ``version``'s forward items as its commits change them."""
+        with self._lock:
+            marked = self._forward.setdefault(version, set())
+            if forward:
+                marked.update(ids)
+                return
+            marked.difference_update(ids)
+            if version in self._native_since_build:
+                self._native_since_build[version].update(ids)
 
     # ----- background work ----------------------------------------------------------------
 
@@ -284,7 +307,10 @@ class ItemIndexes:
         started = time.monotonic()
         total = self._expected(version)
         scanned = 0
-        chunks = self._chunks(version, index.dim)
+        scanned_forward: set[str] = set()
+        with self._lock:
+            self._native_since_build[version] = set()
+        chunks = self._chunks(version, index.dim, scanned_forward)
         for ids, vectors in chunks:
             if self._stop.is_set() or self._indexes.get(version) is not index:
                 return
@@ -300,6 +326,8 @@ class ItemIndexes:
             self.on_build_progress(version, 0, 0)  # an empty store: say it is built all the same
         index.end_load()
         with self._lock:
+            native = self._native_since_build.pop(version, set())
+            self._forward.setdefault(version, set()).update(scanned_forward - native)
             if self._indexes.get(version) is index:
                 self._building.pop(version, None)
         log.info(
@@ -309,11 +337,16 @@ class ItemIndexes:
             time.monotonic() - started,
         )
 
-    def _chunks(self, version: int, dim: int) -> Iterator[tuple[list[str], np.ndarray]]:
-        """``version``'s item vectors as a read at it resolves them, chunk by chunk."""
+    def _chunks(
+        self, version: int, dim: int, forward_ids: set[str]
+    ) -> Iterator[tuple[list[str], np.ndarray]]:
+        """``version``'s item vectors as a read at it resolves them, chunk by chunk (the ids of
+        forward entries collected in ``forward_ids``)."""
         serving = self._serving
         if serving is None or version >= serving or version in self._fresh or self.carry is None:
-            yield from self.store.iter_vectors("item", version, self.build_chunk, dim=dim)
+            yield from self.store.iter_vectors(
+                "item", version, self.build_chunk, dim=dim, forward_ids=forward_ids
+            )
             return
         # No longer written: stale natives give way to serving vectors carried back.
         for ids, vectors, behind, behind_rows in self.store.iter_current_vectors(

@@ -168,8 +168,10 @@ class ServingCache:
         ids: Sequence[str],
         vectors: np.ndarray,
         updated_at_ms: int | np.ndarray,
+        forward: bool = False,
     ) -> None:
-        """Committed writes: replace held ids, add new ones while the budget allows."""
+        """Committed writes: replace held ids, add new ones while the budget allows (the
+        store never gives the cache forward vectors: it answers native ones only)."""
         with self._lock:
             if version != self._version or not len(ids):
                 return

@@ -59,6 +59,7 @@ class CommitListener(Protocol):
         ids: Sequence[str],
         vectors: np.ndarray,
         updated_at_ms: int | np.ndarray,
+        forward: bool = False,
     ) -> None: ...
 
     def discard(self, kind: str, version: int, ids: Sequence[str]) -> None: ...
@@ -263,11 +264,17 @@ class VersionedVectorStore:
         return copied
 
     def iter_vectors(
-        self, kind: str, version: int, chunk: int = 10_000, dim: int | None = None
+        self,
+        kind: str,
+        version: int,
+        chunk: int = 10_000,
+        dim: int | None = None,
+        forward_ids: set[str] | None = None,
     ) -> Iterator[tuple[list[str], np.ndarray]]:
         """Every stored vector of ``version`` of one kind, in key order: ``(ids, matrix)``
         chunks of at most ``chunk`` ids scanned, float32; rows of a dimension other than
-        ``dim`` (default: the first row's) are left out."""
+        ``dim`` (default: the first row's) are left out. ``forward_ids`` collects the ids
+        whose vector is a forward entry."""
         prefix = entity_key(kind, "")
         ids: list[str] = []
         rows: list[np.ndarray] = []
@@ -282,6 +289,8 @@ class VersionedVectorStore:
             if row.shape[0] == dim:
                 ids.append(key[len(prefix) :].decode("utf-8"))
                 rows.append(row)
+                if span.forward and forward_ids is not None:
+                    forward_ids.add(ids[-1])
             if len(ids) >= chunk:
                 yield ids, np.stack(rows).astype(np.float32, copy=False)
                 ids, rows = [], []

@@ -136,9 +136,10 @@ class StoreWriter:
         updates, self._cache_updates = self._cache_updates, []
         for listener in store.commit_listeners if updates else ():
             for operation, *arguments in updates:
-                if operation == "upsert" or (
-                    operation == "upsert_forward" and listener is not store.serving_cache
-                ):
+                if operation == "upsert":
                     listener.upsert(*arguments)
+                elif operation == "upsert_forward" and listener is not store.serving_cache:
+                    kind, version, ids, vectors, stamps = arguments
+                    listener.upsert(kind, version, ids, vectors, stamps, forward=True)
                 elif operation == "discard":
                     listener.discard(*arguments)

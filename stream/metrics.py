@@ -260,6 +260,13 @@ def _index_lines(statuses: dict[int, IndexStatus], answers: Counter[str]) -> lis
         for segment, items in (("graph", status.graph_items), ("fresh", status.fresh_items)):
             lines.append(f'embstream_item_index_items{{version="{version}",segment="{segment}"}} {items}')
     lines += [
+        "# HELP embstream_item_index_forward_items Items of a version's index whose vector is a "
+        "forward entry (a hot swap's forward fill, until the native backfill replaces it).",
+        "# TYPE embstream_item_index_forward_items gauge",
+        *(
+            f'embstream_item_index_forward_items{{version="{v}"}} {s.forward_items}'
+            for v, s in statuses.items()
+        ),
         "# HELP embstream_item_index_ready 1 once a version's index is built and merged, else 0.",
         "# TYPE embstream_item_index_ready gauge",
         *(f'embstream_item_index_ready{{version="{v}"}} {int(s.ready)}' for v, s in statuses.items()),

@@ -375,6 +375,8 @@ def test_an_instant_promote_serves_forward_vectors_while_the_backfill_turns_them
     assert status_code == 200 and body["version"] == 2
     assert all(r is not None and r["version"] == 2 and len(r["items"]) == 5 for r in body["results"])
     assert {r["user_vector"] for r in body["results"]} <= {"forward", "native"}
+    index = http_json("GET", f"{worker.api}/healthz")[1]["item_indexes"]["2"]
+    assert index["forward_items"] > 0 and index["items"] == 500
     serving_backfill = json.loads(_swap(worker, "status").stdout)["serving_backfill"]
     assert serving_backfill, "the native backfill goes on after the promote"
     refused = _swap(worker, "stage", "3", "--rate", "1")  # it would stop that backfill
@@ -391,6 +393,8 @@ def test_an_instant_promote_serves_forward_vectors_while_the_backfill_turns_them
         lambda: (lambda c: c if c.get("native", 0) == 1100 else None)(_sources(worker)), timeout_s=120
     )
     assert done == {"native": 1100}
+    index = http_json("GET", f"{worker.api}/healthz")[1]["item_indexes"]["2"]
+    assert index["forward_items"] == 0 and index["items"] == 500
     assert promotable_s < 30  # well before the ~30 s native backfill
 
 

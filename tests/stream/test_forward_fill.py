@@ -17,6 +17,7 @@ from models.encoder import EncoderConfig, TwoTowerModel
 from models.features import UserState
 from models.registry import EncoderRegistry
 from store import RecordFormatError, VersionedVector, decode_record, encode_record
+from store.item_indexes import ItemIndexes
 from store.lookup import resolve_many, resolve_matrix
 from store.options import StoreOptions
 from store.record_scan import locate_entry
@@ -25,6 +26,7 @@ from stream.rollout.backfill import RECENCY_TIERS, Backfiller, ForwardFiller
 from stream.rollout.controller import RolloutController
 from stream.rollout.messages import control_message
 from stream.rollout.state import RolloutState
+from tests.conftest import wait_until
 from tests.stream.test_control import ConstantEncoder
 
 CONFIG = EncoderConfig(dim=16, id_dim=8, buckets=256, hidden=16, history=5)
@@ -172,6 +174,40 @@ def test_the_native_backfill_goes_most_recently_active_first_and_replaces_forwar
             assert entry.updated_at_ms == times[user]  # as fresh as the state it encodes
         assert backfill.progress()["user"].done == 18
     finally:
+        store.close()
+
+
+def test_the_item_index_counts_its_forward_items_from_commits_and_from_its_build(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    indexes = ItemIndexes(store, dim_of=lambda version: 2)
+    try:
+        items = [f"i{n:02d}" for n in range(20)]
+        writer = store.writer()
+        writer.put_vectors("item", items, 1, _unit(np.ones((20, 2))), 1_000)
+        writer.commit()
+        indexes.track(serving=1, staged=2)
+        indexes.start()
+        wait_until(lambda: indexes.index(2) is not None)
+        filler = ForwardFiller(store, 2, 1, lambda rows: rows, source_dim=2)
+        while not filler.complete:
+            filler.step(7)
+        assert indexes.status()[2].forward_items == 20 and indexes.status()[1].forward_items == 0
+        assert len(indexes.index(2) or []) == 20  # searchable at version 2 at once
+        writer = store.writer()  # the native backfill replaces five of them
+        writer.put_vectors("item", items[:5], 2, _unit(np.ones((5, 2))), 1_000)
+        writer.commit()
+        assert indexes.status()[2].forward_items == 15
+        indexes.stop()
+        rebuilt = ItemIndexes(store, dim_of=lambda version: 2)  # a restart: the build's scan
+        rebuilt.track(serving=1, staged=2)
+        rebuilt.start()
+        try:
+            wait_until(lambda: rebuilt.index(2) is not None)
+            assert rebuilt.status()[2].forward_items == 15
+        finally:
+            rebuilt.stop()
+    finally:
+        indexes.stop()
         store.close()
 
 
