@@ -294,9 +294,10 @@ class ForwardFiller(_Progress):
             stamps: list[int] = []
             # Most records' newest entry is the source's (a version above it would be first):
             # then the version is absent and the source's span is where the first entry is.
-            newest_first = self.source < 0x80 and self.version > self.source
+            one_byte = self.source < 0x80 and self.version > self.source
+            newest = _COMPACT + bytes([self.source]) if one_byte else None
             for entity_id, raw in chunk:
-                if newest_first and raw[:1] == _COMPACT and raw[1] == self.source:
+                if newest is not None and raw[:2] == newest:
                     span = locate_entry(raw, self.source)
                 else:
                     spans = entry_spans(raw)  # one walk for both versions
