@@ -253,13 +253,15 @@ class ItemIndexes:
                 index.discard(ids)
 
     def _mark(self, version: int, ids: Sequence[str], forward: bool) -> None:
-        """Keep ``version``'s forward items as its commits change them."""
+        """Keep ``version``'s forward items as its commits change them (nothing to do for a
+        native write to a version without forward items that is not being built)."""
         with self._lock:
-            marked = self._forward.setdefault(version, set())
             if forward:
-                marked.update(ids)
+                self._forward.setdefault(version, set()).update(ids)
                 return
-            marked.difference_update(ids)
+            marked = self._forward.get(version)
+            if marked:
+                marked.difference_update(ids)
             if version in self._native_since_build:
                 self._native_since_build[version].update(ids)
 

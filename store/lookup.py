@@ -276,7 +276,8 @@ def _matrix_with_cache(
 ) -> ResolvedMatrix:
     hits = cached.hits
     positions, vectors, stamps = hits.positions, hits.vectors, hits.updated_at_ms
-    sources = np.full(len(positions), "native", dtype=object)
+    order = None  # how the rows read from RocksDB interleave with the cache's hits
+    found_sources: list[str] = []
     if cached.missed:
         found_at, found_vectors, found_stamps, found_sources = _read_missed(store, kind, ids, cached)
         if found_at:
@@ -290,8 +291,11 @@ def _matrix_with_cache(
             positions = positions[order]
             vectors = (np.concatenate([vectors, matrix]) if len(hits.positions) else matrix)[order]
             stamps = np.concatenate([stamps, np.asarray(found_stamps, dtype=np.int64)])[order]
-            sources = np.concatenate([sources, np.asarray(found_sources, dtype=object)])[order]
     present = positions.tolist()
+    sources = ["native"] * len(present)  # the cache answers native vectors only
+    if order is not None and any(source != "native" for source in found_sources):
+        tagged = np.asarray(["native"] * len(hits.positions) + found_sources, dtype=object)
+        sources = tagged[order].tolist()
     missing: list[str] = []
     if len(present) != len(ids):
         held = set(present)
@@ -304,7 +308,7 @@ def _matrix_with_cache(
         ids=[ids[at] for at in present],
         vectors=vectors,
         updated_at_ms=stamps.tolist(),
-        sources=sources.tolist(),
+        sources=sources,
         missing=missing,
     )
 

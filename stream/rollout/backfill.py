@@ -62,13 +62,13 @@ class _Progress:
     def __init__(self, store: VersionedVectorStore, name: str, version: int) -> None:
         self.store = store
         self.name = name
-        self._version = version
+        self.version = version
 
     def _cursor_name(self, kind: str) -> str:
-        return f"{self.name}:{self._version}:{kind}"
+        return f"{self.name}:{self.version}:{kind}"
 
     def _done_name(self, kind: str) -> str:
-        return f"{self.name}ed:{self._version}:{kind}"
+        return f"{self.name}ed:{self.version}:{kind}"
 
     def _other_names(self, kind: str) -> list[str]:
         return []
@@ -108,7 +108,7 @@ class Backfiller(_Progress):
         self.encoded = 0  # entities this object encoded (the store keeps the progress)
 
     def _pass_name(self, kind: str) -> str:
-        return f"{self.name}-pass:{self.encoder.version}:{kind}"
+        return f"{self.name}-pass:{self.version}:{kind}"
 
     def _other_names(self, kind: str) -> list[str]:
         return [self._pass_name(kind)]
@@ -252,7 +252,6 @@ class ForwardFiller(_Progress):
         name: str = "forward",
     ) -> None:
         super().__init__(store, name, version)
-        self.version = version
         self.source = source
         self.transform = transform
         self.source_dim = source_dim
