@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from models.aligners import BackwardAligner
-from models.encoder import TorchEncoder
+from models.encoder import Encoder
 from models.evaluation import recall_at_k, roc_auc
 from models.training import Examples
 
@@ -53,7 +53,7 @@ class VersionView:
         return VersionView(self.version, users, items, queries, self.catalogue)
 
 
-def embed_version(encoder: TorchEncoder, examples: Examples) -> VersionView:
+def embed_version(encoder: Encoder, examples: Examples) -> VersionView:
     return VersionView(
         encoder.version,
         encoder.encode_users(list(examples.users_at_cut.values())),

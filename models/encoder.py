@@ -17,11 +17,21 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from models.contract import InputContract
 from models.features import EVENT_TYPES, ITEM_FEATURES, TYPE_CODES, ItemInput, UserInput
 from models.hashing import bucket_pairs, id_hash64
 from models.state_batch import ItemCounts, UserHistories
 
-__all__ = ["Encoder", "EncoderConfig", "ItemBatch", "TorchEncoder", "TwoTowerModel", "UserBatch"]
+__all__ = [
+    "Encoder",
+    "EncoderConfig",
+    "ItemBatch",
+    "TorchEncoder",
+    "TwoTowerModel",
+    "UserBatch",
+    "item_batch",
+    "user_batch",
+]
 
 _RATING = TYPE_CODES["rating"]
 
@@ -40,6 +50,11 @@ class EncoderConfig:
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
 
+    @property
+    def inputs(self) -> InputContract:
+        """The input contract this architecture's towers read."""
+        return InputContract(self.history, self.buckets, self.recency_tau_seconds)
+
     @classmethod
     def from_dict(cls, data: dict[str, float | int]) -> EncoderConfig:
         known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
@@ -55,11 +70,19 @@ class UserBatch:
     type_codes: torch.Tensor  # [B, L] int64
     weights: torch.Tensor  # [B, L] float32: recency x rating factor x mask
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The user tower's inputs in contract order (:data:`models.contract.USER_TENSORS`)."""
+        return (self.user_buckets, self.item_buckets, self.type_codes, self.weights)
+
 
 @dataclass
 class ItemBatch:
     item_buckets: torch.Tensor  # [B, 2] int64
     features: torch.Tensor  # [B, ITEM_FEATURES] float32
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The item tower's inputs in contract order (:data:`models.contract.ITEM_TENSORS`)."""
+        return (self.item_buckets, self.features)
 
 
 class TwoTowerModel(nn.Module):
@@ -103,7 +126,7 @@ class TwoTowerModel(nn.Module):
         return functional.normalize(self.item_mlp(torch.cat([own, features], dim=1)), dim=1)
 
 
-def user_batch(inputs: Sequence[UserInput], config: EncoderConfig) -> UserBatch:
+def user_batch(inputs: Sequence[UserInput], config: EncoderConfig | InputContract) -> UserBatch:
     """Featurise users: hash ids, pad histories, weight by recency and rating value.
 
     A :class:`~models.state_batch.UserHistories` (the stream's batch form) is featurised
@@ -144,7 +167,7 @@ def user_batch(inputs: Sequence[UserInput], config: EncoderConfig) -> UserBatch:
     )
 
 
-def _user_batch_from_histories(histories: UserHistories, config: EncoderConfig) -> UserBatch:
+def _user_batch_from_histories(histories: UserHistories, config: EncoderConfig | InputContract) -> UserBatch:
     """The newest ``config.history`` entries of each user, straight from the batch arrays."""
     lengths = histories.lengths
     skipped = np.maximum(lengths - config.history, 0)[histories.row]
@@ -169,7 +192,7 @@ def _user_batch_from_histories(histories: UserHistories, config: EncoderConfig) 
 def _user_tensors(
     user_ids: Sequence[str],
     size: int,
-    config: EncoderConfig,
+    config: EncoderConfig | InputContract,
     rows: np.ndarray,
     cols: np.ndarray,
     item_hashes: np.ndarray,
@@ -198,7 +221,7 @@ def _user_tensors(
     )
 
 
-def item_batch(inputs: Sequence[ItemInput], config: EncoderConfig) -> ItemBatch:
+def item_batch(inputs: Sequence[ItemInput], config: EncoderConfig | InputContract) -> ItemBatch:
     """Featurise items: hashed id and ``log1p`` of the raw counts (an
     :class:`~models.state_batch.ItemCounts` is used as it is)."""
     if isinstance(inputs, ItemCounts):
@@ -219,10 +242,15 @@ class Encoder(Protocol):
 
     version: int
     dim: int
+    inputs: InputContract
 
     def encode_users(self, inputs: Sequence[UserInput]) -> np.ndarray: ...
 
     def encode_items(self, inputs: Sequence[ItemInput]) -> np.ndarray: ...
+
+    def encode_user_tensors(self, batch: UserBatch) -> torch.Tensor: ...
+
+    def encode_item_tensors(self, batch: ItemBatch) -> torch.Tensor: ...
 
 
 class TorchEncoder:
@@ -233,6 +261,7 @@ class TorchEncoder:
         self.version = version
         self.config = model.config
         self.dim = model.config.dim
+        self.inputs = model.config.inputs
 
     def encode_users(self, inputs: Sequence[UserInput]) -> np.ndarray:
         if not inputs:
@@ -245,3 +274,12 @@ class TorchEncoder:
             return np.empty((0, self.dim), dtype=np.float32)
         with torch.inference_mode():
             return self.model.encode_items(item_batch(inputs, self.config)).numpy()
+
+    def encode_user_tensors(self, batch: UserBatch) -> torch.Tensor:
+        """The user tower on contract tensors (no gradient)."""
+        with torch.inference_mode():
+            return self.model.encode_users(batch)
+
+    def encode_item_tensors(self, batch: ItemBatch) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model.encode_items(batch)

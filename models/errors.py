@@ -6,12 +6,14 @@ ModelError
 │   ├── IntegrityError         weights do not match the manifest's sha256
 │   │   └── UnloadableError    weights are not plain tensors of the version's architecture
 │   └── IncompatibleVersionsError  no chain of backward aligners between two versions
-└── TrainingError          training cannot run on the given data
+├── TrainingError          training cannot run on the given data
+└── ImportRefusedError     exported towers (or an aligner) cannot be imported as a version
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ImportRefusedError",
     "IncompatibleVersionsError",
     "IntegrityError",
     "ModelError",
@@ -49,3 +51,8 @@ class TrainingError(ModelError):
 
 class IncompatibleVersionsError(RegistryError):
     """No chain of backward aligners leads from one version to another."""
+
+
+class ImportRefusedError(ModelError):
+    """Exported towers, or a given aligner, cannot be imported as a version: nothing is
+    written. The message says what is wrong and how to fix it."""

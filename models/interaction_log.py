@@ -19,7 +19,7 @@ from typing import Any
 from models.errors import TrainingError
 from models.features import EVENT_TYPES
 
-__all__ = ["InteractionLog", "read_interaction_log"]
+__all__ = ["InteractionLog", "normalise_event", "read_interaction_log"]
 
 _ALIASES = {
     "user_id": ("user_id", "userid", "user", "uid", "reviewerid"),
@@ -43,7 +43,9 @@ class InteractionLog:
         return int(self.events[-1]["ts"]) - int(self.events[0]["ts"]) if self.events else 0
 
 
-def _normalise(row: dict[str, Any], default_type: str) -> dict[str, Any] | str:
+def normalise_event(row: dict[str, Any], default_type: str = "view") -> dict[str, Any] | str:
+    """``row`` as an event dict (``user_id``, ``item_id``, ``type``, ``value`` when given,
+    ``ts`` in milliseconds), or the reason it cannot be used."""
     user, item = row.get("user_id"), row.get("item_id")
     if user in (None, "") or item in (None, ""):
         return "missing user_id or item_id"
@@ -116,7 +118,7 @@ def read_interaction_log(path: str | Path) -> InteractionLog:
                     skipped["not a JSON object"] += 1
     events = []
     for row in rows:
-        result = _normalise(row, default_type)
+        result = normalise_event(row, default_type)
         if isinstance(result, str):
             skipped[result] += 1
         else:

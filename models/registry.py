@@ -4,16 +4,18 @@ Layout::
 
     <registry>/
       v1/
-        manifest.json   {"version", "dim", "architecture", "created_at", "weights_sha256",
-                         "parent", "format", "training", "aligner", "forward"}
-                        (:class:`models.manifest.Manifest`)
-        weights.pt      a torch state dict, loaded with ``weights_only=True``
+        manifest.json   {"version", "dim", "architecture", "inputs", "created_at",
+                         "weights_sha256", "parent", "format", "training", "aligner",
+                         "forward", "towers"} (:class:`models.manifest.Manifest`)
+        weights.pt      a torch state dict, loaded with ``weights_only=True`` (trained)
+        user_tower.pt2  the towers of an imported version, saved by ``torch.export``
+        item_tower.pt2  (loaded as plain data: no pickled object is ever read)
         backward.pt     the backward aligner into the parent's space (if any), likewise
         forward.pt      the forward transform from the parent's space (if any), likewise
         report.json     the compatibility report (if any), report.png its picture
 
-Weights, aligners and forward transforms are loaded only after their sha256 matches the
-manifest.
+Weights, towers, aligners and forward transforms are loaded only after their sha256 matches
+the manifest.
 """
 
 from __future__ import annotations
@@ -35,14 +37,17 @@ import numpy as np
 import torch
 
 from models.aligners import BackwardAligner
+from models.contract import InputContract
 from models.encoder import TorchEncoder, TwoTowerModel
 from models.errors import (
+    ImportRefusedError,
     IncompatibleVersionsError,
     IntegrityError,
     RegistryError,
     UnloadableError,
     VersionMissingError,
 )
+from models.exported import ExportedEncoder, load_program
 from models.manifest import MAX_VERSION, Manifest, version_number
 
 __all__ = ["MAX_VERSION", "EncoderRegistry", "Manifest", "version_number"]
@@ -133,7 +138,7 @@ class EncoderRegistry:
             raise RegistryError(f"{path} is not valid JSON: {exc}") from exc
 
     def verify(self, version: int) -> Manifest:
-        """Check that ``version`` can be served: its weights (and aligner) match the
+        """Check that ``version`` can be served: its weights or towers (and aligner) match the
         manifest's sha256 and load as plain tensors into its architecture; raise
         :class:`IntegrityError` (or :class:`UnloadableError`) otherwise."""
         manifest = self.manifest(version)
@@ -159,13 +164,30 @@ class EncoderRegistry:
             )
         return data
 
-    def load(self, version: int) -> TorchEncoder:
+    def load(self, version: int) -> TorchEncoder | ExportedEncoder:
         """Verify and load one version for inference."""
         manifest = self.manifest(version)
-        weights = self._check_hash(version, "weights.pt", manifest.weights_sha256)
+        if manifest.architecture is None:
+            return self._load_exported(manifest)
+        weights = self._check_hash(version, "weights.pt", str(manifest.weights_sha256))
         model = TwoTowerModel(manifest.architecture)
         _load_into(model, version, "weights.pt", weights)
         return TorchEncoder(model, version)
+
+    def _load_exported(self, manifest: Manifest) -> ExportedEncoder:
+        assert manifest.towers is not None
+        programs = []
+        for tower in ("user", "item"):
+            entry = manifest.towers[tower]
+            name = str(entry.get("file", f"{tower}_tower.pt2"))
+            if Path(name).name != name:
+                raise IntegrityError(f"version {manifest.version}: tower file {name!r} is not a plain name")
+            data = self._check_hash(manifest.version, name, str(entry["sha256"]))
+            try:
+                programs.append(load_program(data, name))
+            except ImportRefusedError as error:
+                raise UnloadableError(f"version {manifest.version}: {error}") from None
+        return ExportedEncoder(programs[0], programs[1], manifest.version, manifest.inputs, manifest.dim)
 
     def load_aligner(self, version: int) -> BackwardAligner | None:
         """The verified backward aligner of ``version`` into its parent, or ``None``."""
@@ -273,34 +295,92 @@ class EncoderRegistry:
     ) -> Manifest:
         """Store ``model`` (and its aligner, forward transform, report files) as the next
         version, atomically."""
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        weights = buffer.getvalue()
+        return self._store(
+            model.config.dim,
+            {"weights.pt": weights},
+            {"architecture": model.config, "weights_sha256": hashlib.sha256(weights).hexdigest()},
+            parent=parent,
+            training=training,
+            aligner=aligner,
+            aligner_method=aligner_method,
+            files=files,
+            forward=forward,
+        )
+
+    def save_imported(
+        self,
+        user_tower: bytes,
+        item_tower: bytes,
+        *,
+        dim: int,
+        contract: InputContract,
+        parent: int | None = None,
+        training: dict[str, Any] | None = None,
+        aligner: BackwardAligner | None = None,
+        aligner_method: str | None = None,
+        files: dict[str, bytes] | None = None,
+        forward: BackwardAligner | None = None,
+    ) -> Manifest:
+        """Store two exported towers (the bytes of ``torch.export.save`` files, already
+        checked by :func:`models.exported.check_towers`) as the next version, atomically."""
+        towers = {
+            "dim": dim,
+            **{
+                tower: {"file": f"{tower}_tower.pt2", "sha256": hashlib.sha256(data).hexdigest()}
+                for tower, data in (("user", user_tower), ("item", item_tower))
+            },
+        }
+        return self._store(
+            dim,
+            {"user_tower.pt2": user_tower, "item_tower.pt2": item_tower},
+            {"architecture": None, "weights_sha256": None, "towers": towers, "contract": contract},
+            parent=parent,
+            training=training,
+            aligner=aligner,
+            aligner_method=aligner_method,
+            files=files,
+            forward=forward,
+        )
+
+    def _store(
+        self,
+        dim: int,
+        payload: dict[str, bytes],
+        described: dict[str, Any],
+        *,
+        parent: int | None,
+        training: dict[str, Any] | None,
+        aligner: BackwardAligner | None,
+        aligner_method: str | None,
+        files: dict[str, bytes] | None,
+        forward: BackwardAligner | None,
+    ) -> Manifest:
+        """Write ``payload`` (the version's model files), its aligner, forward transform and
+        extra ``files`` into a staging directory, then rename it into place."""
         if (aligner is not None or forward is not None) and parent is None:
             raise RegistryError("an aligner or a forward transform needs a parent version")
         if parent is not None:
             parent_dim = self.manifest(parent).dim
-            if aligner is not None and (aligner.source_dim, aligner.target_dim) != (
-                model.config.dim,
-                parent_dim,
-            ):
+            if aligner is not None and (aligner.source_dim, aligner.target_dim) != (dim, parent_dim):
                 raise RegistryError(
-                    f"aligner maps {aligner.source_dim}->{aligner.target_dim}, expected "
-                    f"{model.config.dim}->{parent_dim}"
+                    f"aligner maps {aligner.source_dim}->{aligner.target_dim}, expected {dim}->{parent_dim}"
                 )
-            if forward is not None and (forward.source_dim, forward.target_dim) != (
-                parent_dim,
-                model.config.dim,
-            ):
+            if forward is not None and (forward.source_dim, forward.target_dim) != (parent_dim, dim):
                 raise RegistryError(
                     f"forward transform maps {forward.source_dim}->{forward.target_dim}, expected "
-                    f"{parent_dim}->{model.config.dim}"
+                    f"{parent_dim}->{dim}"
                 )
         for name in files or {}:
-            if Path(name).name != name or name in ("", ".", ".."):
-                raise RegistryError(f"extra registry files are plain names, not paths: {name!r}")
+            if Path(name).name != name or name in ("", ".", "..") or name in payload:
+                raise RegistryError(f"extra registry files are plain names, not paths, and new: {name!r}")
         self.root.mkdir(parents=True, exist_ok=True)
         version = (self.latest() or 0) + 1
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
-        weights = staging / "weights.pt"
-        torch.save(model.state_dict(), weights)
+        for name, content in payload.items():
+            (staging / name).write_bytes(content)
         aligner_entry = None
         if aligner is not None:
             torch.save(aligner.state_dict(), staging / "backward.pt")
@@ -323,13 +403,12 @@ class EncoderRegistry:
             (staging / name).write_bytes(content)
         manifest = Manifest(
             version=version,
-            architecture=model.config,
-            weights_sha256=_sha256(weights),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             parent=parent,
             training=training or {},
             aligner=aligner_entry,
             forward=forward_entry,
+            **described,
         )
         (staging / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
         try:

@@ -38,6 +38,7 @@ __all__ = [
     "TrainingConfig",
     "TrainingProgress",
     "TrainingResult",
+    "alignment_loss",
     "build_examples",
     "train_two_tower",
     "validation_recall",
@@ -160,7 +161,7 @@ def _take(batch: Any, rows: torch.Tensor) -> Any:
     return type(batch)(*(tensor[rows] for tensor in vars(batch).values()))
 
 
-def _alignment_loss(
+def alignment_loss(
     vectors: torch.Tensor,
     aligner: BackwardAligner,
     per_ancestor: list[torch.Tensor],
@@ -195,8 +196,8 @@ class _Aligning:
     ) -> torch.Tensor:
         t = self.targets
         terms = [
-            _alignment_loss(users, self.aligner, [x[rows] for x in t.user_targets], t.chain, t.multi_step),
-            _alignment_loss(items, self.aligner, [x[rows] for x in t.item_targets], t.chain, t.multi_step),
+            alignment_loss(users, self.aligner, [x[rows] for x in t.user_targets], t.chain, t.multi_step),
+            alignment_loss(items, self.aligner, [x[rows] for x in t.item_targets], t.chain, t.multi_step),
         ]
         for batch, encode, targets in (
             (self.entity_users, model.encode_users, t.entity_user_targets),
@@ -208,7 +209,7 @@ class _Aligning:
             sample = torch.randint(0, count, (min(len(rows), count),), generator=self.generator)
             vectors = encode(_take(batch, sample))  # type: ignore[operator]
             terms.append(
-                _alignment_loss(vectors, self.aligner, [x[sample] for x in targets], t.chain, t.multi_step)
+                alignment_loss(vectors, self.aligner, [x[sample] for x in targets], t.chain, t.multi_step)
             )
         return torch.stack(terms).mean()
 

@@ -27,7 +27,7 @@ from models.compatibility import (
     embed_version,
     validation_targets,
 )
-from models.encoder import EncoderConfig, TorchEncoder, TwoTowerModel
+from models.encoder import Encoder, EncoderConfig, TorchEncoder
 from models.errors import IncompatibleVersionsError, TrainingError
 from models.evaluation import recall_at_k
 from models.registry import EncoderRegistry, Manifest
@@ -104,16 +104,16 @@ def build_report(
     version: int,
     parent: int | None,
     method: str,
-    model: TwoTowerModel,
+    new: Encoder,
     aligner: BackwardAligner | None,
-    unaligned: TwoTowerModel,
+    unaligned: Encoder,
     examples: Examples,
     request: VersionRequest,
     forward: BackwardAligner | None = None,
 ) -> dict[str, Any]:
     k = request.recall_k
-    new_view = embed_version(TorchEncoder(model, version), examples)
-    unaligned_view = embed_version(TorchEncoder(unaligned, version), examples)
+    new_view = embed_version(new, examples)
+    unaligned_view = new_view if unaligned is new else embed_version(unaligned, examples)
     recall_new = cross_recall(new_view, new_view, examples, k)
     recall_unaligned = cross_recall(unaligned_view, unaligned_view, examples, k)
     report: dict[str, Any] = {
@@ -226,7 +226,9 @@ def train_version(
     model, aligner, metrics = unaligned.model, None, unaligned.metrics
     if method == "bc-aligner":
         targets = _alignment_targets(registry, lineage, examples, request)
-        parent_model = registry.load(lineage[0]).model if request.warm_start else None
+        parent_encoder = registry.load(lineage[0]) if request.warm_start else None
+        # Warm start needs the parent's own weights: an imported parent has none to offer.
+        parent_model = parent_encoder.model if isinstance(parent_encoder, TorchEncoder) else None
         joint = train_two_tower(
             examples, config, training, stage("bc-aligner"), alignment=targets, warm_start=parent_model
         )
@@ -248,7 +250,16 @@ def train_version(
         )
     version = (registry.latest() or 0) + 1
     report = build_report(
-        registry, version, parent, method, model, aligner, unaligned.model, examples, request, forward
+        registry,
+        version,
+        parent,
+        method,
+        TorchEncoder(model, version),
+        aligner,
+        TorchEncoder(unaligned.model, version),
+        examples,
+        request,
+        forward,
     )
     files = {
         "report.json": (json.dumps(report, indent=2) + "\n").encode(),

@@ -1,4 +1,5 @@
-"""``embstream train`` and ``embstream models``: new encoder versions and the registry."""
+"""``embstream train`` and ``embstream models``: new encoder versions (trained here, or a
+team's own towers imported) and the registry."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from models.aligners import ALIGNER_METHODS
+from models.contract import InputContract
 from models.errors import IntegrityError
+from models.importing import IMPORT_METHODS, EntityStates, ImportRequest, import_version
 from models.interaction_log import read_interaction_log
+from models.manifest import Manifest
 from models.registry import EncoderRegistry, version_number
 from models.training import TrainingProgress
 from models.versioning import DEFAULT_GATE_PCT, VersionRequest, train_version
+from store.options import StoreOptions
+from store.vector_store import VersionedVectorStore
 from stream.console import progress_bar
 from stream.settings import Settings
 
@@ -63,6 +69,52 @@ def add_model_commands(commands: Any) -> None:
         sub.add_argument("--registry", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         if name == "delete":
             sub.add_argument("--force", action="store_true", help="even if other versions descend from it")
+    _add_import(action)
+
+
+def _add_import(action: Any) -> None:
+    defaults = InputContract()
+    sub = action.add_parser(
+        "import",
+        help="import a team's own towers (saved by torch.export) as a version",
+        description="Check two exported towers against the input contract, give them a backward "
+        "aligner and a forward transform, compute the compatibility report and store them as "
+        "the next version. Nothing is written when anything is refused.",
+    )
+    sub.add_argument("--user-tower", required=True, type=Path, help="user tower, a torch.export.save file")
+    sub.add_argument("--item-tower", required=True, type=Path, help="item tower, a torch.export.save file")
+    sub.add_argument("--parent", type=version_number, help="parent version (default: the latest)")
+    sub.add_argument(
+        "--method",
+        choices=IMPORT_METHODS,
+        default="procrustes",
+        help="how the backward aligner is fitted when --aligner is not given (default: procrustes)",
+    )
+    sub.add_argument("--aligner", type=Path, help="a backward aligner to use as it is (a plain tensor file)")
+    sub.add_argument(
+        "--events",
+        type=Path,
+        help="JSON lines or CSV interaction log to fit and evaluate on (default: the store's entities)",
+    )
+    sub.add_argument("--registry", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub.add_argument(
+        "--data-dir", type=Path, help="the store read without --events (default: EMBSTREAM_DATA_DIR)"
+    )
+    sub.add_argument("--history", type=int, default=defaults.history, help="input contract: history length L")
+    sub.add_argument("--buckets", type=int, default=defaults.buckets, help="input contract: hash buckets")
+    sub.add_argument(
+        "--recency-tau-s",
+        type=float,
+        default=defaults.recency_tau_seconds,
+        help="input contract: recency time constant of history weights, in seconds",
+    )
+    sub.add_argument("--no-forward", action="store_true", help="skip the forward transform")
+    sub.add_argument(
+        "--gate-pct",
+        type=float,
+        default=DEFAULT_GATE_PCT,
+        help="consumer change below this (percent) marks the version not swappable",
+    )
 
 
 def _registry(args: argparse.Namespace) -> EncoderRegistry:
@@ -108,23 +160,78 @@ def run_train(args: argparse.Namespace) -> int:
     finally:
         for bar in bars.values():
             bar.close()
+    _print_summary(registry, manifest, result)
+    return 0
+
+
+def _print_summary(registry: EncoderRegistry, manifest: Manifest, report: dict[str, Any]) -> None:
+    """The JSON summary ``train`` and ``models import`` print."""
     summary = {
         "version": manifest.version,
         "parent": manifest.parent,
-        "method": result["method"],
-        "recall": result["recall"],
-        "intended_change_pct": result["intended_change_pct"],
-        "consumer_change_pct": result["consumer_change_pct"],
-        "ecc": result["ecc"],
-        "forward": result.get("forward"),
-        "swappable": result["swappable"],
+        "method": report["method"],
+        "recall": report["recall"],
+        "intended_change_pct": report["intended_change_pct"],
+        "consumer_change_pct": report["consumer_change_pct"],
+        "ecc": report["ecc"],
+        "forward": report.get("forward"),
+        "swappable": report["swappable"],
         "report": str(registry.path_of(manifest.version) / "report.json"),
     }
     print(json.dumps(summary, indent=2))
+
+
+def _store_states(data_dir: Path, user_window: int) -> EntityStates:
+    """The entities of the store at ``data_dir``, read through a read-only handle (a worker
+    may be running on it)."""
+    store = VersionedVectorStore(data_dir, StoreOptions(block_cache_mb=0), read_only=True)
+    try:
+        return EntityStates(list(store.iter_states("user")), list(store.iter_states("item")), user_window)
+    finally:
+        store.close()
+
+
+def run_import(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    settings = Settings.from_env()
+    try:
+        contract = InputContract(args.history, args.buckets, args.recency_tau_s)
+    except ValueError as error:
+        print(f"embstream: error: {error}", file=sys.stderr)
+        return 2
+    request = ImportRequest(
+        user_tower=args.user_tower,
+        item_tower=args.item_tower,
+        parent=args.parent,
+        method=args.method,
+        aligner=args.aligner,
+        contract=contract,
+        forward=not args.no_forward,
+        gate_pct=args.gate_pct,
+    )
+    events, states = None, None
+    if args.events is not None:
+        log = read_interaction_log(args.events)
+        events = log.events
+        print(f"embstream: {len(events):,} events from {args.events}", file=sys.stderr)
+    else:
+        data_dir = args.data_dir or settings.data_dir
+        states = _store_states(data_dir, settings.user_window)
+        print(
+            f"embstream: {len(states.users):,} users and {len(states.items):,} items "
+            f"from the store at {data_dir}",
+            file=sys.stderr,
+        )
+    manifest, report = import_version(
+        registry, request, events, states, progress=lambda text: print(f"embstream: {text}", file=sys.stderr)
+    )
+    _print_summary(registry, manifest, report)
     return 0
 
 
 def run_models(args: argparse.Namespace) -> int:
+    if args.action == "import":
+        return run_import(args)
     registry = _registry(args)
     if args.action == "list":
         versions = registry.versions()
@@ -168,7 +275,7 @@ def run_models(args: argparse.Namespace) -> int:
             print(f"embstream: version {args.version} FAILED: {error}", file=sys.stderr)
             return 1
         files = [
-            "weights",
+            "weights" if manifest.architecture is not None else "towers",
             *(["aligner"] if manifest.aligner else []),
             *(["forward transform"] if manifest.forward else []),
         ]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from models.aligners import forward_apply
-from models.encoder import Encoder, TorchEncoder
+from models.encoder import Encoder
 from models.errors import ModelError
 from models.registry import EncoderRegistry, Manifest
 from store.item_indexes import ItemIndexes
@@ -89,12 +89,12 @@ class RolloutController:
         self.worker_id = worker_id
         self.user_window = user_window
         self.state = RolloutState()
-        self._encoders: dict[int, TorchEncoder] = {}
-        self.serving_encoder: TorchEncoder | None = None
-        self.staged_encoder: TorchEncoder | None = None
+        self._encoders: dict[int, Encoder] = {}
+        self.serving_encoder: Encoder | None = None
+        self.staged_encoder: Encoder | None = None
         self.retained_versions = retained_versions
         #: Previous serving versions written natively on every refresh, after the serving one.
-        self.retained_encoders: list[TorchEncoder] = []
+        self.retained_encoders: list[Encoder] = []
         self.backfiller: Backfiller | None = None
         #: The staged version's forward fill, when it has a usable forward transform.
         self.forward: ForwardFiller | None = None
@@ -104,7 +104,7 @@ class RolloutController:
         self.rejected_messages = 0
         self.check = version_check(registry, self.encoder)
 
-    def encoder(self, version: int) -> TorchEncoder:
+    def encoder(self, version: int) -> Encoder:
         if version not in self._encoders:
             self._encoders[version] = self.registry.load(version)
         return self._encoders[version]
@@ -147,7 +147,7 @@ class RolloutController:
 
     def _retain(self) -> None:
         """Load the encoders of the previous versions this worker keeps fresh."""
-        chosen: list[TorchEncoder] = []
+        chosen: list[Encoder] = []
         for version in self.state.retained:
             if len(chosen) >= self.retained_versions:
                 break
