@@ -16,6 +16,9 @@ Layout::
 
 Weights, towers, aligners and forward transforms are loaded only after their sha256 matches
 the manifest.
+
+Longer than the 400 lines modules keep to, for one reader: each file of a version directory
+is written and read here side by side, for trained and imported versions alike.
 """
 
 from __future__ import annotations

@@ -238,14 +238,18 @@ def run_models(args: argparse.Namespace) -> int:
         if not versions:
             print(f"embstream: no versions in {registry.root}", file=sys.stderr)
             return 0
-        print(f"{'version':>7}  {'parent':>6}  {'dim':>4}  {'aligner':<15} {'swappable':<9}  created")
+        print(
+            f"{'version':>7}  {'parent':>6}  {'dim':>4}  {'kind':<9} {'aligner':<15} "
+            f"{'swappable':<9}  created"
+        )
         for version in versions:
             manifest = registry.manifest(version)
             report = registry.report(version)
             method = (manifest.aligner or {}).get("method") or "-"
             swappable = {True: "yes", False: "no"}.get(bool(report["swappable"])) if report else "-"
             parent = "-" if manifest.parent is None else str(manifest.parent)
-            columns = f"{version:>7}  {parent:>6}  {manifest.dim:>4}  {method:<15} {swappable:<9}"
+            kind = "imported" if manifest.architecture is None else "trained"
+            columns = f"{version:>7}  {parent:>6}  {manifest.dim:>4}  {kind:<9} {method:<15} {swappable:<9}"
             print(f"{columns}  {manifest.created_at}")
         return 0
     if args.action == "show":

@@ -57,7 +57,7 @@ def test_train_then_manage_versions(events_file: Path, tmp_path: Path) -> None:
 
     listing = _embstream("models", "list", "--registry", registry).stdout.splitlines()
     assert listing[0].split()[:3] == ["version", "parent", "dim"]
-    assert listing[2].split()[:4] == ["2", "1", "48", "procrustes"]
+    assert listing[2].split()[:5] == ["2", "1", "48", "trained", "procrustes"]
     shown = json.loads(_embstream("models", "show", "2", "--registry", registry).stdout)
     assert shown["manifest"]["aligner"]["target_dim"] == 64 and "compatibility_matrix" in shown["report"]
     # the forward transform (version 1's space into version 2's) is stored, hashed and reported
