@@ -8,7 +8,9 @@ recall@10 of exact inner-product search with float16 vectors against float32.
 
 ``run_backfill`` fills a store by running synthetic events through the refresher (no
 broker), then times the backfill of every entity with a second encoder version (a copy of
-version 1's weights), in the worker's chunks of 2,000 entities and in chunks of 20,000.
+version 1's weights), in the worker's chunks of 2,000 entities and in chunks of 20,000;
+then, side by side in rounds, the same model built in and exported then imported (the
+inference cost of an imported version against the built-in one).
 
     python -m benchmarks.storage [--entities 1000000] [--backfill-entities 200000]
 """
@@ -32,7 +34,8 @@ import orjson
 import torch
 
 from models.bootstrap import ensure_default_encoder
-from models.encoder import TorchEncoder
+from models.encoder import Encoder, TorchEncoder
+from models.exported import builtin_towers, export_towers
 from models.features import EVENT_TYPES, UserState
 from models.registry import EncoderRegistry
 from models.synthetic import SyntheticWorld
@@ -229,12 +232,16 @@ def _fill_store(store: VersionedVectorStore, encoder: TorchEncoder, entities: in
 
 def _second_version(registry: EncoderRegistry) -> TorchEncoder:
     """Version 2: version 1's weights saved again (backfill cost does not depend on weights)."""
+    first = registry.load(1)
+    assert isinstance(first, TorchEncoder)
     if registry.latest() == 1:
-        registry.save(registry.load(1).model, parent=1, training={"data": "copy of version 1 (benchmark)"})
-    return registry.load(2)
+        registry.save(first.model, parent=1, training={"data": "copy of version 1 (benchmark)"})
+    second = registry.load(2)
+    assert isinstance(second, TorchEncoder)
+    return second
 
 
-def _time_backfill(path: Path, encoder: TorchEncoder, limit: int) -> dict[str, Any]:
+def _time_backfill(path: Path, encoder: Encoder, limit: int) -> dict[str, Any]:
     """Every entity of the store at ``path`` re-encoded with ``encoder``, ``limit`` per step."""
     store = VersionedVectorStore(path)
     backfiller = Backfiller(store, encoder)
@@ -290,9 +297,37 @@ def run_backfill(work_dir: Path, entities: int = 200_000) -> dict[str, Any]:
         shutil.copytree(filled, copy)
         runs[f"chunk_{limit}"] = _time_backfill(copy, encoder, limit)
         shutil.rmtree(copy)
+    imported = _imported_side_by_side(work_dir, filled, registry, encoder)
     recall = _encoder_recall(filled)
     shutil.rmtree(filled)
-    return {"fill": fill, "backfill": runs, "float16_recall_at_10_encoder": recall}
+    return {"fill": fill, "backfill": runs, "imported": imported, "float16_recall_at_10_encoder": recall}
+
+
+def _imported_side_by_side(
+    work_dir: Path, filled: Path, registry: EncoderRegistry, builtin: TorchEncoder, rounds: int = 3
+) -> dict[str, Any]:
+    """The same model served two ways, alternately on copies of one store (chunk of the
+    worker's size): the built-in encoder, and its towers exported with ``torch.export`` and
+    imported as a version (what ``embstream models import`` stores)."""
+    user_tower, item_tower = export_towers(*builtin_towers(builtin.model), builtin.inputs)
+    version = registry.save_imported(
+        user_tower, item_tower, dim=builtin.dim, contract=builtin.inputs, parent=1
+    ).version
+    imported = registry.load(version)
+    rates: dict[str, list[int]] = {"builtin": [], "imported": []}
+    for _ in range(rounds):
+        for name, encoder in (("builtin", builtin), ("imported", imported)):
+            copy = work_dir / f"backfill-{name}"
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(filled, copy)
+            rates[name].append(_time_backfill(copy, encoder, BACKFILL_CHUNK)["entities_per_second"])
+            shutil.rmtree(copy)
+    ratios = [round(i / b, 3) for b, i in zip(rates["builtin"], rates["imported"], strict=True)]
+    return {
+        "note": "version 1's model, built-in vs exported and imported; entities/s per round",
+        "entities_per_second": rates,
+        "imported_over_builtin": ratios,
+    }
 
 
 def main() -> None:

@@ -20,11 +20,18 @@ import numpy as np
 import torch
 
 from models.contract import ITEM_TENSORS, USER_TENSORS, InputContract, TensorSpec
-from models.encoder import ItemBatch, UserBatch, item_batch, user_batch
+from models.encoder import ItemBatch, TwoTowerModel, UserBatch, item_batch, user_batch
 from models.errors import ImportRefusedError
 from models.features import ITEM_FEATURES, ItemInput, UserInput
 
-__all__ = ["ExportedEncoder", "check_towers", "contract_batches", "load_program"]
+__all__ = [
+    "ExportedEncoder",
+    "builtin_towers",
+    "check_towers",
+    "contract_batches",
+    "export_towers",
+    "load_program",
+]
 
 _DTYPES = {"int64": torch.int64, "float32": torch.float32}
 _FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
@@ -249,3 +256,50 @@ class ExportedEncoder:
         if not inputs:
             return np.empty((0, self.dim), dtype=np.float32)
         return self.encode_item_tensors(item_batch(inputs, self.inputs)).numpy()
+
+
+class _UserTower(torch.nn.Module):
+    def __init__(self, model: TwoTowerModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        user_buckets: torch.Tensor,
+        item_buckets: torch.Tensor,
+        type_codes: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.model.encode_users(UserBatch(user_buckets, item_buckets, type_codes, weights))
+
+
+class _ItemTower(torch.nn.Module):
+    def __init__(self, model: TwoTowerModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, item_buckets: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_items(ItemBatch(item_buckets, features))
+
+
+def builtin_towers(model: TwoTowerModel) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The built-in model's towers as modules over the contract's tensors (to export it, or
+    to compare an imported version with a trained one)."""
+    return _UserTower(model).eval(), _ItemTower(model).eval()
+
+
+def export_towers(
+    user: torch.nn.Module, item: torch.nn.Module, contract: InputContract
+) -> tuple[bytes, bytes]:
+    """Both towers exported with a dynamic batch on contract tensors: the bytes of their
+    ``torch.export.save`` files."""
+    users, items = contract_batches(contract, 3)
+    saved = []
+    batch = torch.export.Dim("batch", min=1)
+    for module, tensors in ((user, users.tensors()), (item, items.tensors())):
+        example = tuple(t[:2] for t in tensors)
+        program = torch.export.export(module.eval(), example, dynamic_shapes=[{0: batch}] * len(example))
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+        saved.append(buffer.getvalue())
+    return saved[0], saved[1]

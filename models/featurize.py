@@ -29,17 +29,16 @@ import torch
 from models.contract import InputContract
 from models.encoder import ItemBatch, UserBatch, item_batch, user_batch
 from models.errors import TrainingError
-from models.features import TYPE_CODES
+from models.features import TYPE_CODES, ItemInput, UserInput
 from models.interaction_log import normalise_event, read_interaction_log
 from models.state_batch import (
     EventColumns,
-    ItemCounts,
-    UserHistories,
     apply_item_events,
     apply_user_events,
 )
+from models.training import build_examples
 
-__all__ = ["Features", "featurize", "log_columns"]
+__all__ = ["Features", "featurize", "featurize_pairs", "log_columns"]
 
 
 @dataclass(frozen=True)
@@ -59,8 +58,8 @@ class Features:
     item_ids: list[str]
     users: UserBatch
     items: ItemBatch
-    user_inputs: UserHistories
-    item_inputs: ItemCounts
+    user_inputs: Sequence[UserInput]
+    item_inputs: Sequence[ItemInput]
     user_states: list[bytes]
     item_states: list[bytes]
 
@@ -156,4 +155,33 @@ def featurize(
         counts,
         user_states,
         item_states,
+    )
+
+
+def featurize_pairs(
+    log: str | Path | Iterable[Mapping[str, Any] | str | bytes],
+    *,
+    contract: InputContract | None = None,
+    user_window: int = 50,
+) -> Features:
+    """Training pairs: for every event of ``log`` after a user's first, row ``k`` of
+    :attr:`Features.users` is the user's input just before event ``k`` and row ``k`` of
+    :attr:`Features.items` the item's (the positive), in time order. The states are those
+    the stream would hold at that moment (the per-entity classes of
+    :mod:`models.features`, which the tests hold equal to the stream's batch state), so the
+    ``user_ids`` / ``item_ids`` repeat and ``user_states`` / ``item_states`` are empty."""
+    contract = contract or InputContract()
+    examples = build_examples(_events(log), user_window, validation_fraction=0.0)
+    users, items = examples.users, examples.items
+    return Features(
+        contract,
+        None,
+        [user.user_id for user in users],
+        [item.item_id for item in items],
+        user_batch(users, contract),
+        item_batch(items, contract),
+        users,
+        items,
+        [],
+        [],
     )
