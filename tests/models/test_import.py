@@ -4,6 +4,7 @@ message and nothing is written."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -18,8 +19,9 @@ from torch import nn
 
 from models.compat_loss import BackwardCompatibilityLoss
 from models.contract import InputContract
+from models.encoder import TorchEncoder
 from models.errors import ImportRefusedError, IntegrityError
-from models.exported import ExportedEncoder
+from models.exported import ExportedEncoder, builtin_towers, export_towers
 from models.featurize import featurize
 from models.importing import EntityStates, ImportRequest, import_version
 from models.registry import EncoderRegistry
@@ -62,9 +64,7 @@ def test_an_imported_version_serves_the_towers_own_outputs_and_is_reported(
     data = json.loads((registry.path_of(2) / "manifest.json").read_text())
     assert data["architecture"] == {"kind": "torch.export", "dim": 32}
     assert data["inputs"]["history"] == 50 and data["inputs"]["hashing"]["buckets"] == 1 << 15
-    assert (
-        data["towers"]["user"]["sha256"] == __import__("hashlib").sha256(user_path.read_bytes()).hexdigest()
-    )
+    assert data["towers"]["user"]["sha256"] == hashlib.sha256(user_path.read_bytes()).hexdigest()
     assert data["aligner"]["method"] == "procrustes" and data["forward"]["target_dim"] == 32
     assert set(report) >= {
         "recall",
@@ -266,3 +266,23 @@ def test_the_command_imports_and_prints_the_train_summary(
     )
     assert refused.returncode == 2 and "no user tower at" in refused.stderr
     assert registry.versions() == [1, 2]
+
+
+def test_the_built_in_model_exported_and_imported_gives_the_same_vectors(
+    registry: EncoderRegistry, events: list[dict[str, Any]]
+) -> None:
+    trained = registry.load(1)
+    assert isinstance(trained, TorchEncoder)
+    user_tower, item_tower = export_towers(*builtin_towers(trained.model), trained.inputs)
+    version = registry.save_imported(
+        user_tower, item_tower, dim=64, contract=trained.inputs, parent=1
+    ).version
+    imported = registry.load(version)
+    features = featurize(events)
+    np.testing.assert_array_equal(
+        imported.encode_users(features.user_inputs), trained.encode_users(features.user_inputs)
+    )
+    np.testing.assert_array_equal(
+        imported.encode_items(features.item_inputs), trained.encode_items(features.item_inputs)
+    )
+    assert registry.manifest(version).inputs == registry.manifest(1).inputs
