@@ -248,10 +248,6 @@ class Encoder(Protocol):
 
     def encode_items(self, inputs: Sequence[ItemInput]) -> np.ndarray: ...
 
-    def encode_user_tensors(self, batch: UserBatch) -> torch.Tensor: ...
-
-    def encode_item_tensors(self, batch: ItemBatch) -> torch.Tensor: ...
-
 
 class TorchEncoder:
     """A fixed encoder version in inference mode: inputs in, float32 unit vectors out."""
@@ -274,12 +270,3 @@ class TorchEncoder:
             return np.empty((0, self.dim), dtype=np.float32)
         with torch.inference_mode():
             return self.model.encode_items(item_batch(inputs, self.config)).numpy()
-
-    def encode_user_tensors(self, batch: UserBatch) -> torch.Tensor:
-        """The user tower on contract tensors (no gradient)."""
-        with torch.inference_mode():
-            return self.model.encode_users(batch)
-
-    def encode_item_tensors(self, batch: ItemBatch) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.model.encode_items(batch)
