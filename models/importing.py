@@ -98,10 +98,16 @@ def _given_aligner(path: Path, dim: int, parent_dim: int) -> BackwardAligner:
     return BackwardAligner.from_matrix(loaded.detach().to(torch.float32).numpy())
 
 
-def states_log(states: EntityStates) -> list[dict[str, Any]]:
-    """The events kept in the users' stored windows, as an interaction log sorted by time."""
-    ids = [user_id for user_id, _ in states.users]
-    _, histories = apply_user_events(ids, [raw for _, raw in states.users], states.user_window)
+#: Users whose stored windows make the report's log (evenly spread over those given).
+LOG_USERS = 10_000
+
+
+def states_log(states: EntityStates, users: int = LOG_USERS) -> list[dict[str, Any]]:
+    """The events kept in the stored windows of up to ``users`` users, as an interaction log
+    sorted by time."""
+    picked = states.users[:: max(1, -(-len(states.users) // users))]
+    ids = [user_id for user_id, _ in picked]
+    _, histories = apply_user_events(ids, [raw for _, raw in picked], states.user_window)
     events = []
     for user in histories:
         for item_id, code, value, ts in zip(

@@ -181,12 +181,23 @@ def _print_summary(registry: EncoderRegistry, manifest: Manifest, report: dict[s
     print(json.dumps(summary, indent=2))
 
 
+#: Entities of each kind read from a store to fit on (evenly spread over its key order).
+STORE_SAMPLE = 50_000
+
+
+def _sample(store: VersionedVectorStore, kind: str, limit: int) -> list[tuple[str, bytes]]:
+    stride = max(1, -(-store.count_states(kind) // limit))
+    return [entry for row, entry in enumerate(store.iter_states(kind)) if row % stride == 0][:limit]
+
+
 def _store_states(data_dir: Path, user_window: int) -> EntityStates:
-    """The entities of the store at ``data_dir``, read through a read-only handle (a worker
-    may be running on it)."""
+    """Up to :data:`STORE_SAMPLE` users and items of the store at ``data_dir``, read through
+    a read-only handle (a worker may be running on it)."""
     store = VersionedVectorStore(data_dir, StoreOptions(block_cache_mb=0), read_only=True)
     try:
-        return EntityStates(list(store.iter_states("user")), list(store.iter_states("item")), user_window)
+        return EntityStates(
+            _sample(store, "user", STORE_SAMPLE), _sample(store, "item", STORE_SAMPLE), user_window
+        )
     finally:
         store.close()
 

@@ -26,6 +26,8 @@ from models.featurize import featurize
 from models.importing import EntityStates, ImportRequest, import_version
 from models.registry import EncoderRegistry
 from models.synthetic import SyntheticWorld
+from store.vector_store import VersionedVectorStore
+from stream.cli import models as models_cli
 from tests.towers import GRUUserTower, MLPItemTower, PooledUserTower, export_pair, export_tower
 
 START = 1_767_000_000_000
@@ -286,3 +288,56 @@ def test_the_built_in_model_exported_and_imported_gives_the_same_vectors(
         imported.encode_items(features.item_inputs), trained.encode_items(features.item_inputs)
     )
     assert registry.manifest(version).inputs == registry.manifest(1).inputs
+
+
+def test_the_command_fits_on_a_sample_of_the_store_when_no_log_is_given(
+    registry: EncoderRegistry,
+    gru_pair: tuple[Path, Path],
+    events: list[dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    features = featurize(events)
+    store = VersionedVectorStore(tmp_path / "data")
+    writer = store.writer()
+    for kind, ids, states in (
+        ("user", features.user_ids, features.user_states),
+        ("item", features.item_ids, features.item_states),
+    ):
+        for entity_id, state in zip(ids, states, strict=True):
+            writer.put_state(kind, entity_id, state)
+    writer.commit()
+    store.close()
+    sample = models_cli.STORE_SAMPLE
+    monkeypatch.setattr(models_cli, "STORE_SAMPLE", 500)
+    states = models_cli._store_states(tmp_path / "data", 50)
+    for sampled, every in ((states.users, features.user_ids), (states.items, features.item_ids)):
+        assert 250 < len(sampled) <= 500 < len(every)  # evenly spread: every k-th key
+    assert states.users[0][0] == min(features.user_ids)  # spread from the first key on
+    monkeypatch.setattr(models_cli, "STORE_SAMPLE", sample)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "models",
+            "import",
+            "--registry",
+            str(registry.root),
+            "--user-tower",
+            str(gru_pair[0]),
+            "--item-tower",
+            str(gru_pair[1]),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"{len(features.user_ids):,} users and {len(features.item_ids):,} items from the store" in done.stderr
+    )
+    assert json.loads(done.stdout)["version"] == 2
+    assert registry.manifest(2).training["entities"] == "store"
