@@ -15,7 +15,6 @@ log (enough for the report's next-item recall).
 from __future__ import annotations
 
 import io
-import json
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,10 +33,9 @@ from models.features import EVENT_TYPES, ItemInput, UserInput
 from models.featurize import featurize
 from models.manifest import Manifest
 from models.registry import EncoderRegistry
-from models.report_plot import render_report_png
 from models.state_batch import apply_item_events, apply_user_events
 from models.training import build_examples
-from models.versioning import DEFAULT_GATE_PCT, VersionRequest, build_report
+from models.versioning import DEFAULT_GATE_PCT, VersionRequest, build_report, report_files
 
 __all__ = ["IMPORT_METHODS", "EntityStates", "ImportRequest", "import_version", "states_log"]
 
@@ -210,10 +208,7 @@ def import_version(
     report = build_report(
         registry, version, parent, method, encoder, aligner, encoder, examples, settings, forward
     )
-    files = {
-        "report.json": (json.dumps(report, indent=2) + "\n").encode(),
-        "report.png": render_report_png(report),
-    }
+    files = report_files(report)
     info = {
         "method": method,
         "imported": True,

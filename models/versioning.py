@@ -41,7 +41,7 @@ from models.training import (
     train_two_tower,
 )
 
-__all__ = ["DEFAULT_GATE_PCT", "VersionRequest", "train_version"]
+__all__ = ["DEFAULT_GATE_PCT", "VersionRequest", "build_report", "report_files", "train_version"]
 
 DEFAULT_GATE_PCT = -2.0
 
@@ -170,6 +170,14 @@ def build_report(
     return report
 
 
+def report_files(report: dict[str, Any]) -> dict[str, bytes]:
+    """A version's ``report.json`` and its picture, ``report.png``."""
+    return {
+        "report.json": (json.dumps(report, indent=2) + "\n").encode(),
+        "report.png": render_report_png(report),
+    }
+
+
 def _forward_report(
     forward: BackwardAligner, new: VersionView, parent: VersionView, examples: Examples, k: int
 ) -> dict[str, Any]:
@@ -261,10 +269,7 @@ def train_version(
         request,
         forward,
     )
-    files = {
-        "report.json": (json.dumps(report, indent=2) + "\n").encode(),
-        "report.png": render_report_png(report),
-    }
+    files = report_files(report)
     info = {**metrics, "method": method, "events": len(events), "alignment_weight": request.alignment_weight}
     manifest = registry.save(
         model,
