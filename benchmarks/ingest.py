@@ -4,7 +4,12 @@ Pre-produces N synthetic events to a fresh topic on the embedded broker, then st
 (in this process, as ``embstream run`` would) and times how long it takes until every event
 is applied and its embeddings are written. Writes JSON to stdout.
 
-    python -m benchmarks.ingest --events 200000
+``--world small`` draws the events from the default synthetic world (2,000 users, 5,000
+items: a batch touches each user many times); ``--world real`` from one of real traffic's
+cardinality (1,000,000 users, 100,000 items, Zipf-like activity: most users of a batch are
+seen once).
+
+    python -m benchmarks.ingest --events 200000 [--world small|real]
 """
 
 from __future__ import annotations
@@ -20,13 +25,17 @@ from typing import Any
 
 from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
+from models.synthetic import REAL_WORLD, SyntheticWorld
 from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.producer import send_records, synthetic_records
 from stream.kafka.topics import ensure_topics
 from stream.service import RunningService, run_service
 from stream.settings import Settings
 
-__all__ = ["produce_events", "run_ingest"]
+__all__ = ["WORLDS", "produce_events", "run_ingest"]
+
+#: The benchmarks' worlds, by name.
+WORLDS: dict[str, dict[str, Any]] = {"small": {}, "real": dict(REAL_WORLD)}
 
 
 async def _measure(settings: Settings, expected: int) -> dict[str, Any]:
@@ -58,11 +67,12 @@ async def _measure(settings: Settings, expected: int) -> dict[str, Any]:
     }
 
 
-def produce_events(bootstrap: str, topic: str, events: int, partitions: int) -> float:
-    """Create ``topic`` and fill it with ``events`` synthetic events; returns the seconds taken."""
+def produce_events(bootstrap: str, topic: str, events: int, partitions: int, world: str = "small") -> float:
+    """Create ``topic`` and fill it with ``events`` synthetic events of ``world`` (a name in
+    :data:`WORLDS`); returns the seconds taken."""
     ensure_topics([bootstrap], {topic: partitions})
     started = time.perf_counter()
-    send_records([bootstrap], topic, synthetic_records(events))
+    send_records([bootstrap], topic, synthetic_records(events, world=SyntheticWorld(**WORLDS[world])))
     return time.perf_counter() - started
 
 
@@ -96,17 +106,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--world", choices=sorted(WORLDS), default="small")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="embstream-bench-"))
     registry = work / "registry"
     ensure_default_encoder(EncoderRegistry(registry))
     with EmbeddedBroker() as broker:
         topic = "bench-interactions"
-        produce_seconds = produce_events(broker.bootstrap, topic, args.events, args.partitions)
+        produce_seconds = produce_events(broker.bootstrap, topic, args.events, args.partitions, args.world)
         result = run_ingest(
             broker.bootstrap, topic, args.events, partitions=args.partitions, registry=registry, work_dir=work
         )
-    result.update({"produce_seconds": round(produce_seconds, 2), "cores": os.cpu_count()})
+    result.update(
+        {"world": args.world, "produce_seconds": round(produce_seconds, 2), "cores": os.cpu_count()}
+    )
     print(json.dumps(result, indent=2))
 
 

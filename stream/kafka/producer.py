@@ -59,12 +59,15 @@ def jsonl_records(lines: Iterable[bytes]) -> Iterator[Record]:
         yield key, value
 
 
-def synthetic_records(count: int | None, seed: int = 0, bad_every: int = 0) -> Iterator[Record]:
+def synthetic_records(
+    count: int | None, seed: int = 0, bad_every: int = 0, world: SyntheticWorld | None = None
+) -> Iterator[Record]:
     """Synthetic events stamped with the current time; ``count=None`` never ends.
 
     With ``bad_every=N``, every N-th record is malformed (to show the dead-letter path).
+    ``world``: whose users and items (default: the small world of ``seed``).
     """
-    world = SyntheticWorld(seed=seed)
+    world = world or SyntheticWorld(seed=seed)
     sent = 0
     for event in world.stream(seed=seed + 1):
         if count is not None and sent >= count:
