@@ -3,9 +3,11 @@
     python -m benchmarks                      # everything (about 15 minutes on 2 cores)
     python -m benchmarks --quick              # smaller sizes, for a smoke run
     python -m benchmarks --only ingest,peers  # some sections
+    python -m benchmarks --only ingest,peers --world real --out benchmarks/results/harness-real.json
 
 Sections, in order: ``ingest`` (our worker) and ``peers`` (raw aiokafka, faust, Quix
-Streams) on the same pre-produced events; ``freshness`` against load (with its plot);
+Streams) on the same pre-produced events, of the small world or (``--world real``) of real
+cardinality; ``freshness`` against load (with its plot);
 ``lookups`` (HTTP single and batch, binary and JSON, with Redis as the peer); ``storage``
 (bytes per entity per version at 1M entities, float16 mode, recall effect); ``backfill``
 (entities re-encoded per second). Writes ``benchmarks/results/harness.json`` and
@@ -61,9 +63,9 @@ def _stream_sections(args: argparse.Namespace, work: Path, chosen: set[str]) -> 
     results: dict[str, Any] = {}
     with EmbeddedBroker() as broker:
         topic = "bench-interactions"
-        _say(f"producing {args.events:,} events to {args.partitions} partitions")
+        _say(f"producing {args.events:,} events of the {args.world} world to {args.partitions} partitions")
         results["produce_seconds"] = round(
-            produce_events(broker.bootstrap, topic, args.events, args.partitions), 2
+            produce_events(broker.bootstrap, topic, args.events, args.partitions, args.world), 2
         )
         if "ingest" in chosen:
             _say("ingest: our worker")
@@ -128,6 +130,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not figures")
     parser.add_argument("--events", type=int, default=None, help="events for ingest and peers (200,000)")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--world",
+        choices=("small", "real"),
+        default="small",
+        help="ingest and peers: events of the small world (2,000 users, 5,000 items) or of real "
+        "cardinality (1,000,000 users, 100,000 items, Zipf-like activity)",
+    )
     parser.add_argument("--peer-budget", type=float, default=60.0, help="seconds per peer at most")
     parser.add_argument("--out", type=Path, default=RESULTS / "harness.json")
     parser.add_argument("--plot", type=Path, default=RESULTS / "freshness.png")
@@ -148,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
             "system": platform.platform(),
         },
         "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "world": args.world,
     }
     with tempfile.TemporaryDirectory(prefix="embstream-bench-") as scratch:
         work = Path(scratch)

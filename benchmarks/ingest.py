@@ -10,6 +10,7 @@ cardinality (1,000,000 users, 100,000 items, Zipf-like activity: most users of a
 seen once).
 
     python -m benchmarks.ingest --events 200000 [--world small|real]
+    python -m benchmarks.ingest --world real --compare index_versions=0 serving_cache_mb=0 --rounds 2
 """
 
 from __future__ import annotations
@@ -102,12 +103,61 @@ def run_ingest(
     return asyncio.run(_measure(settings, events))
 
 
+def _compare(args: argparse.Namespace) -> dict[str, Any]:
+    """The default worker and one variant per ``--compare`` setting, alternating, each round
+    with a fresh consumer group over the same events; events/s per round and the ratios."""
+    variants: dict[str, dict[str, Any]] = {"default": {}}
+    for change in args.compare:
+        name, _, value = change.partition("=")
+        variants[change] = {name: type(getattr(Settings(), name))(value)}
+    work = Path(tempfile.mkdtemp(prefix="embstream-bench-"))
+    registry = work / "registry"
+    ensure_default_encoder(EncoderRegistry(registry))
+    rates: dict[str, list[int]] = {name: [] for name in variants}
+    with EmbeddedBroker() as broker:
+        topic = "bench-interactions"
+        produce_events(broker.bootstrap, topic, args.events, args.partitions, args.world)
+        for round_ in range(args.rounds):
+            for name, overrides in variants.items():
+                result = run_ingest(
+                    broker.bootstrap,
+                    topic,
+                    args.events,
+                    partitions=args.partitions,
+                    registry=registry,
+                    work_dir=work / f"{round_}-{len(rates[name])}-{list(variants).index(name)}",
+                    **overrides,
+                )
+                rates[name].append(result["events_per_second"])
+    return {
+        "world": args.world,
+        "events": args.events,
+        "events_per_second": rates,
+        "against_default": {
+            name: [round(r / d, 3) for r, d in zip(runs, rates["default"], strict=True)]
+            for name, runs in rates.items()
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--world", choices=sorted(WORLDS), default="small")
+    parser.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="also run the worker with each of these settings changed (e.g. index_versions=0), "
+        "alternating with the default on the same topic",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the comparison")
     args = parser.parse_args()
+    if args.compare:
+        print(json.dumps(_compare(args), indent=2))
+        return
     work = Path(tempfile.mkdtemp(prefix="embstream-bench-"))
     registry = work / "registry"
     ensure_default_encoder(EncoderRegistry(registry))
