@@ -344,6 +344,7 @@ async def run_service(
             "user_window": settings.user_window,
             "max_future_skew_ms": settings.max_future_skew_ms,
             "max_event_bytes": settings.max_event_bytes,
+            "updates_format": settings.updates_format,
         }
         consuming: Awaitable[None]
         if isinstance(worker, ScaleOutWorker):

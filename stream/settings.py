@@ -15,7 +15,10 @@ from stream.errors import SettingsError
 from stream.kafka.security import KafkaSecurity, KafkaSecurityError
 from stream.kafka.topics import by_item_topic
 
-__all__ = ["Settings", "SettingsError"]
+__all__ = ["UPDATES_FORMATS", "Settings", "SettingsError"]
+
+#: Forms of the ``embeddings.updates`` topic (README "Event contract").
+UPDATES_FORMATS = ("per-vector", "batch")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,9 @@ class Settings:
     api_port: int = 8080
     topic: str = "interactions"
     updates_topic: str = "embeddings.updates"
+    # The form of embeddings.updates: "per-vector" (one message per written vector, keyed by
+    # kind:id) or "batch" (one message per kind and version of a write batch, listing its ids).
+    updates_format: str = "per-vector"
     control_topic: str = "embstream.control"
     partitions: int = 4
     group_id: str = "embstream"
@@ -97,6 +103,11 @@ class Settings:
         for name in ("http_header_timeout_s", "http_body_timeout_s", "http_max_connections"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"EMBSTREAM_{name.upper()}={getattr(self, name)} must be at least 1")
+        if self.updates_format not in UPDATES_FORMATS:
+            raise SettingsError(
+                f"EMBSTREAM_UPDATES_FORMAT={self.updates_format!r} must be one of "
+                f"{', '.join(UPDATES_FORMATS)}"
+            )
         if self.index_versions < 0:
             raise SettingsError(f"EMBSTREAM_INDEX_VERSIONS={self.index_versions} must be 0 or more")
         try:

@@ -33,6 +33,7 @@ from stream.ingest.records import BatchOutcome, ConsumedRecord, SourceRecord
 
 __all__ = [
     "KEY_NOT_USER_ID",
+    "UPDATE_IDS_PER_MESSAGE",
     "BatchOutcome",
     "ConsumedRecord",
     "Decoded",
@@ -50,6 +51,8 @@ MAX_DEAD_LETTER_BYTES = 512 * 1024
 #: Dead-letter reason of an event whose Kafka key is not its user_id, where that matters (with
 #: several workers a user's events must all reach the partition that owns the user).
 KEY_NOT_USER_ID = "key is not the user_id"
+#: Ids in one message of the batch form of ``embeddings.updates`` (about 40 KB of JSON).
+UPDATE_IDS_PER_MESSAGE = 2_000
 
 
 def write_entities(
@@ -158,6 +161,7 @@ class EmbeddingRefresher:
         max_future_skew_ms: int = 86_400_000,
         max_event_bytes: int = MAX_EVENT_BYTES,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        updates_format: str = "per-vector",
     ) -> None:
         self.store = store
         # One fixed encoder, or a provider of the versions to write (serving first, then a
@@ -166,6 +170,9 @@ class EmbeddingRefresher:
             encoders if callable(encoders) else (lambda: [encoders])  # type: ignore[list-item]
         )
         self.updates_topic = updates_topic
+        #: "per-vector": one update message per written vector; "batch": one per kind and
+        #: version of a write batch (:data:`UPDATE_IDS_PER_MESSAGE` ids at most).
+        self.updates = self._batch_updates if updates_format == "batch" else self._updates
         self.dlq_topic = dlq_topic
         self.user_window = user_window
         self.max_future_skew_ms = max_future_skew_ms
@@ -295,7 +302,7 @@ class EmbeddingRefresher:
                 lags = np.maximum(0.0, (written_at - refreshed.latest_ms) / 1000.0)
                 outcome.lags_seconds.extend(lags.tolist())
             messages.extend(
-                self._updates(refreshed.kind, refreshed.ids, version, written_at, refreshed.latest_ms)
+                self.updates(refreshed.kind, refreshed.ids, version, written_at, refreshed.latest_ms)
             )
         return written_at
 
@@ -312,6 +319,30 @@ class EmbeddingRefresher:
                 topic, prefix + entity_id.encode(), b"%s%s%s%d}" % (head, dumps(entity_id), tail, ts)
             )
             for entity_id, ts in zip(ids, event_ts.tolist(), strict=True)
+        ]
+
+    def _batch_updates(
+        self, kind: str, ids: list[str], version: int, written_at: int, event_ts: np.ndarray
+    ) -> list[OutgoingMessage]:
+        """A few ``embeddings.updates`` messages for a whole write batch: key ``kind:version``,
+        value ``{"kind", "version", "ts", "ids": [...], "event_ts": [...]}``."""
+        key = f"{kind}:{version}".encode()
+        stamps = event_ts.tolist()
+        return [
+            OutgoingMessage(
+                self.updates_topic,
+                key,
+                orjson.dumps(
+                    {
+                        "kind": kind,
+                        "version": version,
+                        "ts": written_at,
+                        "ids": ids[start : start + UPDATE_IDS_PER_MESSAGE],
+                        "event_ts": stamps[start : start + UPDATE_IDS_PER_MESSAGE],
+                    }
+                ),
+            )
+            for start in range(0, len(ids), UPDATE_IDS_PER_MESSAGE)
         ]
 
     def reject(

@@ -103,6 +103,7 @@ class PartitionedRefresher:
         max_future_skew_ms: int = 86_400_000,
         max_event_bytes: int = MAX_EVENT_BYTES,
         clock_ms: Callable[[], int] | None = None,
+        updates_format: str = "per-vector",
     ) -> None:
         extra = {} if clock_ms is None else {"clock_ms": clock_ms}
         self.batches = EmbeddingRefresher(
@@ -113,6 +114,7 @@ class PartitionedRefresher:
             user_window=user_window,
             max_future_skew_ms=max_future_skew_ms,
             max_event_bytes=max_event_bytes,
+            updates_format=updates_format,
             **extra,
         )
         self.store = store

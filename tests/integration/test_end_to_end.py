@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import Counter
@@ -156,7 +157,6 @@ def test_updates_topic_carries_one_message_per_written_embedding(
         lambda: (r := read_topic(broker.bootstrap, f"{TOPIC}.updates")) and len(r) >= written and r
     )
     assert len(updates) == written
-    import json
 
     bodies = [json.loads(record.value) for record in updates]
     assert all(set(body) >= {"kind", "id", "version", "ts"} for body in bodies)
@@ -181,3 +181,32 @@ def test_versions_and_metrics_describe_the_store(worker: WorkerProcess, broker: 
 def test_topics_can_be_created_twice(broker: EmbeddedBroker) -> None:
     ensure_topics([broker.bootstrap], {"twice": 2})
     ensure_topics([broker.bootstrap], {"twice": 2})
+
+
+def test_with_the_batch_updates_format_the_topic_lists_every_written_id(
+    broker: EmbeddedBroker, trained_registry: Path, tmp_path: Path
+) -> None:
+    topic = "e2e-batch-updates"
+    worker = WorkerProcess(
+        tmp_path / "data",
+        trained_registry,
+        broker.bootstrap,
+        topic,
+        env={"EMBSTREAM_UPDATES_FORMAT": "batch"},
+    ).start()
+    try:
+        produce(broker.bootstrap, topic, [_event(f"bu-{n}", f"bi-{n % 4}") for n in range(30)])
+        wait_until(lambda: worker.metric("embstream_events_consumed_total") >= 30, timeout_s=30)
+        written = worker.metric("embstream_embeddings_written_total")
+
+        def listed() -> list[dict] | None:
+            bodies = [json.loads(r.value) for r in read_topic(broker.bootstrap, f"{topic}.updates")]
+            return bodies if sum(len(body["ids"]) for body in bodies) >= written else None
+
+        bodies = wait_until(listed, timeout_s=30)
+        assert len(bodies) < written  # a few messages, not one per vector
+        users = {entity for body in bodies if body["kind"] == "user" for entity in body["ids"]}
+        assert users == {f"bu-{n}" for n in range(30)}
+        assert all(len(body["event_ts"]) == len(body["ids"]) and body["version"] == 1 for body in bodies)
+    finally:
+        worker.stop()

@@ -119,3 +119,36 @@ def test_an_oversized_bad_record_is_dead_lettered_truncated(store: VersionedVect
     (dead,) = outcome.outbox
     assert len(dead.value) == MAX_DEAD_LETTER_BYTES and dead.value == huge[:MAX_DEAD_LETTER_BYTES]
     assert dict(dead.headers)["truncated.from"] == str(len(huge)).encode()
+
+
+def test_the_batch_form_of_updates_lists_every_written_id_in_few_messages(
+    store: VersionedVectorStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("stream.ingest.refresher.UPDATE_IDS_PER_MESSAGE", 4)
+    refresher = EmbeddingRefresher(
+        store,
+        RecordingEncoder(),
+        updates_topic="updates",
+        dlq_topic="dlq",
+        clock_ms=lambda: NOW,
+        updates_format="batch",
+    )
+    records = [_record(n, _click(f"u{n}", f"i{n % 3}", ts=NOW - 100 + n)) for n in range(10)]
+    outcome = refresher.process(records)
+    updates = [message for message in outcome.outbox if message.topic == "updates"]
+    assert [message.key for message in updates] == [b"user:7"] * 3 + [b"item:7"]  # 4 + 4 + 2 users
+    bodies = [orjson.loads(message.value) for message in updates]
+    users = [entity for body in bodies if body["kind"] == "user" for entity in body["ids"]]
+    assert sorted(users) == sorted(f"u{n}" for n in range(10))
+    first = bodies[0]
+    assert first["version"] == 7 and first["ts"] == NOW and len(first["event_ts"]) == len(first["ids"])
+    assert first["event_ts"][first["ids"].index("u3")] == NOW - 97  # each id's latest event
+    assert decode_outbox(store.pending_outbox()) == outcome.outbox  # committed with the batch
+
+
+def test_the_updates_format_setting_is_checked() -> None:
+    from stream.settings import Settings, SettingsError
+
+    assert Settings.from_env({"EMBSTREAM_UPDATES_FORMAT": "batch"}).updates_format == "batch"
+    with pytest.raises(SettingsError, match="EMBSTREAM_UPDATES_FORMAT='per-entity' must be one of"):
+        Settings(updates_format="per-entity")
