@@ -1,7 +1,7 @@
 """Freshness against load: from an event's timestamp to its refreshed vector being readable.
 
     python -m benchmarks.freshness --out benchmarks/results/freshness.json \
-        --plot benchmarks/results/freshness.png
+        --plot benchmarks/results/freshness.png [--world small|real]
 
 For each rate (5k, 10k, 20k, 30k, 40k events/s by default) a fresh worker process is started
 exactly as users start one (``python -m stream.cli run`` with ``EMBSTREAM_*`` settings) on
@@ -122,6 +122,7 @@ class RunLayout:
 
     rate: int
     work_dir: Path
+    world: str = "small"  # whose events the producer sends (models.synthetic.WORLDS)
 
     @property
     def name(self) -> str:
@@ -183,6 +184,8 @@ def start_producer(
         str(seconds),
         "--partitions",
         str(PARTITIONS),
+        "--world",
+        layout.world,
     ]
     return children.start(command, layout.run_dir / "producer.log", dict(os.environ))
 
@@ -539,12 +542,17 @@ def describe(run: dict[str, Any]) -> str:
 
 
 async def run_rates(
-    work_dir: Path, broker: EmbeddedBroker, registry: Path, rates: Sequence[int], seconds: float
+    work_dir: Path,
+    broker: EmbeddedBroker,
+    registry: Path,
+    rates: Sequence[int],
+    seconds: float,
+    world: str = "small",
 ) -> list[dict[str, Any]]:
     runs = []
     with ChildProcesses() as children:
         for rate in rates:
-            run = await measure_rate(RunLayout(rate, work_dir), broker, registry, seconds, children)
+            run = await measure_rate(RunLayout(rate, work_dir, world), broker, registry, seconds, children)
             runs.append(run)
             print(f"freshness: {describe(run)}", file=sys.stderr, flush=True)
             if run["saturated"]:
@@ -553,7 +561,10 @@ async def run_rates(
 
 
 def run_freshness(
-    work_dir: Path, rates: Sequence[int] = DEFAULT_RATES, seconds_per_rate: float = 15.0
+    work_dir: Path,
+    rates: Sequence[int] = DEFAULT_RATES,
+    seconds_per_rate: float = 15.0,
+    world: str = "small",
 ) -> dict[str, Any]:
     """Freshness percentiles per rate, stopping after the first rate the worker cannot sustain."""
     if seconds_per_rate <= WARMUP_SECONDS:
@@ -562,9 +573,10 @@ def run_freshness(
     registry = work_dir / "registry"
     ensure_default_encoder(EncoderRegistry(registry))
     with EmbeddedBroker() as broker:
-        runs = asyncio.run(run_rates(work_dir, broker, registry, sorted(rates), seconds_per_rate))
+        runs = asyncio.run(run_rates(work_dir, broker, registry, sorted(rates), seconds_per_rate, world))
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "world": world,
         "cores": os.cpu_count(),
         "clock": CLOCK_BASIS,
         "seconds_per_rate": seconds_per_rate,
@@ -631,12 +643,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, help="write the PNG plot here")
     parser.add_argument("--rates", type=int, nargs="+", default=list(DEFAULT_RATES))
     parser.add_argument("--seconds", type=float, default=15.0, help="seconds of events per rate")
+    parser.add_argument(
+        "--world", choices=("small", "real"), default="small", help="whose events (models.synthetic.WORLDS)"
+    )
     parser.add_argument("--work-dir", type=Path, help="keep registry, data and logs here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds, so children are stopped
     with work_directory(args.work_dir, args.keep) as work_dir:
-        result = run_freshness(work_dir, args.rates, args.seconds)
+        result = run_freshness(work_dir, args.rates, args.seconds, args.world)
     text = json.dumps(result, indent=2)
     if args.out is None:
         print(text)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 
 from aiokafka import AIOKafkaProducer
 
+from models.synthetic import WORLDS, SyntheticWorld
 from stream.kafka.producer import synthetic_records
 
 __all__ = ["EventTemplate", "ProducerReport", "build_templates", "send_paced"]
@@ -69,10 +70,12 @@ def split_at_timestamp(value: bytes) -> tuple[bytes, bytes]:
     return head + found, rest[digits:]
 
 
-def build_templates(count: int, partitions: int, seed: int = 0) -> list[EventTemplate]:
-    """``count`` synthetic events, keyed by user and assigned to a partition by key."""
+def build_templates(count: int, partitions: int, seed: int = 0, world: str = "small") -> list[EventTemplate]:
+    """``count`` synthetic events of ``world`` (a name in ``models.synthetic.WORLDS``), keyed
+    by user and assigned to a partition by key."""
     templates = []
-    for key, value in synthetic_records(count, seed=seed):
+    drawn_from = SyntheticWorld(seed=seed, **WORLDS[world])  # type: ignore[arg-type]
+    for key, value in synthetic_records(count, seed=seed, world=drawn_from):
         assert key is not None
         head, tail = split_at_timestamp(value)
         templates.append(EventTemplate(zlib.crc32(key) % partitions, key, head, tail))
@@ -133,9 +136,11 @@ async def send_paced(
     return ProducerReport(sent, round(sending_seconds, 3), achieved, first_ts, last_ts, cpu)
 
 
-async def produce(broker: str, topic: str, rate: float, seconds: float, partitions: int) -> ProducerReport:
+async def produce(
+    broker: str, topic: str, rate: float, seconds: float, partitions: int, world: str = "small"
+) -> ProducerReport:
     pool = min(MAX_TEMPLATES, max(1, int(rate * seconds)))
-    templates = build_templates(pool, partitions)
+    templates = build_templates(pool, partitions, world=world)
     producer = AIOKafkaProducer(
         bootstrap_servers=broker, client_id="embstream-bench-producer", acks=1, max_batch_size=BATCH_BYTES
     )
@@ -156,9 +161,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, required=True, help="events per second")
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--world", choices=sorted(WORLDS), default="small")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    report = asyncio.run(produce(args.broker, args.topic, args.rate, args.seconds, args.partitions))
+    report = asyncio.run(
+        produce(args.broker, args.topic, args.rate, args.seconds, args.partitions, args.world)
+    )
     print(json.dumps(asdict(report)), flush=True)
 
 

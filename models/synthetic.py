@@ -19,7 +19,7 @@ import numpy as np
 
 from models.features import EVENT_TYPES
 
-__all__ = ["REAL_WORLD", "SyntheticWorld"]
+__all__ = ["REAL_WORLD", "WORLDS", "SyntheticWorld"]
 
 _TYPE_PROBABILITIES = np.array([0.6, 0.24, 0.08, 0.05, 0.03])
 
@@ -126,6 +126,10 @@ REAL_WORLD: dict[str, float | int] = {
     "user_exponent": 0.8,
     "item_exponent": 1.0,
 }
+
+
+#: The benchmarks' worlds by name: ``SyntheticWorld(**WORLDS[name])``.
+WORLDS: dict[str, dict[str, float | int]] = {"small": {}, "real": REAL_WORLD}
 
 
 def _cdf(weights: np.ndarray) -> np.ndarray:
