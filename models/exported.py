@@ -29,6 +29,7 @@ __all__ = [
     "builtin_towers",
     "check_towers",
     "contract_batches",
+    "export_tower",
     "export_towers",
     "load_program",
 ]
@@ -288,18 +289,22 @@ def builtin_towers(model: TwoTowerModel) -> tuple[torch.nn.Module, torch.nn.Modu
     return _UserTower(model).eval(), _ItemTower(model).eval()
 
 
+def export_tower(module: torch.nn.Module, tensors: tuple[torch.Tensor, ...], dynamic: bool = True) -> bytes:
+    """``module`` exported on two rows of ``tensors`` (its contract inputs), with a dynamic
+    batch dimension unless ``dynamic`` is false: the bytes of its ``torch.export.save`` file."""
+    example = tuple(t[:2] for t in tensors)
+    batch = torch.export.Dim("batch", min=1)
+    shapes = [{0: batch}] * len(example) if dynamic else None
+    program = torch.export.export(module.eval(), example, dynamic_shapes=shapes)
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
 def export_towers(
     user: torch.nn.Module, item: torch.nn.Module, contract: InputContract
 ) -> tuple[bytes, bytes]:
     """Both towers exported with a dynamic batch on contract tensors: the bytes of their
     ``torch.export.save`` files."""
     users, items = contract_batches(contract, 3)
-    saved = []
-    batch = torch.export.Dim("batch", min=1)
-    for module, tensors in ((user, users.tensors()), (item, items.tensors())):
-        example = tuple(t[:2] for t in tensors)
-        program = torch.export.export(module.eval(), example, dynamic_shapes=[{0: batch}] * len(example))
-        buffer = io.BytesIO()
-        torch.export.save(program, buffer)
-        saved.append(buffer.getvalue())
-    return saved[0], saved[1]
+    return export_tower(user, users.tensors()), export_tower(item, items.tensors())

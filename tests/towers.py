@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from models import exported
 from models.contract import InputContract
 from models.exported import contract_batches
 from models.features import ITEM_FEATURES
@@ -76,13 +77,11 @@ def export_tower(
 ) -> Path:
     """Export ``module`` (``tower`` is "user" or "item") on contract tensors and save it."""
     users, items = contract_batches(contract or InputContract(), 3)
-    tensors = tuple(t[:2] for t in (users if tower == "user" else items).tensors())
-    batch = torch.export.Dim("batch", min=1)
-    shapes = [{0: batch}] * len(tensors) if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a GRU's flat weights are reported as assigned attributes
-        program = torch.export.export(module.eval(), tensors, dynamic_shapes=shapes)
-    torch.export.save(program, path)
+        path.write_bytes(
+            exported.export_tower(module, (users if tower == "user" else items).tensors(), dynamic)
+        )
     return path
 
 
