@@ -20,9 +20,11 @@ Network scenarios run open loop: requests are sent on a fixed schedule (200/s fo
 ids, 50/s for batches) whether or not earlier ones have answered, and latency runs from the
 scheduled send time to the moment the client holds the vectors decoded as numpy (JSON
 parsed, binary body or ``MGET`` values turned into a float32 matrix), so a stalled server
-cannot hide its stall (no coordinated omission). Ids are drawn uniformly at random.
+cannot hide its stall (no coordinated omission). Ids are drawn uniformly at random from
+200,000 users (``--world small``), or from 1,000,000 users with the real world's Zipf-like
+activity (``--world real``: a few users are read far more often than most).
 
-    python -m benchmarks.lookups --entities 200000 --duration 5
+    python -m benchmarks.lookups [--world small|real] [--entities N] --duration 5
 """
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
+from models.synthetic import REAL_WORLD
 from store.lookup import lookup_many, resolve_matrix
 from store.options import StoreOptions
 from store.vector_store import VersionedVectorStore
@@ -124,9 +128,33 @@ def summarize(latencies_s: list[float], errors: int, elapsed_s: float | None = N
     return result
 
 
-def id_batches(entities: int, size: int, count: int, seed: int) -> list[list[str]]:
-    numbers = np.random.default_rng(seed).integers(0, entities, size=(count, size))
-    return [[entity_id(int(n)) for n in row] for row in numbers]
+@dataclass(frozen=True)
+class Population:
+    """The users the store holds and how reads pick them: uniformly (``skew`` 0), or with
+    Zipf-like popularity of exponent ``skew`` (the real world's user activity, where a few
+    users are read far more often than most, as the serving cache meets them)."""
+
+    entities: int
+    skew: float = 0.0
+
+    def batches(self, size: int, count: int, seed: int) -> list[list[str]]:
+        """``count`` batches of ``size`` ids."""
+        rng = np.random.default_rng(seed)
+        if self.skew:
+            weights = 1.0 / np.arange(1, self.entities + 1) ** self.skew
+            cdf = weights.cumsum() / weights.sum()
+            ranks = cdf.searchsorted(rng.random((count, size)), side="right")
+            numbers = np.random.default_rng(0).permutation(self.entities)[ranks]  # hot ids spread
+        else:
+            numbers = rng.integers(0, self.entities, size=(count, size))
+        return [[entity_id(int(n)) for n in row] for row in numbers]
+
+
+#: The lookups' populations of the benchmark worlds (``models.synthetic.WORLDS``).
+POPULATIONS = {
+    "small": Population(200_000),
+    "real": Population(int(REAL_WORLD["users"]), float(REAL_WORLD["user_exponent"])),
+}
 
 
 async def open_loop(request: Request, batches: list[list[str]], rate: float) -> dict[str, Any]:
@@ -158,17 +186,15 @@ async def open_loop(request: Request, batches: list[list[str]], rate: float) -> 
 
 
 async def scenario(
-    request: Request, entities: int, size: int, rate: float, duration_s: float
+    request: Request, population: Population, size: int, rate: float, duration_s: float
 ) -> dict[str, Any]:
     """A short unrecorded warm-up, then ``duration_s`` of requests of ``size`` ids at ``rate``."""
-    await open_loop(request, id_batches(entities, size, max(1, int(rate * WARMUP_S)), seed=size + 1), rate)
-    return await open_loop(
-        request, id_batches(entities, size, max(1, int(rate * duration_s)), seed=size), rate
-    )
+    await open_loop(request, population.batches(size, max(1, int(rate * WARMUP_S)), seed=size + 1), rate)
+    return await open_loop(request, population.batches(size, max(1, int(rate * duration_s)), seed=size), rate)
 
 
 def measure_in_process(
-    store_path: Path, entities: int, duration_s: float, serving_cache_mb: int = 0
+    store_path: Path, population: Population, duration_s: float, serving_cache_mb: int = 0
 ) -> dict[str, Any]:
     """The direct read path, back to back, for a share of ``duration_s`` per case."""
     store = open_store(store_path, serving_cache_mb)
@@ -182,7 +208,7 @@ def measure_in_process(
     results = {}
     try:
         for name, (read, size) in cases.items():
-            results[name] = time_calls(read, id_batches(entities, size, 2_000, seed=size), duration_s / 3)
+            results[name] = time_calls(read, population.batches(size, 2_000, seed=size), duration_s / 3)
     finally:
         store.close()
     return results
@@ -327,7 +353,7 @@ async def lean_single_client(base: str) -> tuple[Request, Callable[[], None]]:
 
 
 async def measure_api(
-    base: str, entities: int, duration_s: float, single_only: bool = False
+    base: str, population: Population, duration_s: float, single_only: bool = False
 ) -> dict[str, Any]:
     import aiohttp
 
@@ -354,10 +380,10 @@ async def measure_api(
 
             return send
 
-        results = {"get": await scenario(single, entities, 1, SINGLE_RATE, duration_s)}
+        results = {"get": await scenario(single, population, 1, SINGLE_RATE, duration_s)}
         lean, close = await lean_single_client(base)
         try:
-            results["get_lean_client"] = await scenario(lean, entities, 1, SINGLE_RATE, duration_s)
+            results["get_lean_client"] = await scenario(lean, population, 1, SINGLE_RATE, duration_s)
         finally:
             close()
         if single_only:
@@ -365,7 +391,7 @@ async def measure_api(
         for size in BATCH_SIZES:
             for binary in (False, True):
                 name = f"batch_{size}_{'binary' if binary else 'json'}"
-                results[name] = await scenario(batch(binary), entities, size, BATCH_RATE, duration_s)
+                results[name] = await scenario(batch(binary), population, size, BATCH_RATE, duration_s)
         return results
 
 
@@ -414,7 +440,7 @@ def load_redis(port: int, entities: int) -> float:
     return round(time.perf_counter() - started, 2)
 
 
-async def measure_redis(port: int, entities: int, duration_s: float) -> dict[str, Any]:
+async def measure_redis(port: int, population: Population, duration_s: float) -> dict[str, Any]:
     from redis.asyncio import Redis
 
     client = Redis(host="127.0.0.1", port=port, max_connections=64)
@@ -429,20 +455,20 @@ async def measure_redis(port: int, entities: int, duration_s: float) -> dict[str
             matrix = np.frombuffer(b"".join(values), dtype="<f4").reshape(len(ids), DIM)
             return matrix.shape[0] == len(ids)
 
-        results = {"get": await scenario(get, entities, 1, SINGLE_RATE, duration_s)}
+        results = {"get": await scenario(get, population, 1, SINGLE_RATE, duration_s)}
         for size in BATCH_SIZES:
-            results[f"mget_{size}"] = await scenario(mget, entities, size, BATCH_RATE, duration_s)
+            results[f"mget_{size}"] = await scenario(mget, population, size, BATCH_RATE, duration_s)
         return results
     finally:
         await client.aclose()
 
 
-async def same_vectors(base: str, port: int, entities: int) -> bool:
+async def same_vectors(base: str, port: int, population: Population) -> bool:
     """One binary batch through the API equals the same keys read from Redis."""
     import aiohttp
     from redis.asyncio import Redis
 
-    ids = id_batches(entities, 100, 1, seed=7)[0]
+    ids = population.batches(100, 1, seed=7)[0]
     async with aiohttp.ClientSession() as session:
         url = f"{base}/v1/embeddings/{KIND}/batch?format=binary"
         async with session.post(url, data=orjson.dumps({"ids": ids})) as response:
@@ -456,12 +482,16 @@ async def same_vectors(base: str, port: int, entities: int) -> bool:
 # ----- the whole run ---------------------------------------------------------------------
 
 
-def run_lookups(work_dir: Path, entities: int = 200_000, duration_s: float = 5.0) -> dict[str, Any]:
+def run_lookups(
+    work_dir: Path, population: Population = POPULATIONS["small"], duration_s: float = 5.0
+) -> dict[str, Any]:
     """Build the store in ``work_dir``, then measure in-process, API and (if present) Redis."""
     store_path = Path(work_dir) / "store"
+    entities = population.entities
     result: dict[str, Any] = {
         "config": {
             "entities": entities,
+            "access": f"Zipf-like, exponent {population.skew}" if population.skew else "uniform",
             "dim": DIM,
             "versions_per_entity": len(VERSIONS),
             "duration_s_per_scenario": duration_s,
@@ -474,21 +504,21 @@ def run_lookups(work_dir: Path, entities: int = 200_000, duration_s: float = 5.0
         },
         "build_store_s": build_store(store_path, entities),
     }
-    result["in_process"] = measure_in_process(store_path, entities, duration_s, SERVING_CACHE_MB)
-    result["in_process_rocksdb"] = measure_in_process(store_path, entities, duration_s)
+    result["in_process"] = measure_in_process(store_path, population, duration_s, SERVING_CACHE_MB)
+    result["in_process_rocksdb"] = measure_in_process(store_path, population, duration_s)
     with api_process(store_path, "floor") as base:
-        result["api_floor"] = asyncio.run(measure_api(base, entities, duration_s, single_only=True))
+        result["api_floor"] = asyncio.run(measure_api(base, population, duration_s, single_only=True))
     with api_process(store_path, "rocksdb") as base:
-        result["api_rocksdb"] = asyncio.run(measure_api(base, entities, duration_s))
+        result["api_rocksdb"] = asyncio.run(measure_api(base, population, duration_s))
     with api_process(store_path, "cache") as base:
-        result["api"] = asyncio.run(measure_api(base, entities, duration_s))
+        result["api"] = asyncio.run(measure_api(base, population, duration_s))
         if shutil.which("redis-server") is None:
             result["redis"] = {"skipped": "redis-server is not on PATH"}
         else:
             with redis_process() as port:
                 result["redis_load_s"] = load_redis(port, entities)
-                result["redis"] = asyncio.run(measure_redis(port, entities, duration_s))
-                result["api_equals_redis"] = asyncio.run(same_vectors(base, port, entities))
+                result["redis"] = asyncio.run(measure_redis(port, population, duration_s))
+                result["api_equals_redis"] = asyncio.run(same_vectors(base, port, population))
     return result
 
 
@@ -499,17 +529,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--entities", type=int, default=200_000)
+    parser.add_argument(
+        "--world",
+        choices=sorted(POPULATIONS),
+        default="small",
+        help="small: 200,000 users read uniformly; real: 1,000,000 users read with Zipf-like skew",
+    )
+    parser.add_argument("--entities", type=int, help="users in the store (default: the world's)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per scenario")
     parser.add_argument(
         "--work-dir", type=Path, help="where to build the store (default: a temp dir, removed)"
     )
     args = parser.parse_args()
+    population = POPULATIONS[args.world]
+    if args.entities:
+        population = replace(population, entities=args.entities)
     if args.work_dir is not None:
-        result = run_lookups(args.work_dir, args.entities, args.duration)
+        result = run_lookups(args.work_dir, population, args.duration)
     else:
         with tempfile.TemporaryDirectory(prefix="embstream-bench-lookups-") as work:
-            result = run_lookups(Path(work), args.entities, args.duration)
+            result = run_lookups(Path(work), population, args.duration)
     print(json.dumps(result, indent=2))
 
 

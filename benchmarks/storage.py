@@ -12,7 +12,7 @@ version 1's weights), in the worker's chunks of 2,000 entities and in chunks of 
 then, side by side in rounds, the same model built in and exported then imported (the
 inference cost of an imported version against the built-in one).
 
-    python -m benchmarks.storage [--entities 1000000] [--backfill-entities 200000]
+    python -m benchmarks.storage [--entities 1000000] [--backfill-entities 200000] [--world real]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from models.encoder import Encoder, TorchEncoder
 from models.exported import builtin_towers, export_towers
 from models.features import EVENT_TYPES, UserState
 from models.registry import EncoderRegistry
-from models.synthetic import SyntheticWorld
+from models.synthetic import WORLDS, SyntheticWorld
 from store.options import StoreOptions
 from store.vector_store import VersionedVectorStore
 from stream.ingest.refresher import ConsumedRecord, EmbeddingRefresher
@@ -213,9 +213,16 @@ def _event_records(world: SyntheticWorld, count: int, end_ms: int) -> Iterator[l
         ]
 
 
-def _fill_store(store: VersionedVectorStore, encoder: TorchEncoder, entities: int) -> dict[str, Any]:
-    """Run about ``entities`` users and items' worth of events through the refresher."""
-    world = SyntheticWorld(users=entities * 3 // 4, items=entities // 4, seed=0)
+def _fill_store(
+    store: VersionedVectorStore, encoder: TorchEncoder, entities: int, world_name: str | None = None
+) -> dict[str, Any]:
+    """Run about ``entities`` users and items' worth of events through the refresher: of a
+    uniform world of that size, or ``3 * entities`` events of a named world
+    (``models.synthetic.WORLDS``)."""
+    if world_name is None:
+        world = SyntheticWorld(users=entities * 3 // 4, items=entities // 4, seed=0)
+    else:
+        world = SyntheticWorld(**WORLDS[world_name])  # type: ignore[arg-type]
     end_ms = int(time.time() * 1000)
     refresher = EmbeddingRefresher(store, encoder, updates_topic="updates", dlq_topic="dlq")
     started = time.perf_counter()
@@ -276,8 +283,9 @@ def _encoder_recall(path: Path) -> dict[str, Any]:
     }
 
 
-def run_backfill(work_dir: Path, entities: int = 200_000) -> dict[str, Any]:
-    """Backfill throughput (entities re-encoded per second) on a store filled by the refresher.
+def run_backfill(work_dir: Path, entities: int = 200_000, world: str | None = None) -> dict[str, Any]:
+    """Backfill throughput (entities re-encoded per second) on a store filled by the refresher
+    (with ``3 * entities`` events of ``world``, if named: see :func:`_fill_store`).
 
     Torch runs on one thread, as in the worker (``EMBSTREAM_TORCH_THREADS`` defaults to 1).
     """
@@ -287,7 +295,7 @@ def run_backfill(work_dir: Path, entities: int = 200_000) -> dict[str, Any]:
     filled = work_dir / "filled"
     shutil.rmtree(filled, ignore_errors=True)
     store = VersionedVectorStore(filled)
-    fill = _fill_store(store, registry.load(1), entities)
+    fill = _fill_store(store, registry.load(1), entities, world)
     store.close()
     encoder = _second_version(registry)
     runs = {}
@@ -338,6 +346,12 @@ def main() -> None:
     parser.add_argument("--backfill-entities", type=int, default=200_000)
     parser.add_argument("--skip-storage", action="store_true")
     parser.add_argument("--skip-backfill", action="store_true")
+    parser.add_argument(
+        "--world",
+        choices=sorted(WORLDS),
+        help="fill the backfill's store with 3 x --backfill-entities events of this world "
+        "(default: a uniform world of that many entities)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="embstream-storage-"))
     result: dict[str, Any] = {"cores": os.cpu_count()}
@@ -345,7 +359,7 @@ def main() -> None:
         if not args.skip_storage:
             result["storage"] = run_storage(work, args.entities)
         if not args.skip_backfill:
-            result["backfill"] = run_backfill(work, args.backfill_entities)
+            result["backfill"] = run_backfill(work, args.backfill_entities, args.world)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
