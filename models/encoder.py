@@ -19,7 +19,7 @@ from torch.nn import functional
 
 from models.contract import InputContract
 from models.features import EVENT_TYPES, ITEM_FEATURES, TYPE_CODES, ItemInput, UserInput
-from models.hashing import bucket_pairs, id_hash64
+from models.hashing import bucket_pairs, id_hash64, id_hashes64
 from models.state_batch import ItemCounts, UserHistories
 
 __all__ = [
@@ -202,7 +202,7 @@ def _user_tensors(
 ) -> UserBatch:
     """Padded history tensors from flat entries (``rows``, ``cols``) and their columns."""
     length = config.history
-    user_hashes = np.fromiter((id_hash64("user", user_id) for user_id in user_ids), np.uint64, size)
+    user_hashes = id_hashes64("user", user_ids)
     item_buckets = np.zeros((size, length, 2), dtype=np.int64)
     type_codes = np.zeros((size, length), dtype=np.int64)
     weights = np.zeros((size, length), dtype=np.float32)

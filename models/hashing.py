@@ -10,11 +10,12 @@ history, so a batch is featurised with array arithmetic and no string work.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["bucket_pairs", "id_buckets", "id_hash64"]
+__all__ = ["bucket_pairs", "id_buckets", "id_hash64", "id_hashes64"]
 
 
 @lru_cache(maxsize=1 << 18)
@@ -22,6 +23,20 @@ def id_hash64(salt: str, entity_id: str) -> int:
     """The 64-bit hash of ``entity_id`` under ``salt`` ("user" or "item")."""
     digest = hashlib.blake2b(entity_id.encode("utf-8"), digest_size=8, person=salt.encode()[:16])
     return int.from_bytes(digest.digest(), "little")
+
+
+def id_hashes64(salt: str, entity_ids: Sequence[str]) -> np.ndarray:
+    """:func:`id_hash64` of every id, as a ``uint64`` array, without its cache: for ids most
+    of which are seen once (the users of a batch at real cardinality), where a cache would
+    only evict the ids worth keeping."""
+    fresh = hashlib.blake2b(digest_size=8, person=salt.encode()[:16]).copy
+
+    def digest(entity_id: str) -> bytes:
+        hasher = fresh()
+        hasher.update(entity_id.encode("utf-8"))
+        return hasher.digest()
+
+    return np.frombuffer(b"".join(map(digest, entity_ids)), dtype="<u8").astype(np.uint64)
 
 
 def id_buckets(salt: str, entity_id: str, buckets: int) -> tuple[int, int]:

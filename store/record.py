@@ -41,6 +41,7 @@ __all__ = [
     "VersionedVector",
     "decode_record",
     "encode_record",
+    "record_header",
     "upsert_entry",
 ]
 
@@ -77,7 +78,7 @@ def encode_record(entries: list[VersionedVector], record_format: int = RECORD_FO
     """Serialise entries (already ordered highest version first) into one record."""
     if len(entries) > 255:
         raise RecordFormatError("a record holds at most 255 entries")
-    parts = [_record_header(record_format, len(entries))]
+    parts = [record_header(record_format, len(entries))]
     for entry in entries:
         vector, code = _storable(entry.vector)
         parts.append(
@@ -118,7 +119,8 @@ def _storable(vector: np.ndarray) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(vector, dtype=_DTYPES[code]), code
 
 
-def _record_header(record_format: int, count: int) -> bytes:
+def record_header(record_format: int, count: int) -> bytes:
+    """The header of a record of ``count`` entries in ``record_format`` (its entries follow)."""
     if record_format == COMPACT_RECORD_FORMAT:
         return _COMPACT_HEADER
     if record_format == RECORD_FORMAT:
@@ -306,7 +308,7 @@ def splice_entry(
         entries.sort(key=_version_of, reverse=True)
     evicted = [held for held, _ in entries[keep:]]
     kept = entries[:keep]
-    return _record_header(record_format, len(kept)) + b"".join(e for _, e in kept), added, evicted
+    return record_header(record_format, len(kept)) + b"".join(e for _, e in kept), added, evicted
 
 
 def _splice_newest_compact(

@@ -70,22 +70,20 @@ class _KindTable:
     def capacity(self) -> int:
         return int(self.matrix.shape[0])
 
-    def slot(self, spare_rows: int) -> int | None:
-        """A row to write a new id into, growing the matrix geometrically by at most
-        ``spare_rows``; ``None`` when it is full and may not grow."""
-        if self.free:
-            return self.free.pop()
-        row = self.rows
-        if row >= self.capacity:
-            grown = min(max(_FIRST_ROWS, 2 * self.capacity), self.capacity + spare_rows)
-            if grown <= row:
-                return None
+    def slots(self, count: int, spare_rows: int) -> np.ndarray:
+        """Rows to write ``count`` new ids into (freed rows first), growing the matrix
+        geometrically by at most ``spare_rows``; fewer when it is full and may not grow."""
+        reused = [self.free.pop() for _ in range(min(count, len(self.free)))]
+        high = len(self.index) + len(self.free) + len(reused)  # rows below it are taken or free
+        wanted = min(count - len(reused), max(0, self.capacity + spare_rows - high))
+        if high + wanted > self.capacity:
+            grown = min(max(_FIRST_ROWS, 2 * self.capacity, high + wanted), self.capacity + spare_rows)
             matrix = np.empty((grown, self.dim), dtype=np.float32)
-            matrix[:row] = self.matrix[:row]
+            matrix[:high] = self.matrix[:high]
             updated = np.empty(grown, dtype=np.int64)
-            updated[:row] = self.updated[:row]
+            updated[:high] = self.updated[:high]
             self.matrix, self.updated = matrix, updated
-        return row
+        return np.concatenate([np.asarray(reused, dtype=np.int64), np.arange(high, high + wanted)])
 
 
 class ServingCache:
@@ -234,28 +232,29 @@ class ServingCache:
         table = self._tables.get(kind)
         if table is None:
             table = self._tables[kind] = _KindTable(dim)
-        per_id = _row_bytes(dim)
         index = table.index
         stamps = np.broadcast_to(np.asarray(updated_at_ms, dtype=np.int64), (len(ids),))
-        rows: list[int] = []
-        picked: list[int] = []
-        spare_rows: int | None = None
-        for at, entity_id in enumerate(ids):
-            row = index.get(entity_id)
-            if row is None:
-                if spare_rows is None or (not table.free and table.rows >= table.capacity):
-                    spare_rows = max(0, (self.budget_bytes - self._allocated_locked()) // per_id)
-                row = table.slot(spare_rows)
-                if row is None:
-                    continue
-                index[entity_id] = row
-            elif not replace:
-                continue
-            rows.append(row)
-            picked.append(at)
-        if rows:
-            table.matrix[rows] = vectors[picked]
-            table.updated[rows] = stamps[picked]
+        get = index.get
+        rows = np.fromiter((get(entity_id, -1) for entity_id in ids), dtype=np.int64, count=len(ids))
+        held = rows >= 0
+        if replace and held.any():
+            table.matrix[rows[held]] = vectors[held]
+            table.updated[rows[held]] = stamps[held]
+        if held.all():
+            return
+        new = np.flatnonzero(~held)
+        new_ids = dict.fromkeys(ids[at] for at in new.tolist())  # an id twice in one read
+        if len(new_ids) != len(new):
+            last = {ids[at]: at for at in new.tolist()}  # its last row, as a loop would leave it
+            new = np.fromiter(last.values(), dtype=np.int64, count=len(last))
+        spare_rows = max(0, (self.budget_bytes - self._allocated_locked()) // _row_bytes(dim))
+        slots = table.slots(len(new), spare_rows)
+        if not len(slots):
+            return
+        new = new[: len(slots)]
+        index.update(zip([ids[at] for at in new.tolist()], slots.tolist(), strict=True))
+        table.matrix[slots] = vectors[new]
+        table.updated[slots] = stamps[new]
 
 
 def _row_bytes(dim: int) -> int:

@@ -11,7 +11,7 @@ from rocksdict import WriteBatch
 
 from store.errors import StoreError
 from store.keys import COUNT_PREFIX, OUTBOX_KEY, U64, entity_key
-from store.record import COMPACT_RECORD_FORMAT, encode_entries, splice_entry
+from store.record import COMPACT_RECORD_FORMAT, encode_entries, record_header, splice_entry
 
 if TYPE_CHECKING:
     from store.vector_store import VersionedVectorStore
@@ -84,16 +84,20 @@ class StoreWriter:
         added_count = 0
         evicted_counts: Counter[int] = Counter()
         evicted_ids: dict[int, list[str]] = {}
+        first = record_header(COMPACT_RECORD_FORMAT, 1)
         for entity_id, key, old, entry in zip(ids, keys, stored, entries, strict=True):
-            record, added, evicted = splice_entry(
-                pending.get(key, old), version, entry, keep, COMPACT_RECORD_FORMAT
-            )
+            held = pending.get(key, old)
+            if held is None:  # no record yet: this entry is the whole record
+                record = first + entry
+                added_count += 1
+            else:
+                record, added, evicted = splice_entry(held, version, entry, keep, COMPACT_RECORD_FORMAT)
+                added_count += added
+                if evicted:
+                    evicted_counts.update(evicted)
+                    for gone in evicted:
+                        evicted_ids.setdefault(gone, []).append(entity_id)
             pending[key] = record
-            added_count += added
-            if evicted:
-                evicted_counts.update(evicted)
-                for gone in evicted:
-                    evicted_ids.setdefault(gone, []).append(entity_id)
             put(key, record, handle)
         if self._store.commit_listeners:
             operation = "upsert_forward" if forward else "upsert"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -229,6 +230,24 @@ class RunningService:
     controller: RolloutController
 
 
+#: The cyclic garbage collector's first threshold while a worker runs (Python's default is
+#: 700). A batch allocates tens of thousands of short-lived objects (records, events, update
+#: messages), none of them in cycles; at the default the collector walks the young generation
+#: every few hundred of them, about a tenth of a batch's time at real cardinality.
+GC_FIRST_THRESHOLD = 50_000
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Raise the collector's thresholds while the worker runs; put them back after."""
+    before = gc.get_threshold()
+    gc.set_threshold(max(before[0], GC_FIRST_THRESHOLD), max(before[1], 50), max(before[2], 100))
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
 async def run_service(
     settings: Settings,
     stop: asyncio.Event,
@@ -241,6 +260,7 @@ async def run_service(
     """
     torch.set_num_threads(settings.torch_threads)
     async with AsyncExitStack() as stack:
+        stack.enter_context(_fewer_collections())
         incarnation = f"external:{settings.broker}"
         if not settings.broker:
             if settings.kafka_security.protocol != "PLAINTEXT":

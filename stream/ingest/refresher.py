@@ -15,6 +15,7 @@ new states and vectors they share.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ MAX_DEAD_LETTER_BYTES = 512 * 1024
 KEY_NOT_USER_ID = "key is not the user_id"
 #: Ids in one message of the batch form of ``embeddings.updates`` (about 40 KB of JSON).
 UPDATE_IDS_PER_MESSAGE = 2_000
+#: Bytes JSON escapes inside a string (orjson writes any other UTF-8 byte as it is).
+_JSON_ESCAPED = re.compile(rb'[\x00-\x1f"\\]')
 
 
 def write_entities(
@@ -313,12 +316,14 @@ class EmbeddingRefresher:
         topic, prefix = self.updates_topic, f"{kind}:".encode()
         head = b'{"kind":"' + kind.encode() + b'","id":'
         tail = b',"version":%d,"ts":%d,"event_ts":' % (version, written_at)
-        dumps = orjson.dumps
+        raw = [entity_id.encode() for entity_id in ids]
+        if _JSON_ESCAPED.search(b"".join(raw)) is None:  # every id is its own JSON string body
+            quoted = [b'"%s"' % entity_id for entity_id in raw]
+        else:
+            quoted = list(map(orjson.dumps, ids))
         return [
-            OutgoingMessage(
-                topic, prefix + entity_id.encode(), b"%s%s%s%d}" % (head, dumps(entity_id), tail, ts)
-            )
-            for entity_id, ts in zip(ids, event_ts.tolist(), strict=True)
+            OutgoingMessage(topic, prefix + entity_id, b"%s%s%s%d}" % (head, string, tail, ts))
+            for entity_id, string, ts in zip(raw, quoted, event_ts.tolist(), strict=True)
         ]
 
     def _batch_updates(

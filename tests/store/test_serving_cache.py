@@ -136,6 +136,35 @@ def test_growth_keeps_earlier_rows() -> None:
     assert hits.vectors[:, 0].tolist() == list(range(5_000))
 
 
+def test_a_fill_naming_an_id_twice_holds_it_once() -> None:
+    cache = ServingCache(1 << 20)
+    cache.reset(1)
+    missed = cache.read("user", 1, ["a", "b", "a"])
+    assert missed is not None and not len(missed.positions)
+    assert cache.fill("user", 1, ["a", "b", "a"], rows(1, 2, 1), np.array([5, 6, 5]), missed.epoch)
+    hits = cache.read("user", 1, ["a", "b"])
+    assert hits is not None
+    assert hits.vectors[:, 0].tolist() == [1, 2]
+    assert hits.updated_at_ms.tolist() == [5, 6]
+    assert cache.used_bytes == 2 * (DIM * 4 + 8 + 120)
+
+
+def test_new_ids_beyond_the_budget_are_left_out_and_freed_rows_go_first() -> None:
+    per_id = DIM * 4 + 8 + 120
+    cache = ServingCache(1_024 * per_id)  # room for the first allocation only
+    cache.reset(1)
+    ids = [f"u{n}" for n in range(1_500)]
+    cache.upsert("user", 1, ids, rows(*range(1_500)), 1)
+    held = cache.read("user", 1, ids)
+    assert held is not None and held.positions.tolist() == list(range(1_024))
+    cache.discard("user", 1, ids[:10])
+    cache.upsert("user", 1, ["x", "y"], rows(-1, -2), 2)  # into two freed rows
+    hits = cache.read("user", 1, ["x", "y", ids[10], ids[1_100]])
+    assert hits is not None
+    assert hits.positions.tolist() == [0, 1, 2]
+    assert hits.vectors[:, 0].tolist() == [-1, -2, 10]
+
+
 # ----- inside the store (real RocksDB) -------------------------------------------------------
 
 

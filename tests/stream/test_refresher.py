@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.features import ItemInput, UserInput, UserState
 from store.options import StoreOptions
@@ -152,3 +154,26 @@ def test_the_updates_format_setting_is_checked() -> None:
     assert Settings.from_env({"EMBSTREAM_UPDATES_FORMAT": "batch"}).updates_format == "batch"
     with pytest.raises(SettingsError, match="EMBSTREAM_UPDATES_FORMAT='per-entity' must be one of"):
         Settings(updates_format="per-entity")
+
+
+@pytest.fixture(scope="module")
+def updates_refresher(tmp_path_factory: pytest.TempPathFactory):
+    opened = VersionedVectorStore(tmp_path_factory.mktemp("updates") / "db")
+    yield EmbeddingRefresher(opened, RecordingEncoder(), updates_topic="updates", dlq_topic="dlq")
+    opened.close()
+
+
+@given(ids=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=8, unique=True))
+@settings(max_examples=60, deadline=None)
+def test_update_messages_are_json_of_every_id_whatever_it_holds(
+    updates_refresher: EmbeddingRefresher, ids: list[str]
+) -> None:
+    refresher = updates_refresher
+    stamps = np.arange(len(ids), dtype=np.int64) + NOW
+    messages = refresher._updates("user", ids, 3, NOW + 5, stamps)
+    assert [message.key for message in messages] == [f"user:{entity_id}".encode() for entity_id in ids]
+    bodies = [orjson.loads(message.value) for message in messages]
+    assert bodies == [
+        {"kind": "user", "id": entity_id, "version": 3, "ts": NOW + 5, "event_ts": int(stamp)}
+        for entity_id, stamp in zip(ids, stamps, strict=True)
+    ]
