@@ -16,6 +16,7 @@ user-tower queries). For one :class:`~store.item_index.ItemIndex`, as the worker
   each on the same N events in one broker.
 
     python -m benchmarks.recommend --items 100000 [--ingest 200000] [--no-rebuild] [--out FILE]
+    python -m benchmarks.recommend --items 100000 --no-rebuild --tuning ef_construction=100
     python -m benchmarks.recommend --items 0 --ingest 200000    # the ingest cost only
 """
 
@@ -68,11 +69,15 @@ def _truth(ids: list[str], items: np.ndarray, queries: np.ndarray) -> list[set[s
 
 
 def run_recommend(
-    items: int, queries: int = 1_000, updated: int = 10_000, rebuild: bool = True
+    items: int,
+    queries: int = 1_000,
+    updated: int = 10_000,
+    rebuild: bool = True,
+    tuning: IndexTuning | None = None,
 ) -> dict[str, Any]:
     item_vectors, query_vectors = _vectors(items, queries)
     ids = [f"i{n}" for n in range(items)]
-    tuning = IndexTuning()
+    tuning = tuning or IndexTuning()
     rss_before = _rss_mb()
     index = ItemIndex(1, item_vectors.shape[1], tuning, capacity=items)
     result: dict[str, Any] = {"items": items, "queries": queries, "dim": int(item_vectors.shape[1]),
@@ -191,9 +196,25 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1_000)
     parser.add_argument("--ingest", type=int, default=0, metavar="EVENTS")
     parser.add_argument("--no-rebuild", action="store_true", help="skip the from-scratch reference build")
+    parser.add_argument(
+        "--tuning",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="IndexTuning fields to change, e.g. ef_construction=100 connectivity=12",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    result = run_recommend(args.items, args.queries, rebuild=not args.no_rebuild) if args.items else {}
+    changed = {
+        name: type(getattr(IndexTuning(), name))(value)
+        for name, value in (t.split("=", 1) for t in args.tuning)
+    }
+    tuning = IndexTuning(**changed)
+    result = (
+        run_recommend(args.items, args.queries, rebuild=not args.no_rebuild, tuning=tuning)
+        if args.items
+        else {}
+    )
     if args.ingest:
         result["ingest_cost"] = run_ingest_cost(args.ingest)
     emit_results(result, args.out)

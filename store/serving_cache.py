@@ -243,10 +243,9 @@ class ServingCache:
         if held.all():
             return
         new = np.flatnonzero(~held)
-        new_ids = dict.fromkeys(ids[at] for at in new.tolist())  # an id twice in one read
-        if len(new_ids) != len(new):
-            last = {ids[at]: at for at in new.tolist()}  # its last row, as a loop would leave it
-            new = np.fromiter(last.values(), dtype=np.int64, count=len(last))
+        if len({ids[at] for at in new.tolist()}) != len(new):  # a read may name an id twice
+            once = {ids[at]: at for at in new.tolist()}  # one row each (a read's copies are equal)
+            new = np.fromiter(once.values(), dtype=np.int64, count=len(once))
         spare_rows = max(0, (self.budget_bytes - self._allocated_locked()) // _row_bytes(dim))
         slots = table.slots(len(new), spare_rows)
         if not len(slots):

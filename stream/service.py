@@ -37,7 +37,7 @@ from stream.scaleout.refresher import PartitionedRefresher
 from stream.scaleout.worker import ScaleOutWorker, scale_out_topics
 from stream.settings import Settings, SettingsError
 
-__all__ = ["RunningService", "prepare_registry", "run_service"]
+__all__ = ["GC_THRESHOLDS", "RunningService", "fewer_collections", "prepare_registry", "run_service"]
 
 log = logging.getLogger("embstream")
 
@@ -230,18 +230,20 @@ class RunningService:
     controller: RolloutController
 
 
-#: The cyclic garbage collector's first threshold while a worker runs (Python's default is
-#: 700). A batch allocates tens of thousands of short-lived objects (records, events, update
-#: messages), none of them in cycles; at the default the collector walks the young generation
-#: every few hundred of them, about a tenth of a batch's time at real cardinality.
-GC_FIRST_THRESHOLD = 50_000
+#: The cyclic garbage collector's thresholds while a worker runs (Python's defaults are 700,
+#: 10, 10). A batch allocates tens of thousands of short-lived objects (records, events,
+#: update messages), none of them in cycles; at the defaults the collector walks the young
+#: generation every few hundred of them, and the whole heap (a million cached ids) often,
+#: about a tenth of a batch's time at real cardinality.
+GC_THRESHOLDS = (50_000, 50, 100)
 
 
 @contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """Raise the collector's thresholds while the worker runs; put them back after."""
+def fewer_collections() -> Iterator[None]:
+    """Raise the collector's thresholds to :data:`GC_THRESHOLDS` (never lower them) while the
+    worker runs; put them back after."""
     before = gc.get_threshold()
-    gc.set_threshold(max(before[0], GC_FIRST_THRESHOLD), max(before[1], 50), max(before[2], 100))
+    gc.set_threshold(*(max(old, new) for old, new in zip(before, GC_THRESHOLDS, strict=True)))
     try:
         yield
     finally:
@@ -260,7 +262,7 @@ async def run_service(
     """
     torch.set_num_threads(settings.torch_threads)
     async with AsyncExitStack() as stack:
-        stack.enter_context(_fewer_collections())
+        stack.enter_context(fewer_collections())
         incarnation = f"external:{settings.broker}"
         if not settings.broker:
             if settings.kafka_security.protocol != "PLAINTEXT":

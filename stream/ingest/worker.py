@@ -126,10 +126,12 @@ class StreamWorker:
         """
         assert self.consumer is not None and self.producer is not None
         loop = asyncio.get_running_loop()
-        # The next batch's fetch runs while a batch applies in the refresh thread: the
-        # consumer's record decoding uses the moments that thread spends outside the
-        # interpreter (RocksDB reads, torch). Fetched records are only applied after the
-        # batch before them, and a record fetched twice (after a seek) is skipped by offset.
+        # While behind (a full batch came), the next batch's fetch runs while a batch applies
+        # in the refresh thread: the consumer's record decoding uses the moments that thread
+        # spends outside the interpreter (RocksDB reads, torch). Caught up, the next fetch
+        # waits for the batch, so records that arrive meanwhile go into the very next batch
+        # (fetched early, they would wait one batch more). Fetched records are only applied
+        # after the batch before them; a record fetched twice (after a seek) is skipped.
         ahead: asyncio.Task[dict[TopicPartition, list]] | None = None  # type: ignore[type-arg]
         try:
             while not stop.is_set():
@@ -141,7 +143,8 @@ class StreamWorker:
                 if not fetched:
                     continue
                 records = [record for messages in fetched.values() for record in messages]
-                ahead = asyncio.ensure_future(self._fetch())
+                if len(records) >= self.settings.batch_max_records:
+                    ahead = asyncio.ensure_future(self._fetch())
                 for batch in refresher.plan(records):  # one, unless the last run died mid-batch
                     outcome = await loop.run_in_executor(self._executor, refresher.process, batch)
                     self.metrics.count(outcome)
