@@ -322,6 +322,10 @@ def _splice_newest_compact(
     newest = raw[1]
     if newest >= 0x80 or version < newest:
         return None
+    if version == newest and len(raw) >= 2 + _COMPACT_TAIL.size:  # one entry, replaced: no scan
+        shape = raw[8] | (raw[9] << 8)
+        if 2 + _COMPACT_TAIL.size + (shape & _MAX_COMPACT_DIM) * (2 if shape >> 15 else 4) == len(raw):
+            return _COMPACT_HEADER + entry, False, []
     spans = _compact_spans(raw)
     if len(spans) > keep:  # the cap shrank since the record was written
         return None

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from store.record import RecordFormatError, VersionedVector, decode_record, encode_record, upsert_entry
 
@@ -80,3 +82,31 @@ def test_upsert_on_bytes_matches_upsert_on_entries() -> None:
         raw, raw_added, raw_evicted = upsert_record(raw, new.version, new.updated_at_ms, new.vector, keep=4)
         assert (raw_added, raw_evicted) == (added, evicted)
         assert raw == encode_record(entries)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 200), st.integers(1, 12), st.sampled_from(["float32", "float16"])),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_compact_splices_match_upserts_on_entries(writes: list[tuple[int, int, str]]) -> None:
+    from store.record import COMPACT_RECORD_FORMAT, encode_entries, splice_entry
+
+    raw: bytes | None = None
+    entries: list[VersionedVector] = []
+    for step, (version, dim, dtype) in enumerate(writes):
+        drawn = _entry(version, seed=step, dim=dim, dtype=dtype)
+        new = VersionedVector(version, 1_700_000_000_000 + step, drawn.vector)  # each write its own time
+        entries, added, evicted = upsert_entry(entries, new, keep=3)
+        entry = encode_entries(version, new.updated_at_ms, new.vector.reshape(1, -1), COMPACT_RECORD_FORMAT)[
+            0
+        ]
+        raw, raw_added, raw_evicted = splice_entry(raw, version, entry, 3, COMPACT_RECORD_FORMAT)
+        assert (raw_added, raw_evicted) == (added, evicted)
+        assert [(e.version, e.updated_at_ms) for e in decode_record(raw)] == [
+            (e.version, e.updated_at_ms) for e in entries
+        ]
+        for got, want in zip(decode_record(raw), entries, strict=True):
+            assert np.array_equal(got.vector, want.vector.astype(np.float32))
