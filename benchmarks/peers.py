@@ -42,14 +42,14 @@ from typing import Any
 import orjson
 import torch
 
+from benchmarks.ingest import produce_events
 from models.bootstrap import ensure_default_encoder
 from models.encoder import TorchEncoder
 from models.features import ItemState, UserState
 from models.registry import EncoderRegistry
+from models.synthetic import WORLDS
 from stream.ingest.events import Rejection, parse_event
 from stream.kafka.broker import EmbeddedBroker
-from stream.kafka.producer import send_records, synthetic_records
-from stream.kafka.topics import ensure_topics
 
 __all__ = ["PEERS", "main", "run_peers"]
 
@@ -509,6 +509,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--keep-work-dir", action="store_true", help="keep the peers' logs and state (printed to stderr)"
     )
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(PEERS)}")
+    parser.add_argument(
+        "--world", choices=sorted(WORLDS), default="small", help="whose events (models.synthetic.WORLDS)"
+    )
     # The subprocess side (internal): run one peer against a given broker and topic.
     parser.add_argument("--child", choices=PEERS, help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
@@ -545,10 +548,7 @@ def main(argv: list[str] | None = None) -> None:
     ensure_default_encoder(EncoderRegistry(registry))
     with EmbeddedBroker() as broker:
         topic = "bench-interactions"
-        ensure_topics([broker.bootstrap], {topic: args.partitions})
-        produced_at = time.perf_counter()
-        send_records([broker.bootstrap], topic, synthetic_records(args.events))
-        produce_seconds = time.perf_counter() - produced_at
+        produce_seconds = produce_events(broker.bootstrap, topic, args.events, args.partitions, args.world)
         results = run_peers(
             broker.bootstrap,
             topic,
@@ -563,6 +563,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = {
         "events_produced": args.events,
         "partitions": args.partitions,
+        "world": args.world,
         "time_budget_s": args.time_budget,
         "produce_seconds": round(produce_seconds, 2),
         "cores": os.cpu_count(),
