@@ -47,6 +47,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
+from models.synthetic import WORLDS
 from stream.kafka.broker import EmbeddedBroker, free_port
 from stream.kafka.topics import ensure_topics
 
@@ -644,7 +645,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rates", type=int, nargs="+", default=list(DEFAULT_RATES))
     parser.add_argument("--seconds", type=float, default=15.0, help="seconds of events per rate")
     parser.add_argument(
-        "--world", choices=("small", "real"), default="small", help="whose events (models.synthetic.WORLDS)"
+        "--world", choices=sorted(WORLDS), default="small", help="whose events (models.synthetic.WORLDS)"
     )
     parser.add_argument("--work-dir", type=Path, help="keep registry, data and logs here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work directory")
