@@ -27,7 +27,7 @@ from torch import nn
 
 from models.aligners import BackwardAligner
 from models.encoder import Encoder
-from models.evaluation import recall_at_k, roc_auc
+from models.evaluation import Ranking, rank_next_items, roc_auc
 from models.training import Examples
 
 MIN_CONSUMER_AUC = 0.6
@@ -63,13 +63,13 @@ def embed_version(encoder: Encoder, examples: Examples) -> VersionView:
     )
 
 
-def validation_targets(examples: Examples) -> np.ndarray:
-    position = {item.item_id: row for row, item in enumerate(examples.catalogue())}
-    return np.array([position[item.item_id] for item in examples.items[examples.split :]])
+def cross_ranking(query_view: VersionView, gallery_view: VersionView, examples: Examples, k: int) -> Ranking:
+    """The next-item ranking of ``query_view``'s queries against ``gallery_view``'s items."""
+    return rank_next_items(query_view.queries, gallery_view.catalogue, examples.next_items(), k)
 
 
 def cross_recall(query_view: VersionView, gallery_view: VersionView, examples: Examples, k: int) -> float:
-    return recall_at_k(query_view.queries, gallery_view.catalogue, validation_targets(examples), k)
+    return cross_ranking(query_view, gallery_view, examples, k).recall
 
 
 def _consumer_tasks(

@@ -1,5 +1,5 @@
-"""The compatibility report's picture: the compatibility matrix as a heat map, next to the
-consumer-task changes."""
+"""The compatibility report's picture: the compatibility matrix as a heat map, the
+consumer-task changes, and the intended task's Recall@K next to the baselines'."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ def render_report_png(report: dict[str, Any]) -> bytes:
     matrix = report["compatibility_matrix"]
     versions = matrix["versions"]
     values = np.array([[np.nan if v is None else v for v in row] for row in matrix["recall"]], dtype=float)
-    figure, (heat, bars) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [1.1, 1]})
+    figure, (heat, bars, ranks) = plt.subplots(
+        1, 3, figsize=(16, 4.5), gridspec_kw={"width_ratios": [1.1, 1, 0.8]}
+    )
     image = heat.imshow(values, cmap="viridis", vmin=0.0, vmax=max(0.01, float(np.nanmax(values))))
     heat.set_xticks(range(len(versions)), [f"v{v}" for v in versions])
     heat.set_yticks(range(len(versions)), [f"v{v}" for v in versions])
@@ -41,6 +43,18 @@ def render_report_png(report: dict[str, Any]) -> bytes:
     verdict = "swappable" if report["swappable"] else "NOT swappable"
     bars.set_title(f"v{report['version']} ({report['method']}): {verdict}")
     bars.legend(loc="lower right")
+    recalls = dict(report["recall"])
+    recalls.update({name: scores["recall"] for name, scores in report.get("baselines", {}).items()})
+    baseline_names = set(report.get("baselines", {}))
+    ranks.barh(
+        list(recalls),
+        list(recalls.values()),
+        color=["tab:grey" if name in baseline_names else "tab:blue" for name in recalls],
+    )
+    for row, value in enumerate(recalls.values()):
+        ranks.text(value, row, f" {value:.3f}", va="center", fontsize=8)
+    ranks.set_xlabel(f"Recall@{k}, next period (grey: baselines)")
+    ranks.set_title("intended task")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)

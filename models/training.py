@@ -29,7 +29,7 @@ from torch.nn import functional
 from models.aligners import BackwardAligner
 from models.encoder import EncoderConfig, TorchEncoder, TwoTowerModel, item_batch, user_batch
 from models.errors import TrainingError
-from models.evaluation import recall_at_k
+from models.evaluation import NextItems, rank_next_items
 from models.features import TYPE_CODES, ItemInput, ItemState, UserInput, UserState
 
 __all__ = [
@@ -83,6 +83,7 @@ class Examples:
     train_counts_user: Counter[str] = field(default_factory=Counter)
     train_counts_item: Counter[str] = field(default_factory=Counter)
     validation_users: set[str] = field(default_factory=set)
+    _next_items: NextItems | None = field(default=None, repr=False, compare=False)
 
     def catalogue(self) -> list[ItemInput]:
         """Every item of the log, with its state at the cut (empty if first seen later)."""
@@ -90,6 +91,21 @@ class Examples:
         for item in self.items[self.split :]:
             seen.setdefault(item.item_id, ItemState().to_input(item.item_id))
         return list(seen.values())
+
+    def next_items(self) -> NextItems:
+        """The validation queries' next items and already-seen items, as catalogue rows
+        (computed once: the examples do not change after :func:`build_examples`)."""
+        if self._next_items is not None:
+            return self._next_items
+        position = {item.item_id: row for row, item in enumerate(self.catalogue())}
+        queries = self.users[self.split :]
+        targets = np.array([position[item.item_id] for item in self.items[self.split :]], dtype=np.int64)
+        seen = [
+            np.array([position[i] for i in set(query.item_ids) if i in position], dtype=np.int64)
+            for query in queries
+        ]
+        self._next_items = NextItems(targets, seen)
+        return self._next_items
 
 
 @dataclass
@@ -145,15 +161,15 @@ def build_examples(
 
 
 def validation_recall(model: TwoTowerModel, examples: Examples, k: int) -> float:
-    """Recall@k of the next item on the validation period, among every item of the log."""
+    """Recall@k of the next item on the validation period, among every item of the log the
+    user has not seen (:mod:`models.evaluation`)."""
     encoder = TorchEncoder(model, version=0)
     catalogue = examples.catalogue()
     queries = examples.users[examples.split :]
     if not queries:
         return math.nan
-    position = {item.item_id: row for row, item in enumerate(catalogue)}
-    targets = np.array([position[item.item_id] for item in examples.items[examples.split :]])
-    return recall_at_k(encoder.encode_users(queries), encoder.encode_items(catalogue), targets, k)
+    truth = examples.next_items()
+    return rank_next_items(encoder.encode_users(queries), encoder.encode_items(catalogue), truth, k).recall
 
 
 def _take(batch: Any, rows: torch.Tensor) -> Any:

@@ -19,17 +19,18 @@ from models.aligners import (
     fit_procrustes,
     forward_apply,
 )
+from models.baselines import baseline_views
 from models.compatibility import (
     VersionView,
     compatibility_matrix,
     consumer_changes,
+    cross_ranking,
     cross_recall,
     embed_version,
-    validation_targets,
 )
 from models.encoder import Encoder, EncoderConfig, TorchEncoder
 from models.errors import IncompatibleVersionsError, TrainingError
-from models.evaluation import recall_at_k
+from models.evaluation import rank_next_items
 from models.registry import EncoderRegistry, Manifest
 from models.report_plot import render_report_png
 from models.training import (
@@ -64,6 +65,7 @@ class VersionRequest:
     learning_rate: float = 3e-3
     encoder: EncoderConfig | None = None  # architecture override (dim still from ``dim``)
     forward: bool = True  # fit the forward transform from the parent's space (FCT direction)
+    validation_fraction: float = 0.1  # the log's last share: the next period, for the report
 
 
 def _alignment_targets(
@@ -114,16 +116,20 @@ def build_report(
     k = request.recall_k
     new_view = embed_version(new, examples)
     unaligned_view = new_view if unaligned is new else embed_version(unaligned, examples)
-    recall_new = cross_recall(new_view, new_view, examples, k)
-    recall_unaligned = cross_recall(unaligned_view, unaligned_view, examples, k)
+    ranked = {
+        "new": cross_ranking(new_view, new_view, examples, k),
+        "unaligned": cross_ranking(unaligned_view, unaligned_view, examples, k),
+    }
     report: dict[str, Any] = {
         "version": version,
         "parent": parent,
         "method": method,
         "recall_k": k,
         "threshold_pct": request.gate_pct,
-        "recall": {"new": round(recall_new, 4), "unaligned": round(recall_unaligned, 4)},
-        "intended_change_pct": _pct(recall_new, recall_unaligned),
+        "recall": {name: round(ranking.recall, 4) for name, ranking in ranked.items()},
+        "ndcg": {name: round(ranking.ndcg, 4) for name, ranking in ranked.items()},
+        "intended_change_pct": _pct(ranked["new"].recall, ranked["unaligned"].recall),
+        "baselines": _baselines(examples, new_view.users.shape[1], request),
     }
     views = {version: new_view}
     chains: dict[tuple[int, int], list[BackwardAligner] | None] = {(version, version): []}
@@ -139,7 +145,9 @@ def build_report(
             tail = chains.get((parent, ancestor))
             chains[(version, ancestor)] = None if aligner is None or tail is None else [aligner, *tail]
         parent_view = views[parent]
-        report["recall"]["parent"] = round(cross_recall(parent_view, parent_view, examples, k), 4)
+        parent_ranking = cross_ranking(parent_view, parent_view, examples, k)
+        report["recall"]["parent"] = round(parent_ranking.recall, 4)
+        report["ndcg"]["parent"] = round(parent_ranking.ndcg, 4)
         carried = None
         if aligner is not None:
             carried = new_view.carried([aligner])
@@ -170,6 +178,22 @@ def build_report(
     return report
 
 
+def _baselines(examples: Examples, dim: int, request: VersionRequest) -> dict[str, dict[str, float]]:
+    """Recall@K and NDCG@K of :data:`models.baselines.BASELINES` on the report's split."""
+    training = TrainingConfig(
+        epochs=request.epochs,
+        batch_size=request.batch_size,
+        learning_rate=request.learning_rate,
+        seed=request.seed,
+    )
+    truth = examples.next_items()
+    scores = {}
+    for name, baseline in baseline_views(examples, dim, training).items():
+        ranking = rank_next_items(baseline.queries, baseline.catalogue, truth, request.recall_k)
+        scores[name] = {"recall": round(ranking.recall, 4), "ndcg": round(ranking.ndcg, 4)}
+    return scores
+
+
 def report_files(report: dict[str, Any]) -> dict[str, bytes]:
     """A version's ``report.json`` and its picture, ``report.png``."""
     return {
@@ -184,11 +208,11 @@ def _forward_report(
     """How well the parent's vectors carried forward serve next to the new version's, as FCT
     measures it: new users against forward-carried parent items (what an instant promote
     serves before the native backfill), and forward-carried parent users against new items."""
-    targets = validation_targets(examples)
-    new_new = recall_at_k(new.queries, new.catalogue, targets, k)
-    parent_parent = recall_at_k(parent.queries, parent.catalogue, targets, k)
-    new_forward = recall_at_k(new.queries, forward_apply(forward, parent.catalogue), targets, k)
-    forward_new = recall_at_k(forward_apply(forward, parent.queries), new.catalogue, targets, k)
+    truth = examples.next_items()
+    new_new = rank_next_items(new.queries, new.catalogue, truth, k).recall
+    parent_parent = rank_next_items(parent.queries, parent.catalogue, truth, k).recall
+    new_forward = rank_next_items(new.queries, forward_apply(forward, parent.catalogue), truth, k).recall
+    forward_new = rank_next_items(forward_apply(forward, parent.queries), new.catalogue, truth, k).recall
     gain = new_new - parent_parent
     return {
         "method": "least-squares",
@@ -223,6 +247,7 @@ def train_version(
         learning_rate=request.learning_rate,
         recall_k=request.recall_k,
         seed=request.seed,
+        validation_fraction=request.validation_fraction,
     )
     examples = build_examples(events, config.history, training.validation_fraction)
 

