@@ -25,7 +25,7 @@ from typing import Any
 from models.aligners import ALIGNER_METHODS
 from models.interaction_log import normalise_event
 from models.registry import EncoderRegistry
-from models.versioning import VersionRequest, train_version
+from models.versioning import DEFAULT_CROSS_TASK_WEIGHT, VersionRequest, train_version
 
 PREFIXES = (0.6, 0.7, 0.8, 0.9)
 PERIOD = 0.1
@@ -53,7 +53,11 @@ def movielens_events(limit: int | None = None) -> list[dict[str, Any]]:
 
 
 def run_method(
-    events: list[dict[str, Any]], method: str, prefixes: tuple[float, ...], options: dict[str, Any]
+    events: list[dict[str, Any]],
+    method: str,
+    prefixes: tuple[float, ...],
+    options: dict[str, Any],
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """One version per prefix, each trained on it and reported on the period after it."""
     registry = EncoderRegistry(tempfile.mkdtemp(prefix="embstream-real-"))
@@ -148,6 +152,13 @@ def main() -> None:
     parser.add_argument("--prefixes", default=",".join(str(p) for p in PREFIXES), help="time prefixes, 0-0.9")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument(
+        "--cross-task-weight",
+        type=float,
+        default=DEFAULT_CROSS_TASK_WEIGHT,
+        help="bc-aligner's cross-version task term (0: the alignment term alone)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="added to each version's number as its seed")
     parser.add_argument("--limit", type=int, help="only the first LIMIT ratings")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -159,7 +170,11 @@ def main() -> None:
     if not prefixes or any(not 0 < p <= 1 - PERIOD for p in prefixes) or list(prefixes) != sorted(prefixes):
         parser.error(f"--prefixes must rise, each above 0 and at most {1 - PERIOD}")
     events = movielens_events(args.limit)
-    options = {"epochs": args.epochs, "batch_size": args.batch_size}
+    options = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "cross_task_weight": args.cross_task_weight,
+    }
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "command": "python -m benchmarks.real_data " + " ".join(sys.argv[1:]),
@@ -169,11 +184,11 @@ def main() -> None:
             "users": len({e["user_id"] for e in events}),
             "items": len({e["item_id"] for e in events}),
         },
-        "options": options,
+        "options": {**options, "seed": args.seed},
         "methods": {},
     }
     for method in methods:
-        results["methods"][method] = summary(run_method(events, method, prefixes, options))
+        results["methods"][method] = summary(run_method(events, method, prefixes, options, args.seed))
     text = json.dumps(results, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

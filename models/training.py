@@ -40,6 +40,7 @@ __all__ = [
     "TrainingResult",
     "alignment_loss",
     "build_examples",
+    "cross_task_loss",
     "train_two_tower",
     "validation_recall",
 ]
@@ -123,6 +124,10 @@ class AlignmentTargets:
     entity_items: list[ItemInput] = field(default_factory=list)
     entity_user_targets: list[torch.Tensor] = field(default_factory=list)
     entity_item_targets: list[torch.Tensor] = field(default_factory=list)
+    # Weight of the cross-version task term: the batch's users carried back by the aligner
+    # (and, multi-step, the chain) must find their next item among each ancestor's own item
+    # vectors, with the same in-batch softmax as the task (0: the distance term alone).
+    cross_task_weight: float = 0.0
 
 
 def build_examples(
@@ -175,6 +180,31 @@ def validation_recall(model: TwoTowerModel, examples: Examples, k: int) -> float
 def _take(batch: Any, rows: torch.Tensor) -> Any:
     """The same kind of tensor batch, restricted to ``rows``."""
     return type(batch)(*(tensor[rows] for tensor in vars(batch).values()))
+
+
+def cross_task_loss(
+    users: torch.Tensor,
+    aligner: BackwardAligner,
+    ancestor_items: list[torch.Tensor],
+    chain: list[BackwardAligner],
+    multi_step: bool,
+    log_q: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Mean over ancestors of the task loss of the new users carried back, against each
+    ancestor's vectors of the batch's items (in-batch softmax with logQ correction): the
+    carried queries are trained to retrieve in the old space, which is what a consumer pinned
+    to that version asks of them, not only to sit near the old queries."""
+    carried = aligner(users)
+    labels = torch.arange(len(users))
+    terms = []
+    for step, items in enumerate(ancestor_items):
+        logits = functional.normalize(carried, dim=1) @ items.T / temperature - log_q.unsqueeze(0)
+        terms.append(functional.cross_entropy(logits, labels))
+        if not multi_step or step >= len(chain):
+            break
+        carried = chain[step](carried)
+    return torch.stack(terms).mean()
 
 
 def alignment_loss(
@@ -290,6 +320,17 @@ def train_two_tower(
             loss = functional.cross_entropy(logits, torch.arange(len(rows)))
             if aligning is not None:
                 loss = loss + aligning.targets.weight * aligning.loss(model, users, items, rows)
+                if aligning.targets.cross_task_weight:
+                    t = aligning.targets
+                    loss = loss + t.cross_task_weight * cross_task_loss(
+                        users,
+                        aligning.aligner,
+                        [x[rows] for x in t.item_targets],
+                        t.chain,
+                        t.multi_step,
+                        log_q[rows],
+                        training.temperature,
+                    )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -42,9 +42,19 @@ from models.training import (
     train_two_tower,
 )
 
-__all__ = ["DEFAULT_GATE_PCT", "VersionRequest", "build_report", "report_files", "train_version"]
+__all__ = [
+    "DEFAULT_CROSS_TASK_WEIGHT",
+    "DEFAULT_GATE_PCT",
+    "VersionRequest",
+    "build_report",
+    "report_files",
+    "train_version",
+]
 
 DEFAULT_GATE_PCT = -2.0
+#: The cross-version task term's weight: AC 1.0 over four versions on real ratings
+#: (``python -m benchmarks.real_data``), 0.5-0.83 with the alignment term alone.
+DEFAULT_CROSS_TASK_WEIGHT = 3.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,9 @@ class VersionRequest:
     encoder: EncoderConfig | None = None  # architecture override (dim still from ``dim``)
     forward: bool = True  # fit the forward transform from the parent's space (FCT direction)
     validation_fraction: float = 0.1  # the log's last share: the next period, for the report
+    # bc-aligner: weight of the cross-version task term (carried-back users must retrieve
+    # among the ancestors' item vectors; models.training.cross_task_loss)
+    cross_task_weight: float = DEFAULT_CROSS_TASK_WEIGHT
 
 
 def _alignment_targets(
@@ -73,6 +86,7 @@ def _alignment_targets(
 ) -> AlignmentTargets:
     """Frozen ancestors' embeddings of every training example, and their aligner chain."""
     targets = AlignmentTargets([], [], [], request.alignment_weight, request.multi_step)
+    targets.cross_task_weight = request.cross_task_weight
     targets.entity_users = list(examples.users_at_cut.values())
     targets.entity_items = list(examples.items_at_cut.values())
     train_users, train_items = examples.users[: examples.split], examples.items[: examples.split]

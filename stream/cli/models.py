@@ -17,7 +17,7 @@ from models.interaction_log import read_interaction_log
 from models.manifest import Manifest
 from models.registry import EncoderRegistry, version_number
 from models.training import TrainingProgress
-from models.versioning import DEFAULT_GATE_PCT, VersionRequest, train_version
+from models.versioning import DEFAULT_CROSS_TASK_WEIGHT, DEFAULT_GATE_PCT, VersionRequest, train_version
 from store.options import StoreOptions
 from store.vector_store import VersionedVectorStore
 from stream.console import progress_bar
@@ -37,6 +37,12 @@ def add_model_commands(commands: Any) -> None:
     train.add_argument("--method", choices=ALIGNER_METHODS, default="bc-aligner")
     train.add_argument(
         "--alignment-weight", type=float, default=8.0, help="bc-aligner's weight of the alignment term"
+    )
+    train.add_argument(
+        "--cross-task-weight",
+        type=float,
+        default=DEFAULT_CROSS_TASK_WEIGHT,
+        help="bc-aligner's weight of the cross-version task term (0: the alignment term alone)",
     )
     train.add_argument("--single-step", action="store_true", help="bc-aligner: parent term only")
     train.add_argument(
@@ -137,6 +143,7 @@ def run_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seed=args.seed,
         alignment_weight=args.alignment_weight,
+        cross_task_weight=args.cross_task_weight,
         multi_step=not args.single_step,
         warm_start=not args.no_warm_start,
         gate_pct=args.gate_pct,

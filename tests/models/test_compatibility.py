@@ -82,6 +82,18 @@ def test_reports_are_stored_with_the_machine_readable_fields(bc_reports) -> None
     report = registry.report(5)
     assert report == updates[-1]
     assert isinstance(report["intended_change_pct"], float)
+    assert set(report["baselines"]) == {"popularity", "mf"}
+    assert set(report["ndcg"]) == set(report["recall"]) == {"new", "unaligned", "parent"}
+    for scores in (
+        *report["baselines"].values(),
+        *(
+            {"recall": r, "ndcg": n}
+            for r, n in zip(report["recall"].values(), report["ndcg"].values(), strict=True)
+        ),
+    ):
+        assert 0.0 < scores["ndcg"] <= scores["recall"] <= 1.0, report["baselines"]
+    # planted clusters: the encoder knows tastes, the crowd's favourites do not
+    assert report["recall"]["new"] > report["baselines"]["popularity"]["recall"]
     assert "mean" in report["consumer_change_pct"] and len(report["consumer_change_pct"]) >= 3
     assert set(report["ecc"]) == {"4", "3", "2", "1"}
     assert all(isinstance(value, bool) for value in report["ecc"].values())

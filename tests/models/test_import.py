@@ -238,6 +238,7 @@ def test_the_command_imports_and_prints_the_train_summary(
         "parent",
         "method",
         "recall",
+        "baselines",
         "intended_change_pct",
         "consumer_change_pct",
         "ecc",
@@ -245,6 +246,7 @@ def test_the_command_imports_and_prints_the_train_summary(
         "swappable",
         "report",
     }
+    assert set(summary["baselines"]) == {"popularity", "mf"}
     verify = subprocess.run(
         [sys.executable, "-m", "stream.cli", "models", "verify", "2", "--registry", str(registry.root)],
         capture_output=True,
