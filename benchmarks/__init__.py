@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["emit_results"]
+__all__ = ["current_commit", "emit_results"]
+
+
+def current_commit() -> str | None:
+    """The checkout's short commit, for a result to name (None outside a git checkout)."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def emit_results(results: dict[str, Any], out: Path | None) -> None:

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks import current_commit
 from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
 from stream.kafka.broker import EmbeddedBroker
@@ -47,15 +47,6 @@ RESULTS = Path("benchmarks/results")
 
 def _say(message: str) -> None:
     print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
-
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def _stream_sections(args: argparse.Namespace, world: str, work: Path, chosen: set[str]) -> dict[str, Any]:
@@ -202,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         args.peer_budget = min(args.peer_budget, 15.0)
     results: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "commit": _commit(),
+        "commit": current_commit(),
         "machine": {
             "cores": os.cpu_count(),
             "python": platform.python_version(),

