@@ -61,7 +61,18 @@ def run_method(
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """One version per prefix, each trained on it and reported on the period after it."""
-    registry = EncoderRegistry(tempfile.mkdtemp(prefix="embstream-real-"))
+    with tempfile.TemporaryDirectory(prefix="embstream-real-") as root:
+        return _versions(EncoderRegistry(root), events, method, prefixes, options, seed)
+
+
+def _versions(
+    registry: EncoderRegistry,
+    events: list[dict[str, Any]],
+    method: str,
+    prefixes: tuple[float, ...],
+    options: dict[str, Any],
+    seed: int,
+) -> list[dict[str, Any]]:
     reports = []
     for number, prefix in enumerate(prefixes, start=1):
         end = min(len(events), round(len(events) * (prefix + PERIOD)))

@@ -53,6 +53,7 @@ def render_report_png(report: dict[str, Any]) -> bytes:
     )
     for row, value in enumerate(recalls.values()):
         ranks.text(value, row, f" {value:.3f}", va="center", fontsize=8)
+    ranks.set_xlim(0, 1.25 * max([0.01, *recalls.values()]))  # room for the labels
     ranks.set_xlabel(f"Recall@{k}, next period (grey: baselines)")
     ranks.set_title("intended task")
     figure.tight_layout()
