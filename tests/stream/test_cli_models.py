@@ -80,10 +80,22 @@ def test_train_then_manage_versions(events_file: Path, tmp_path: Path) -> None:
     forward_file.write_bytes(data)
     third = json.loads(
         _embstream(
-            "train", "--events", str(events_file), "--registry", registry, "--epochs", "1", "--no-forward"
+            "train",
+            "--events",
+            str(events_file),
+            "--registry",
+            registry,
+            "--epochs",
+            "1",
+            "--no-forward",
+            "--cross-task-weight",
+            "0",
         ).stdout
     )
-    assert third["version"] == 3 and third["forward"] is None
+    assert third["version"] == 3 and third["forward"] is None and third["method"] == "bc-aligner"
+    assert set(third["baselines"]) == {"popularity", "mf"}
+    manifest = json.loads(_embstream("models", "show", "3", "--registry", registry).stdout)["manifest"]
+    assert manifest["training"]["cross_task_weight"] == 0.0
     assert not (tmp_path / "registry" / "v3" / "forward.pt").exists()
     _embstream("models", "delete", "3", "--registry", registry)
 
