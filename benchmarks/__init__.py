@@ -24,5 +24,6 @@ def emit_results(results: dict[str, Any], out: Path | None) -> None:
     """Print ``results`` as JSON, and write them to ``out`` too when given."""
     text = json.dumps(results, indent=2)
     if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
     print(text)

@@ -15,7 +15,6 @@ to stdout (and to --out), then a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import emit_results
 from models.encoder import EncoderConfig
 from models.registry import EncoderRegistry
 from models.synthetic import SyntheticWorld
@@ -104,11 +104,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     results = run(args.periods, args.events_per_period, args.seed)
-    text = json.dumps(results, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    emit_results(results, args.out)
     print(table(results))
 
 

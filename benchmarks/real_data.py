@@ -15,14 +15,13 @@ Writes JSON to stdout (and to --out), then one Markdown table per update.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import current_commit
+from benchmarks import current_commit, emit_results
 from models.aligners import ALIGNER_METHODS
 from models.interaction_log import normalise_event
 from models.registry import EncoderRegistry
@@ -149,11 +148,11 @@ def table(results: dict[str, Any]) -> str:
             row = rows[update]
             recall, baselines = row["recall"], row["baselines"]
             ecc = " ".join(f"v{v}:{'yes' if met else 'no'}" for v, met in sorted(row["ecc"].items()))
-            consumer = row["consumer_change_pct"]
+            consumer = "-" if row["consumer_change_pct"] is None else f"{row['consumer_change_pct']:+.2f} %"
             kept = row["forward_gain_kept"]
             lines.append(
                 f"| {method} | {row['intended_change_pct']:+.1f} % "
-                f"| {'-' if consumer is None else format(consumer, '+.2f') + ' %'} | {row['ac']} | {ecc} "
+                f"| {consumer} | {'-' if row['ac'] is None else row['ac']} | {ecc} "
                 f"| {recall['new']:.4f} | {recall.get('parent', 0):.4f} | {recall['unaligned']:.4f} "
                 f"| {baselines['popularity']['recall']:.4f} | {baselines['mf']['recall']:.4f} "
                 f"| {'-' if kept is None else format(kept, '.0%')} |"
@@ -211,11 +210,7 @@ def main() -> None:
     }
     for method in methods:
         results["methods"][method] = summary(run_method(events, method, prefixes, options, args.seed))
-    text = json.dumps(results, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    emit_results(results, args.out)
     print(table(results))
 
 
