@@ -30,7 +30,10 @@ from models.versioning import VersionRequest, train_version
 
 SETUPS = {
     "BC-Aligner (joint, multi-step, warm start)": {"method": "bc-aligner"},
-    "the same without the cross-version task term": {"method": "bc-aligner", "cross_task_weight": 0.0},
+    "the same with the cross-version task term (weight 3)": {
+        "method": "bc-aligner",
+        "cross_task_weight": 3.0,
+    },
     "BC-Aligner (joint, multi-step, fresh init)": {"method": "bc-aligner", "warm_start": False},
     "joint, single-step, warm start": {"method": "bc-aligner", "multi_step": False},
     "post-hoc linear (least squares)": {"method": "posthoc-linear"},

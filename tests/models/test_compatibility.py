@@ -71,7 +71,7 @@ def test_the_forward_transform_serves_better_than_the_parent_and_keeps_most_of_t
         # what the new version gives natively (small slack for the validation sample)
         assert recall["parent_parent"] < recall["new_vs_forward_parent_items"] <= recall["new_new"] + 0.01
         assert recall["forward_parent_users_vs_new"] > recall["parent_parent"]
-    # on these seeds, 49 to 56 % of the parent-to-new gain with no native backfill at all
+    # on these seeds, 41 to 82 % of the parent-to-new gain with no native backfill at all
     assert np.mean([f["gain_kept"] for f in forwards]) >= 0.4, forwards
 
 

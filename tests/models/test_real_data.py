@@ -36,7 +36,10 @@ def test_three_versions_on_real_ratings_stay_compatible(
     for number, prefix in enumerate(PREFIXES, start=1):
         end = round(len(ratings) * min(1.0, prefix + 0.1))
         request = VersionRequest(
-            seed=number, encoder=SMALL, validation_fraction=(end - round(len(ratings) * prefix)) / end
+            seed=number,
+            encoder=SMALL,
+            cross_task_weight=3.0,
+            validation_fraction=(end - round(len(ratings) * prefix)) / end,
         )
         reports.append(train_version(registry, ratings[:end], request)[1])
     last = reports[-1]
