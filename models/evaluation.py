@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["NextItems", "Ranking", "rank_next_items", "recall_at_k", "roc_auc"]
+__all__ = ["NextItems", "Ranking", "rank_next_items", "roc_auc"]
 
 _CHUNK = 2048
 
@@ -58,11 +58,6 @@ def rank_next_items(queries: np.ndarray, catalogue: np.ndarray, truth: NextItems
         first, last = np.minimum(above, k), np.minimum(above + tied, k)
         ndcg += float(((discount[last] - discount[first]) / tied).sum())
     return Ranking(recall / len(queries), ndcg / len(queries))
-
-
-def recall_at_k(queries: np.ndarray, catalogue: np.ndarray, targets: np.ndarray, k: int) -> float:
-    """Share of queries whose target row of ``catalogue`` is among the ``k`` best scores."""
-    return rank_next_items(queries, catalogue, NextItems(targets), k).recall
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.evaluation import NextItems, rank_next_items, recall_at_k
+from models.evaluation import NextItems, rank_next_items
 
 
 def _catalogue(scores: list[float]) -> np.ndarray:
@@ -62,7 +62,7 @@ def test_recall_without_ties_is_the_share_of_targets_in_the_top_k(
     targets = rng.integers(0, items, size=queries)
     top = np.argsort(-(query_vectors @ catalogue.T), axis=1)[:, :k]
     expected = float(np.mean([target in row for target, row in zip(targets, top, strict=True)]))
-    assert math.isclose(recall_at_k(query_vectors, catalogue, targets, k), expected)
+    assert math.isclose(rank_next_items(query_vectors, catalogue, NextItems(targets), k).recall, expected)
 
 
 def test_no_queries_is_not_a_number() -> None:
