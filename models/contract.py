@@ -20,6 +20,10 @@ Item tower:
 - ``item_buckets`` int64 ``[B, 2]``: the two hash buckets of the item id.
 - ``features`` float32 ``[B, F]``: ``log1p`` of the item's counts, :data:`FEATURE_NAMES`
   order.
+- ``tag_buckets`` int64 ``[B, T]``, only for towers that declare ``item_tags`` (``T``, at
+  most :data:`~models.features.MAX_ITEM_TAGS`): the item's tags (``item_tags`` of its
+  events), each hashed (person ``"tag"``) to ``1 + hash % (buckets - 1)``, right-padded with
+  0 (no tag).
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.errors import RegistryError
-from models.features import EVENT_TYPES, ITEM_FEATURES, WINDOWS_SECONDS
+from models.features import EVENT_TYPES, ITEM_FEATURES, MAX_ITEM_TAGS, WINDOWS_SECONDS
 
 __all__ = [
     "CONTRACT_FORMAT",
     "FEATURE_NAMES",
+    "ITEM_TAG_TENSOR",
     "ITEM_TENSORS",
     "USER_TENSORS",
     "InputContract",
@@ -78,6 +83,8 @@ ITEM_TENSORS: tuple[TensorSpec, ...] = (
     TensorSpec("item_buckets", "int64", ("B", 2)),
     TensorSpec("features", "float32", ("B", "F")),
 )
+#: The item tower's third input, for towers that read the item's tags.
+ITEM_TAG_TENSOR = TensorSpec("tag_buckets", "int64", ("B", "T"))
 
 
 @dataclass(frozen=True)
@@ -89,11 +96,13 @@ class InputContract:
     (person ``"user"`` or ``"item"``); the low and high 32 bits modulo ``buckets`` are the
     two buckets. A history entry weighs ``exp(-age / recency_tau)``, age measured from the
     user's newest event, times ``clip(value, 0, 5) / 5 + 0.1`` for a rating with a value.
+    ``item_tags`` is how many tag slots the item tower reads (0: it reads no tags).
     """
 
     history: int = 50
     buckets: int = 1 << 15
     recency_tau_seconds: float = 86_400.0
+    item_tags: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.history <= 65_535:
@@ -102,6 +111,15 @@ class InputContract:
             raise ValueError(f"buckets is 1 to 2**32, got {self.buckets}")
         if not self.recency_tau_seconds > 0:
             raise ValueError(f"recency_tau_seconds must be positive, got {self.recency_tau_seconds}")
+        if not 0 <= self.item_tags <= MAX_ITEM_TAGS:
+            raise ValueError(f"item_tags is 0 to {MAX_ITEM_TAGS} slots, got {self.item_tags}")
+        if self.item_tags and self.buckets < 2:
+            raise ValueError("tags need at least 2 buckets (bucket 0 is padding)")
+
+    @property
+    def item_tensors(self) -> tuple[TensorSpec, ...]:
+        """The item tower's inputs under this contract, in call order."""
+        return (*ITEM_TENSORS, ITEM_TAG_TENSOR) if self.item_tags else ITEM_TENSORS
 
     def to_json(self) -> dict[str, Any]:
         """The manifest's ``inputs`` section."""
@@ -113,8 +131,9 @@ class InputContract:
             "event_types": list(EVENT_TYPES),
             "hashing": {"scheme": "blake2b-64, low/high 32 bits mod buckets", "buckets": self.buckets},
             "recency_tau_seconds": self.recency_tau_seconds,
+            "item_tags": self.item_tags,
             "user_tower": [spec.to_json() for spec in USER_TENSORS],
-            "item_tower": [spec.to_json() for spec in ITEM_TENSORS],
+            "item_tower": [spec.to_json() for spec in self.item_tensors],
         }
 
     @classmethod
@@ -131,6 +150,7 @@ class InputContract:
                 history=int(data["history"]),
                 buckets=int(data["hashing"]["buckets"]),
                 recency_tau_seconds=float(data["recency_tau_seconds"]),
+                item_tags=int(data.get("item_tags", 0)),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise RegistryError(f"malformed input contract: {error}") from error

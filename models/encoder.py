@@ -2,8 +2,18 @@
 
 User tower: hashed user-id embedding, plus a pooled embedding of the recent items weighted
 by a learned per-type weight and by recency, then an MLP, L2-normalised.
-Item tower: hashed item-id embedding plus the item's dynamic features, then an MLP,
-L2-normalised. Hashing lets unseen ids embed without rebuilding a vocabulary.
+Item tower: hashed item-id embedding plus the item's dynamic features (and, with
+``item_tags``, the mean embedding of its tags), then an MLP, L2-normalised. Hashing lets
+unseen ids embed without rebuilding a vocabulary; tags let a brand-new item start from
+what it is, not only from an untrained id bucket.
+
+With ``item_prototypes`` (an architecture option, evaluated by ``python -m
+benchmarks.real_data --item-prototypes``; not offered by the CLI, as it lost there) the item
+tower is not learned: an item's vector is the normalised sum of the fixed prototypes of its two id
+buckets (:func:`fixed_prototypes`, the same for every version of the same ``buckets`` and
+``dim``), and only the user tower trains against them. Items then sit at the same place in
+every such version (the stationary targets of Biondi et al.'s d-Simplex fixed classifier,
+with one fixed random direction per bucket since there are far more items than ``dim + 1``).
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from torch import nn
 from torch.nn import functional
 
 from models.contract import InputContract
-from models.features import EVENT_TYPES, ITEM_FEATURES, TYPE_CODES, ItemInput, UserInput
+from models.features import EVENT_TYPES, ITEM_FEATURES, MAX_ITEM_TAGS, TYPE_CODES, ItemInput, UserInput
 from models.hashing import bucket_pairs, id_hash64, id_hashes64
 from models.state_batch import ItemCounts, UserHistories
 
@@ -29,6 +39,7 @@ __all__ = [
     "TorchEncoder",
     "TwoTowerModel",
     "UserBatch",
+    "fixed_prototypes",
     "item_batch",
     "user_batch",
 ]
@@ -46,6 +57,8 @@ class EncoderConfig:
     hidden: int = 128
     history: int = 50
     recency_tau_seconds: float = 86_400.0
+    item_prototypes: bool = False  # items are fixed prototypes, not a learned tower
+    item_tags: bool = False  # the item tower reads the item's tags (MAX_ITEM_TAGS slots)
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -53,10 +66,12 @@ class EncoderConfig:
     @property
     def inputs(self) -> InputContract:
         """The input contract this architecture's towers read."""
-        return InputContract(self.history, self.buckets, self.recency_tau_seconds)
+        return InputContract(
+            self.history, self.buckets, self.recency_tau_seconds, MAX_ITEM_TAGS if self.item_tags else 0
+        )
 
     @classmethod
-    def from_dict(cls, data: dict[str, float | int]) -> EncoderConfig:
+    def from_dict(cls, data: dict[str, float | int | bool]) -> EncoderConfig:
         known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
         return cls(**known)  # type: ignore[arg-type]
 
@@ -79,10 +94,14 @@ class UserBatch:
 class ItemBatch:
     item_buckets: torch.Tensor  # [B, 2] int64
     features: torch.Tensor  # [B, ITEM_FEATURES] float32
+    tag_buckets: torch.Tensor | None = None  # [B, T] int64, 0 where no tag (tag-reading towers)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        """The item tower's inputs in contract order (:data:`models.contract.ITEM_TENSORS`)."""
-        return (self.item_buckets, self.features)
+        """The item tower's inputs in contract order
+        (:attr:`models.contract.InputContract.item_tensors`)."""
+        if self.tag_buckets is None:
+            return (self.item_buckets, self.features)
+        return (self.item_buckets, self.features, self.tag_buckets)
 
 
 class TwoTowerModel(nn.Module):
@@ -98,13 +117,21 @@ class TwoTowerModel(nn.Module):
             nn.Linear(2 * config.id_dim, config.hidden), nn.ReLU(), nn.Linear(config.hidden, config.dim)
         )
         self.item_norm = nn.LayerNorm(ITEM_FEATURES)
+        tag_dim = config.id_dim if config.item_tags else 0
+        if config.item_tags:
+            self.tag_ids = nn.Embedding(config.buckets, config.id_dim, padding_idx=0)
+            nn.init.normal_(self.tag_ids.weight[1:], std=0.1)
         self.item_mlp = nn.Sequential(
-            nn.Linear(config.id_dim + ITEM_FEATURES, config.hidden),
+            nn.Linear(config.id_dim + ITEM_FEATURES + tag_dim, config.hidden),
             nn.ReLU(),
             nn.Linear(config.hidden, config.dim),
         )
         nn.init.normal_(self.user_ids.weight, std=0.1)
         nn.init.normal_(self.item_ids.weight, std=0.1)
+        if config.item_prototypes:
+            self.register_buffer("prototypes", fixed_prototypes(config.buckets, config.dim))
+            self.item_norm.requires_grad_(False)
+            self.item_mlp.requires_grad_(False)
 
     def encode_users(self, batch: UserBatch) -> torch.Tensor:
         own = self.user_ids(batch.user_buckets).sum(dim=1)
@@ -121,9 +148,29 @@ class TwoTowerModel(nn.Module):
         return functional.normalize(self.user_mlp(torch.cat([own, pooled], dim=1)), dim=1)
 
     def encode_items(self, batch: ItemBatch) -> torch.Tensor:
+        if self.config.item_prototypes:
+            prototypes = self.get_buffer("prototypes")
+            return functional.normalize(prototypes[batch.item_buckets].sum(dim=1), dim=1)
         own = self.item_ids(batch.item_buckets).sum(dim=1)
-        features = self.item_norm(batch.features)
-        return functional.normalize(self.item_mlp(torch.cat([own, features], dim=1)), dim=1)
+        parts = [own, self.item_norm(batch.features)]
+        if self.config.item_tags:
+            assert batch.tag_buckets is not None, "this version's item tower reads tags"
+            # mean over the item's tags; padding (bucket 0) is left out, no tags give zeros
+            parts.append(
+                functional.embedding_bag(batch.tag_buckets, self.tag_ids.weight, mode="mean", padding_idx=0)
+            )
+        return functional.normalize(self.item_mlp(torch.cat(parts, dim=1)), dim=1)
+
+
+#: Seed of :func:`fixed_prototypes`: part of the stationary format, never to change.
+PROTOTYPE_SEED = 20_021
+
+
+def fixed_prototypes(buckets: int, dim: int) -> torch.Tensor:
+    """One fixed random direction per id bucket (Gaussian, so nearly orthogonal in high
+    ``dim``): the same tensor for the same arguments on every machine and version."""
+    generator = torch.Generator().manual_seed(PROTOTYPE_SEED)
+    return functional.normalize(torch.randn(buckets, dim, generator=generator), dim=1)
 
 
 def user_batch(inputs: Sequence[UserInput], config: EncoderConfig | InputContract) -> UserBatch:
@@ -231,10 +278,26 @@ def item_batch(inputs: Sequence[ItemInput], config: EncoderConfig | InputContrac
     ids = inputs.item_ids if isinstance(inputs, ItemCounts) else [item.item_id for item in inputs]
     hashes = np.fromiter((id_hash64("item", item_id) for item_id in ids), np.uint64, len(ids))
     features = np.log1p(counts).astype(np.float32)
+    slots = config.inputs.item_tags if isinstance(config, EncoderConfig) else config.item_tags
     return ItemBatch(
         torch.from_numpy(bucket_pairs(hashes, config.buckets).reshape(len(inputs), 2)),
         torch.from_numpy(features.reshape(len(inputs), ITEM_FEATURES)),
+        torch.from_numpy(_tag_buckets(inputs, slots, config.buckets)) if slots else None,
     )
+
+
+def _tag_buckets(inputs: Sequence[ItemInput], slots: int, buckets: int) -> np.ndarray:
+    """``[items, slots]`` int64: ``1 + hash % (buckets - 1)`` per tag, 0 where none."""
+    if isinstance(inputs, ItemCounts):
+        if inputs.tags is None:
+            return np.zeros((len(inputs), slots), dtype=np.int64)
+        hashes = inputs.tags[:, :slots]
+    else:
+        hashes = np.zeros((len(inputs), slots), dtype=np.uint64)
+        for row, item in enumerate(inputs):
+            hashes[row, : len(item.tags[:slots])] = item.tags[:slots]
+    mapped = (hashes % np.uint64(buckets - 1)).astype(np.int64) + 1
+    return np.where(hashes != 0, mapped, 0)
 
 
 class Encoder(Protocol):

@@ -26,6 +26,21 @@ class NextItems:
     targets: np.ndarray
     seen: Sequence[np.ndarray] = ()
 
+    def subset(self, rows: np.ndarray) -> NextItems:
+        """The queries at ``rows`` only (rank their ``queries[rows]`` against it)."""
+        return NextItems(self.targets[rows], [self.seen[row] for row in rows.tolist()])
+
+    def within(self, items: np.ndarray) -> NextItems:
+        """The same queries against the catalogue rows ``items`` only (rank them against
+        ``catalogue[items]``); every target must be one of them."""
+        position = np.full(int(max(items.max(initial=-1), self.targets.max(initial=-1))) + 1, -1)
+        position[items] = np.arange(len(items))
+        targets = position[self.targets]
+        if (targets < 0).any():
+            raise ValueError("a query's next item is not among the chosen items")
+        seen = [position[rows[rows < len(position)]] for rows in self.seen]
+        return NextItems(targets, [rows[rows >= 0] for rows in seen])
+
 
 @dataclass(frozen=True)
 class Ranking:

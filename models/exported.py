@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.contract import ITEM_TENSORS, USER_TENSORS, InputContract, TensorSpec
+from models.contract import USER_TENSORS, InputContract, TensorSpec
 from models.encoder import ItemBatch, TwoTowerModel, UserBatch, item_batch, user_batch
 from models.errors import ImportRefusedError
-from models.features import ITEM_FEATURES, ItemInput, UserInput
+from models.features import ITEM_FEATURES, ItemInput, UserInput, tag_hashes
 
 __all__ = [
     "ExportedEncoder",
@@ -87,7 +87,7 @@ def _placeholders(program: torch.export.ExportedProgram) -> list[Any]:
 
 
 def _check_signature(
-    program: torch.export.ExportedProgram, tower: str, specs: Sequence[TensorSpec]
+    program: torch.export.ExportedProgram, tower: str, specs: Sequence[TensorSpec], contract_tags: int = 0
 ) -> int | None:
     """Refuse a program whose inputs are not the contract's; the history length it was
     exported with (user tower), else ``None``."""
@@ -120,6 +120,11 @@ def _check_signature(
                 history = history if history is not None else size
                 if size != history:
                     raise ImportRefusedError(f"the {tower} tower's inputs disagree on the history length")
+            elif axis == "T" and size != contract_tags:
+                raise ImportRefusedError(
+                    f"the {tower} tower reads {size} tag slots; the input contract says "
+                    f"{contract_tags} (pass --item-tags {size})"
+                )
             elif axis == "F" and size != ITEM_FEATURES:
                 raise ImportRefusedError(
                     f"the {tower} tower reads {size} item features; the contract gives {ITEM_FEATURES}"
@@ -147,7 +152,8 @@ def contract_batches(contract: InputContract, size: int, seed: int = 0) -> tuple
         item_ids = tuple(f"contract-item-{int(i)}" for i in rng.integers(0, 10_000, length))
         users.append(UserInput(f"contract-user-{row}", item_ids, codes, values, stamps))
         counts = tuple(float(c) for c in rng.exponential(3.0, ITEM_FEATURES) * (row % 3 != 0))
-        items.append(ItemInput(f"contract-item-{row}", counts))
+        tags = tag_hashes([f"contract-tag-{int(t)}" for t in rng.integers(0, 50, int(rng.integers(0, 4)))])
+        items.append(ItemInput(f"contract-item-{row}", counts, tags))
     return user_batch(users, contract), item_batch(items, contract)
 
 
@@ -207,7 +213,7 @@ def check_towers(
     """Call both towers on contract batches (sizes 1 and several) and refuse anything that
     could not be served; returns the shared dimension."""
     history = _check_signature(user_program, "user", USER_TENSORS)
-    _check_signature(item_program, "item", ITEM_TENSORS)
+    _check_signature(item_program, "item", contract.item_tensors, contract.item_tags)
     if history is not None and history != contract.history:
         raise ImportRefusedError(
             f"the user tower was exported for a history of {history} entries; the input contract "
@@ -283,10 +289,20 @@ class _ItemTower(torch.nn.Module):
         return self.model.encode_items(ItemBatch(item_buckets, features))
 
 
+class _TaggedItemTower(_ItemTower):
+    """The item tower of a model that reads tags: the contract's third item tensor."""
+
+    def forward(  # type: ignore[override]
+        self, item_buckets: torch.Tensor, features: torch.Tensor, tag_buckets: torch.Tensor
+    ) -> torch.Tensor:
+        return self.model.encode_items(ItemBatch(item_buckets, features, tag_buckets))
+
+
 def builtin_towers(model: TwoTowerModel) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The built-in model's towers as modules over the contract's tensors (to export it, or
     to compare an imported version with a trained one)."""
-    return _UserTower(model).eval(), _ItemTower(model).eval()
+    item = _TaggedItemTower(model) if model.config.item_tags else _ItemTower(model)
+    return _UserTower(model).eval(), item.eval()
 
 
 def export_tower(module: torch.nn.Module, tensors: tuple[torch.Tensor, ...], dynamic: bool = True) -> bytes:

@@ -6,7 +6,9 @@ live is computed from exactly the features the encoder was trained on.
 - :class:`UserState`: the user's most recent interactions (a window, default 50).
 - :class:`ItemState`: interaction counts per event type, exponentially decayed with time
   constants of 1 hour, 24 hours and 7 days (an order-independent sliding count), lifetime
-  totals per type, first and last seen.
+  totals per type, first and last seen, and the item's tags (up to :data:`MAX_ITEM_TAGS`
+  declared attributes such as genres, as 64-bit hashes; the latest event that carries
+  ``item_tags`` sets them).
 
 Both serialise to compact binary (``to_bytes`` / ``from_bytes``).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 
@@ -23,11 +26,14 @@ from models.hashing import id_hash64
 __all__ = [
     "EVENT_TYPES",
     "ITEM_FEATURES",
+    "MAX_ITEM_TAGS",
+    "MAX_TAG_LENGTH",
     "WINDOWS_SECONDS",
     "ItemInput",
     "ItemState",
     "UserInput",
     "UserState",
+    "tag_hashes",
 ]
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "cart", "purchase", "rating")
@@ -41,6 +47,19 @@ _USER_ENTRY = struct.Struct("<QBfH")  # format 1: ts, type code, value (NaN if n
 USER_STATE_HEADER = struct.Struct("<BIQH")
 USER_STATE_FORMAT = 3
 _ITEM_FORMAT = struct.Struct(f"<BQ{len(EVENT_TYPES) * len(WINDOWS_SECONDS)}d{len(EVENT_TYPES)}IQQ")
+#: An item declares at most this many tags; each has 1 to :data:`MAX_TAG_LENGTH` characters.
+MAX_ITEM_TAGS = 8
+MAX_TAG_LENGTH = 64
+#: Item state format 2: format 1, then :data:`MAX_ITEM_TAGS` tag hashes (0: no tag). An item
+#: without tags is still written in format 1, byte for byte as before.
+_ITEM_TAGS = struct.Struct(f"<{MAX_ITEM_TAGS}Q")
+
+
+def tag_hashes(tags: Sequence[str]) -> tuple[int, ...]:
+    """The item tags as stored: 64-bit hashes (never 0, which marks no tag), duplicates
+    dropped, in order, at most :data:`MAX_ITEM_TAGS`."""
+    hashes = dict.fromkeys(id_hash64("tag", tag) or 1 for tag in tags)
+    return tuple(hashes)[:MAX_ITEM_TAGS]
 
 
 @dataclass(frozen=True)
@@ -56,11 +75,13 @@ class UserInput:
 
 @dataclass(frozen=True)
 class ItemInput:
-    """What the item tower reads: the id and :data:`ITEM_FEATURES` raw counts (decayed counts
-    per type and window, then lifetime totals per type); the tower sees ``log1p`` of them."""
+    """What the item tower reads: the id, :data:`ITEM_FEATURES` raw counts (decayed counts
+    per type and window, then lifetime totals per type; the tower sees ``log1p`` of them) and
+    the hashes of the item's tags (:func:`tag_hashes`; read by towers that declare them)."""
 
     item_id: str
     counts: tuple[float, ...]
+    tags: tuple[int, ...] = ()
 
     @property
     def features(self) -> tuple[float, ...]:
@@ -187,6 +208,11 @@ class ItemState:
     totals: list[int] = field(default_factory=lambda: [0] * len(EVENT_TYPES))
     first_seen_ms: int = 0
     last_seen_ms: int = 0
+    tags: tuple[int, ...] = ()
+
+    def set_tags(self, tags: Sequence[str]) -> None:
+        """Declare the item's tags (replacing the ones it had; empty: none)."""
+        self.tags = tag_hashes(tags)
 
     def add(self, type_code: int, ts_ms: int) -> None:
         windows = len(WINDOWS_SECONDS)
@@ -234,19 +260,30 @@ class ItemState:
         self.last_seen_ms = max(self.last_seen_ms, newest)
 
     def to_input(self, item_id: str) -> ItemInput:
-        return ItemInput(item_id, (*self.decayed, *self.totals))
+        return ItemInput(item_id, (*self.decayed, *self.totals), self.tags)
 
     def to_bytes(self) -> bytes:
-        return _ITEM_FORMAT.pack(
-            1, self.ref_ts_ms, *self.decayed, *self.totals, self.first_seen_ms, self.last_seen_ms
+        """Format 1 (fixed size), or format 2 (format 1 plus the tag hashes) with tags."""
+        counts = _ITEM_FORMAT.pack(
+            2 if self.tags else 1,
+            self.ref_ts_ms,
+            *self.decayed,
+            *self.totals,
+            self.first_seen_ms,
+            self.last_seen_ms,
         )
+        if not self.tags:
+            return counts
+        return counts + _ITEM_TAGS.pack(*self.tags, *[0] * (MAX_ITEM_TAGS - len(self.tags)))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ItemState:
-        fields = _ITEM_FORMAT.unpack(data)
-        if fields[0] != 1:
-            raise ValueError(f"unknown item state format {fields[0]}")
+        fmt = data[0] if data else 0
+        if fmt not in (1, 2) or len(data) != _ITEM_FORMAT.size + (fmt == 2) * _ITEM_TAGS.size:
+            raise ValueError(f"unknown item state format {fmt} ({len(data)} bytes)")
+        fields = _ITEM_FORMAT.unpack_from(data)
         n_decayed = len(EVENT_TYPES) * len(WINDOWS_SECONDS)
         decayed = list(fields[2 : 2 + n_decayed])
         totals = list(fields[2 + n_decayed : 2 + n_decayed + len(EVENT_TYPES)])
-        return cls(fields[1], decayed, totals, fields[-2], fields[-1])
+        tags = _ITEM_TAGS.unpack_from(data, _ITEM_FORMAT.size) if fmt == 2 else ()
+        return cls(fields[1], decayed, totals, fields[-2], fields[-1], tuple(t for t in tags if t))

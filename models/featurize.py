@@ -29,7 +29,7 @@ import torch
 from models.contract import InputContract
 from models.encoder import ItemBatch, UserBatch, item_batch, user_batch
 from models.errors import TrainingError
-from models.features import TYPE_CODES, ItemInput, UserInput
+from models.features import TYPE_CODES, ItemInput, UserInput, tag_hashes
 from models.interaction_log import normalise_event, read_interaction_log
 from models.state_batch import (
     EventColumns,
@@ -99,6 +99,7 @@ def log_columns(events: Sequence[Mapping[str, Any]]) -> EventColumns:
         np.fromiter((TYPE_CODES[str(event["type"])] for event in events), np.uint8, len(events)),
         np.fromiter((np.nan if v is None else v for v in values), np.float32, len(events)),
         np.fromiter((int(event["ts"]) for event in events), np.int64, len(events)),
+        {row: tag_hashes(event["item_tags"]) for row, event in enumerate(events) if "item_tags" in event},
     )
 
 

@@ -1,6 +1,7 @@
 """Reading an interaction log for training: JSON lines in the event contract, or CSV.
 
-CSV needs ``user_id`` and ``item_id`` columns and may have ``type``, ``value`` and ``ts``.
+CSV needs ``user_id`` and ``item_id`` columns and may have ``type``, ``value``, ``ts`` and
+``item_tags`` (tags separated by ``|``, as in MovieLens ``genres``).
 Common ratings-file names are understood too (``userId``/``movieId``/``rating``/``timestamp``
 and similar): a ``rating`` column becomes a ``rating`` event with that value, and timestamps
 in seconds are converted to milliseconds. Rows that cannot be used are counted, not fatal.
@@ -17,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import TrainingError
-from models.features import EVENT_TYPES
+from models.features import EVENT_TYPES, MAX_ITEM_TAGS, MAX_TAG_LENGTH
 
-__all__ = ["InteractionLog", "normalise_event", "read_interaction_log"]
+__all__ = ["InteractionLog", "item_tags", "normalise_event", "read_interaction_log"]
 
 _ALIASES = {
     "user_id": ("user_id", "userid", "user", "uid", "reviewerid"),
@@ -27,6 +28,7 @@ _ALIASES = {
     "type": ("type", "event", "event_type", "action"),
     "value": ("value", "rating", "score", "overall"),
     "ts": ("ts", "timestamp", "time", "unixreviewtime", "event_time"),
+    "item_tags": ("item_tags", "tags", "genres", "categories"),
 }
 _SECONDS_LIMIT = 100_000_000_000  # below this an epoch timestamp is in seconds, not ms
 
@@ -44,8 +46,8 @@ class InteractionLog:
 
 
 def normalise_event(row: dict[str, Any], default_type: str = "view") -> dict[str, Any] | str:
-    """``row`` as an event dict (``user_id``, ``item_id``, ``type``, ``value`` when given,
-    ``ts`` in milliseconds), or the reason it cannot be used."""
+    """``row`` as an event dict (``user_id``, ``item_id``, ``type``, ``value`` and
+    ``item_tags`` when given, ``ts`` in milliseconds), or the reason it cannot be used."""
     user, item = row.get("user_id"), row.get("item_id")
     if user in (None, "") or item in (None, ""):
         return "missing user_id or item_id"
@@ -70,7 +72,27 @@ def normalise_event(row: dict[str, Any], default_type: str = "view") -> dict[str
     except (TypeError, ValueError):
         return "ts is not a number"
     event["ts"] = stamp * 1000 if 0 < stamp < _SECONDS_LIMIT else stamp
+    tags = row.get("item_tags")
+    if tags not in (None, ""):  # an empty CSV cell declares nothing
+        checked = item_tags(tags)
+        if isinstance(checked, str):
+            return checked
+        event["item_tags"] = checked
     return event
+
+
+def item_tags(tags: Any) -> list[str] | str:
+    """An event's ``item_tags`` (a list of strings, or one string of ``|``-separated tags) as
+    a list, or the reason it cannot be used; the stream's contract has the same bounds."""
+    if isinstance(tags, str):
+        tags = [tag.strip() for tag in tags.split("|") if tag.strip()]
+    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+        return "item_tags is not a list of strings"
+    if len(tags) > MAX_ITEM_TAGS:
+        return f"more than {MAX_ITEM_TAGS} item_tags"
+    if not all(1 <= len(tag) <= MAX_TAG_LENGTH for tag in tags):
+        return f"an item tag must have 1 to {MAX_TAG_LENGTH} characters"
+    return tags
 
 
 def _csv_rows(path: Path) -> tuple[list[dict[str, Any]], str]:

@@ -4,7 +4,7 @@ The per-entity classes in :mod:`models.features` define the state and the encode
 (training uses them). This module computes the same states and inputs for a batch of
 users or items in a fixed number of array operations, with no Python object per entity
 or per event, and reads and writes the same bytes (user state format 3, item state
-format 1). ``tests/models/test_state_batch.py`` checks the two against each other.
+formats 1 and 2). ``tests/models/test_state_batch.py`` checks the two against each other.
 
 - :func:`apply_user_events` merges a batch of events into the users' stored histories
   (time order, newest ``window`` kept) and returns the new state bytes and the
@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -31,6 +31,7 @@ import numpy as np
 from models.features import (
     EVENT_TYPES,
     ITEM_FEATURES,
+    MAX_ITEM_TAGS,
     USER_STATE_FORMAT,
     USER_STATE_HEADER,
     WINDOWS_SECONDS,
@@ -38,6 +39,7 @@ from models.features import (
     ItemState,
     UserInput,
     UserState,
+    tag_hashes,
 )
 from models.hashing import id_hash64
 
@@ -66,6 +68,9 @@ _ITEM_STATE = np.dtype(
         ("last_seen", "<u8"),
     ]
 )
+#: Item state format 2: format 1 and the tag hashes (written only for an item with tags).
+_ITEM_STATE_TAGGED = np.dtype([*_ITEM_STATE.descr, ("tags", "<u8", (MAX_ITEM_TAGS,))])
+_NO_TAGS = bytes(_ITEM_STATE_TAGGED.itemsize - _ITEM_STATE.itemsize)
 _TAUS = np.array(WINDOWS_SECONDS, dtype=np.float64)
 _EMPTY_ITEM = ItemState().to_bytes()
 log = logging.getLogger("embstream.state")
@@ -80,6 +85,8 @@ class EventColumns:
     type_codes: np.ndarray  # uint8
     values: np.ndarray  # float32, NaN where the event has no value
     timestamps_ms: np.ndarray  # int64
+    #: The tag hashes declared by the events that carry ``item_tags``, by event row.
+    item_tags: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -87,12 +94,14 @@ class EventColumns:
     def take(self, rows: Sequence[int]) -> EventColumns:
         """The events at ``rows``, in that order."""
         index = np.asarray(rows, dtype=np.int64)
+        tags = self.item_tags
         return EventColumns(
             [self.user_ids[row] for row in rows],
             [self.item_ids[row] for row in rows],
             self.type_codes[index],
             self.values[index],
             self.timestamps_ms[index],
+            {new: tags[row] for new, row in enumerate(rows) if row in tags} if tags else {},
         )
 
 
@@ -109,6 +118,8 @@ class ParsedEvent(Protocol):
     def value(self) -> float | None: ...
     @property
     def ts_ms(self) -> int: ...
+    @property
+    def item_tags(self) -> tuple[str, ...] | None: ...
 
 
 _NAN = float("nan")
@@ -117,12 +128,16 @@ _NAN = float("nan")
 def event_columns(events: Sequence[ParsedEvent]) -> EventColumns:
     """Parsed events as columns (NaN where an event has no value)."""
     count = len(events)
+    tags = {
+        row: tag_hashes(event.item_tags) for row, event in enumerate(events) if event.item_tags is not None
+    }
     return EventColumns(
         [event.user_id for event in events],
         [event.item_id for event in events],
         np.fromiter((event.type_code for event in events), np.uint8, count),
         np.fromiter((_NAN if event.value is None else event.value for event in events), np.float32, count),
         np.fromiter((event.ts_ms for event in events), np.int64, count),
+        tags,
     )
 
 
@@ -170,16 +185,18 @@ class UserHistories(Sequence[UserInput]):
 
 @dataclass(frozen=True)
 class ItemCounts(Sequence[ItemInput]):
-    """The item tower's input for a batch: raw counts, one row per item."""
+    """The item tower's input for a batch: raw counts and tag hashes, one row per item."""
 
     item_ids: list[str]
     counts: np.ndarray  # float64 [items, ITEM_FEATURES]
+    tags: np.ndarray | None = None  # uint64 [items, MAX_ITEM_TAGS], 0 where no tag
 
     def __len__(self) -> int:
         return len(self.item_ids)
 
     def __getitem__(self, index: int) -> ItemInput:  # type: ignore[override]
-        return ItemInput(self.item_ids[index], tuple(float(value) for value in self.counts[index]))
+        tags = () if self.tags is None else tuple(int(t) for t in self.tags[index] if t)
+        return ItemInput(self.item_ids[index], tuple(float(value) for value in self.counts[index]), tags)
 
     def __iter__(self) -> Iterator[ItemInput]:
         return (self[index] for index in range(len(self)))
@@ -242,14 +259,18 @@ def _readable_user_state(user_id: str, raw: bytes | None, window: int) -> bytes 
 
 
 def _readable_item_state(item_id: str, raw: bytes | None) -> bytes:
+    """The stored state as format 2 (format 1 gains empty tags); a damaged state is logged
+    and started afresh, a newer release's format raises (as for users)."""
     if raw is None:
-        return _EMPTY_ITEM
-    if raw and raw[0] > 1:
+        return _EMPTY_ITEM + _NO_TAGS
+    if raw and raw[0] > 2:
         raise ValueError(f"unknown item state format {raw[0]} (written by a newer release?)")
     if len(raw) == _ITEM_STATE.itemsize and raw[0] == 1:
+        return raw + _NO_TAGS
+    if len(raw) == _ITEM_STATE_TAGGED.itemsize and raw[0] == 2:
         return raw
     log.warning("item %r: stored state is damaged (%d bytes); starting it afresh", item_id, len(raw))
-    return _EMPTY_ITEM
+    return _EMPTY_ITEM + _NO_TAGS
 
 
 def apply_user_events(
@@ -401,16 +422,21 @@ def apply_item_events(
     :meth:`ItemState.add_many` per item (up to the last bit of ``exp``)."""
     items = len(item_ids)
     raw = b"".join(_readable_item_state(i, state) for i, state in zip(item_ids, stored, strict=True))
-    state = np.frombuffer(raw, dtype=_ITEM_STATE, count=items).copy()
+    state = np.frombuffer(raw, dtype=_ITEM_STATE_TAGGED, count=items).copy()
     if events is not None and len(events):
         assert event_rows is not None
         _update_items(state, events, event_rows.astype(np.int64))
+        for row, hashes in events.item_tags.items():  # in event order: the latest wins
+            state["tags"][event_rows[row]] = (*hashes, *[0] * (MAX_ITEM_TAGS - len(hashes)))
+    tagged = state["tags"].any(axis=1)
+    state["format"] = np.where(tagged, 2, 1)
     data = state.tobytes()
-    size = _ITEM_STATE.itemsize
-    states = [data[index * size : (index + 1) * size] for index in range(items)]
+    size, short = _ITEM_STATE_TAGGED.itemsize, _ITEM_STATE.itemsize
+    widths: list[int] = np.where(tagged, size, short).tolist()
+    states = [data[index * size : index * size + width] for index, width in enumerate(widths)]
     counts = np.concatenate([state["decayed"], state["totals"].astype(np.float64)], axis=1)
     assert counts.shape[1] == ITEM_FEATURES
-    return states, ItemCounts(item_ids, counts)
+    return states, ItemCounts(item_ids, counts, state["tags"] if tagged.any() else None)
 
 
 def _update_items(state: np.ndarray, events: EventColumns, rows: np.ndarray) -> None:
@@ -447,9 +473,9 @@ def _update_items(state: np.ndarray, events: EventColumns, rows: np.ndarray) -> 
 def item_popularity(states: Sequence[bytes], now_ms: int) -> np.ndarray:
     """Each item's interactions of the last day, all types, decayed to ``now_ms`` (the 24 h
     counts of its state, float64); 0 for a damaged or foreign state."""
-    whole = [
-        raw if len(raw) == _ITEM_STATE.itemsize and raw[:1] == b"\x01" else _EMPTY_ITEM for raw in states
-    ]
+    size = _ITEM_STATE.itemsize
+    readable = ((size, b"\x01"), (_ITEM_STATE_TAGGED.itemsize, b"\x02"))
+    whole = [raw[:size] if (len(raw), raw[:1]) in readable else _EMPTY_ITEM for raw in states]
     state = np.frombuffer(b"".join(whole), dtype=_ITEM_STATE, count=len(whole))
     day = WINDOWS_SECONDS.index(86_400)
     counts = state["decayed"][:, day :: len(WINDOWS_SECONDS)].sum(axis=1)

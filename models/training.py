@@ -87,11 +87,24 @@ class Examples:
     _next_items: NextItems | None = field(default=None, repr=False, compare=False)
 
     def catalogue(self) -> list[ItemInput]:
-        """Every item of the log, with its state at the cut (empty if first seen later)."""
+        """Every item of the log, with its state at the cut (no counts if first seen later,
+        only the tags its first event declared: a cold-start item)."""
         seen = dict(self.items_at_cut)
+        empty = ItemState().to_input("").counts
         for item in self.items[self.split :]:
-            seen.setdefault(item.item_id, ItemState().to_input(item.item_id))
+            seen.setdefault(item.item_id, ItemInput(item.item_id, empty, item.tags))
         return list(seen.values())
+
+    def cold_item_queries(self) -> np.ndarray:
+        """Validation queries (rows of :meth:`next_items`) whose next item had no interaction
+        in the training period: the cold-start items."""
+        items = self.items[self.split :]
+        return np.flatnonzero([self.train_counts_item[item.item_id] == 0 for item in items])
+
+    def cold_items(self) -> np.ndarray:
+        """Catalogue rows of the items with no interaction in the training period."""
+        counts = self.train_counts_item
+        return np.flatnonzero([counts[item.item_id] == 0 for item in self.catalogue()])
 
     def next_items(self) -> NextItems:
         """The validation queries' next items and already-seen items, as catalogue rows
@@ -147,6 +160,8 @@ def build_examples(
         code, ts = TYPE_CODES[str(event["type"])], int(event["ts"])
         user = user_states.setdefault(user_id, UserState(window=history))
         item = item_states.setdefault(item_id, ItemState())
+        if "item_tags" in event:  # what the item is, known with this event (as in the stream)
+            item.set_tags(event["item_tags"])
         if user.item_ids:
             examples.users.append(user.to_input(user_id))
             examples.items.append(item.to_input(item_id))
@@ -179,7 +194,7 @@ def validation_recall(model: TwoTowerModel, examples: Examples, k: int) -> float
 
 def _take(batch: Any, rows: torch.Tensor) -> Any:
     """The same kind of tensor batch, restricted to ``rows``."""
-    return type(batch)(*(tensor[rows] for tensor in vars(batch).values()))
+    return type(batch)(*(None if tensor is None else tensor[rows] for tensor in vars(batch).values()))
 
 
 def cross_task_loss(

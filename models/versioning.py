@@ -4,7 +4,7 @@ all stored together in the registry."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,7 +19,7 @@ from models.aligners import (
     fit_procrustes,
     forward_apply,
 )
-from models.baselines import baseline_views
+from models.baselines import Baseline, baseline_views
 from models.compatibility import (
     VersionView,
     compatibility_matrix,
@@ -30,7 +30,7 @@ from models.compatibility import (
 )
 from models.encoder import Encoder, EncoderConfig, TorchEncoder
 from models.errors import IncompatibleVersionsError, TrainingError
-from models.evaluation import rank_next_items
+from models.evaluation import NextItems, rank_next_items
 from models.registry import EncoderRegistry, Manifest
 from models.report_plot import render_report_png
 from models.training import (
@@ -82,6 +82,8 @@ class VersionRequest:
     # bc-aligner: weight of the cross-version task term (carried-back users must retrieve
     # among the ancestors' item vectors; models.training.cross_task_loss)
     cross_task_weight: float = DEFAULT_CROSS_TASK_WEIGHT
+    # The item tower reads the items' tags; None: as the parent (a first version: as ``encoder``)
+    item_tags: bool | None = None
 
 
 def _alignment_targets(
@@ -146,8 +148,11 @@ def build_report(
         "recall": {name: round(ranking.recall, 4) for name, ranking in ranked.items()},
         "ndcg": {name: round(ranking.ndcg, 4) for name, ranking in ranked.items()},
         "intended_change_pct": _pct(ranked["new"].recall, ranked["unaligned"].recall),
-        "baselines": _baselines(examples, new_view.users.shape[1], request),
     }
+    baselines = baseline_views(examples, new_view.users.shape[1], _training(request))
+    report["baselines"] = _scores(baselines, examples.next_items(), k)
+    views_now: dict[str, VersionView | Baseline] = {"new": new_view, "unaligned": unaligned_view}
+    report["cold_items"] = _cold_items(examples, {**views_now, **baselines}, k)
     views = {version: new_view}
     chains: dict[tuple[int, int], list[BackwardAligner] | None] = {(version, version): []}
     for old in registry.versions():
@@ -195,18 +200,48 @@ def build_report(
     return report
 
 
-def _baselines(examples: Examples, dim: int, request: VersionRequest) -> dict[str, dict[str, float]]:
-    """Recall@K and NDCG@K of :data:`models.baselines.BASELINES` on the report's split."""
-    training = TrainingConfig(
+def _cold_items(examples: Examples, views: Mapping[str, VersionView | Baseline], k: int) -> dict[str, Any]:
+    """Recall@K of the queries whose next item is new to the training period, among every
+    item (``recall``) and among the new items only (``recall_among_cold``, the cold-start
+    protocol: what content such as tags can tell apart)."""
+    queries = examples.cold_item_queries()
+    report: dict[str, Any] = {
+        "queries": len(queries),
+        "share": round(len(queries) / max(1, len(examples.users) - examples.split), 4),
+        "recall": {},
+        "recall_among_cold": {},
+    }
+    if not len(queries):
+        return report
+    truth = examples.next_items().subset(queries)
+    cold = examples.cold_items()
+    among = truth.within(cold)
+    for name, view in views.items():
+        asked = view.queries[queries]
+        report["recall"][name] = round(rank_next_items(asked, view.catalogue, truth, k).recall, 4)
+        report["recall_among_cold"][name] = round(
+            rank_next_items(asked, view.catalogue[cold], among, k).recall, 4
+        )
+    return report
+
+
+def _training(request: VersionRequest) -> TrainingConfig:
+    """The baselines' training: the encoder's epochs, batch, learning rate and seed."""
+    return TrainingConfig(
         epochs=request.epochs,
         batch_size=request.batch_size,
         learning_rate=request.learning_rate,
         seed=request.seed,
     )
-    truth = examples.next_items()
+
+
+def _scores(
+    views: Mapping[str, VersionView | Baseline], truth: NextItems, k: int
+) -> dict[str, dict[str, float]]:
+    """Recall@K and NDCG@K of each view's queries against its catalogue."""
     scores = {}
-    for name, baseline in baseline_views(examples, dim, training).items():
-        ranking = rank_next_items(baseline.queries, baseline.catalogue, truth, request.recall_k)
+    for name, view in views.items():
+        ranking = rank_next_items(view.queries, view.catalogue, truth, k)
         scores[name] = {"recall": round(ranking.recall, 4), "ndcg": round(ranking.ndcg, 4)}
     return scores
 
@@ -258,6 +293,10 @@ def train_version(
     lineage = registry.lineage(parent) if parent is not None else []
     dim = request.dim or (registry.manifest(parent).dim if parent is not None else 64)
     config = replace(request.encoder or EncoderConfig(), dim=dim)
+    if request.item_tags is not None:
+        config = replace(config, item_tags=request.item_tags)
+    elif parent is not None:
+        config = replace(config, item_tags=registry.manifest(parent).inputs.item_tags > 0)
     training = TrainingConfig(
         epochs=request.epochs,
         batch_size=request.batch_size,

@@ -12,6 +12,7 @@ from typing import Any
 from models.aligners import ALIGNER_METHODS
 from models.contract import InputContract
 from models.errors import IntegrityError
+from models.features import MAX_ITEM_TAGS
 from models.importing import IMPORT_METHODS, EntityStates, ImportRequest, import_version
 from models.interaction_log import read_interaction_log
 from models.manifest import Manifest
@@ -43,6 +44,13 @@ def add_model_commands(commands: Any) -> None:
         type=float,
         default=DEFAULT_CROSS_TASK_WEIGHT,
         help="bc-aligner's weight of the cross-version task term (0: the alignment term alone)",
+    )
+    train.add_argument(
+        "--item-tags",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the item tower reads the items' tags (item_tags of the events; default: as the parent, "
+        "off for a first version)",
     )
     train.add_argument("--single-step", action="store_true", help="bc-aligner: parent term only")
     train.add_argument(
@@ -114,6 +122,12 @@ def _add_import(action: Any) -> None:
         default=defaults.recency_tau_seconds,
         help="input contract: recency time constant of history weights, in seconds",
     )
+    sub.add_argument(
+        "--item-tags",
+        type=int,
+        default=0,
+        help=f"input contract: tag slots T the item tower reads (0 to {MAX_ITEM_TAGS}; 0: no tags)",
+    )
     sub.add_argument("--no-forward", action="store_true", help="skip the forward transform")
     sub.add_argument(
         "--gate-pct",
@@ -144,6 +158,7 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         alignment_weight=args.alignment_weight,
         cross_task_weight=args.cross_task_weight,
+        item_tags=args.item_tags,
         multi_step=not args.single_step,
         warm_start=not args.no_warm_start,
         gate_pct=args.gate_pct,
@@ -214,7 +229,7 @@ def run_import(args: argparse.Namespace) -> int:
     registry = _registry(args)
     settings = Settings.from_env()
     try:
-        contract = InputContract(args.history, args.buckets, args.recency_tau_s)
+        contract = InputContract(args.history, args.buckets, args.recency_tau_s, args.item_tags)
     except ValueError as error:
         print(f"embstream: error: {error}", file=sys.stderr)
         return 2

@@ -1,7 +1,11 @@
 """The event contract: parse and validate one interaction event, or say why it is rejected.
 
 Value: JSON ``{"user_id": str, "item_id": str, "type": one of EVENT_TYPES,
-"value": number (optional), "ts": epoch ms (optional)}``. Unknown extra fields are ignored.
+"value": number (optional), "ts": epoch ms (optional), "item_tags": [str] (optional)}``.
+``item_tags`` declares what the item is (genres, categories: at most
+:data:`~models.features.MAX_ITEM_TAGS` strings of 1 to
+:data:`~models.features.MAX_TAG_LENGTH` characters); it replaces the item's tags, ``[]``
+clears them, and events without it leave them as they are. Unknown extra fields are ignored.
 
 Nothing a producer sends can make :func:`parse_event` raise or recurse without bound: a
 value is bounded in size (``max_bytes``) and in nesting depth (:data:`MAX_EVENT_DEPTH`,
@@ -22,7 +26,7 @@ import msgspec
 import numpy as np
 from msgspec import UNSET, UnsetType
 
-from models.features import EVENT_TYPES, TYPE_CODES
+from models.features import EVENT_TYPES, MAX_ITEM_TAGS, MAX_TAG_LENGTH, TYPE_CODES
 
 __all__ = [
     "MAX_EVENT_BYTES",
@@ -49,6 +53,7 @@ class Interaction:
     type_code: int
     value: float | None
     ts_ms: int
+    item_tags: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +62,10 @@ class Rejection:
 
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+_Tags = Annotated[
+    list[Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TAG_LENGTH)]],
+    msgspec.Meta(max_length=MAX_ITEM_TAGS),
+]
 
 
 class _WireEvent(msgspec.Struct):
@@ -68,6 +77,7 @@ class _WireEvent(msgspec.Struct):
     type: Literal["view", "click", "cart", "purchase", "rating"]
     value: int | float | UnsetType | None = UNSET
     ts: int | UnsetType | None = UNSET
+    item_tags: _Tags | UnsetType | None = UNSET
 
 
 _decode_wire = msgspec.json.Decoder(_WireEvent).decode
@@ -110,10 +120,12 @@ def parse_event(
             except (msgspec.MsgspecError, ValueError, RecursionError):
                 pass
             else:
-                value, ts = wire.value, wire.ts
-                # Keys and the three string fields are the only strings of an event without
-                # extra fields: then no key was given twice.
+                value, ts, tags = wire.value, wire.ts, wire.item_tags
+                # Keys, the three string fields and the tags are the only strings of an event
+                # without extra fields: then no key was given twice.
                 strings = 6 + (value is not UNSET) + (ts is not UNSET)
+                if tags is not UNSET:
+                    strings += 1 + (len(tags) if tags else 0)
                 if raw.count(34) == 2 * strings or _flat_keys_once(raw):  # 34: '"'
                     if value is UNSET or value is None:
                         number = None
@@ -124,7 +136,14 @@ def parse_event(
                     if ts is UNSET or ts is None:
                         ts = broker_ts_ms
                     if MIN_TIMESTAMP_MS <= ts <= now_ms + max_future_skew_ms:
-                        return Interaction(wire.user_id, wire.item_id, TYPE_CODES[wire.type], number, ts)
+                        return Interaction(
+                            wire.user_id,
+                            wire.item_id,
+                            TYPE_CODES[wire.type],
+                            number,
+                            ts,
+                            None if tags is UNSET or tags is None else tuple(tags),
+                        )
         return _parse_checked(raw, broker_ts_ms, now_ms, max_future_skew_ms, max_bytes)
     except Exception as error:  # a decoder's own failure must never stop the stream
         return Rejection(f"value could not be decoded ({type(error).__name__})")
@@ -175,6 +194,10 @@ def _check_id(event: dict[str, object], name: str) -> str | Rejection:
         return Rejection(f"{name} missing or not a string")
     if not value or len(value) > MAX_ID_LENGTH:
         return Rejection(f"{name} must have 1 to {MAX_ID_LENGTH} characters")
+    return _valid_unicode(value, name)
+
+
+def _valid_unicode(value: str, name: str) -> str | Rejection:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate written as an escape (\ud800)
@@ -232,4 +255,17 @@ def _parse_checked(
         return Rejection("ts must be an integer (epoch milliseconds)")
     if ts < MIN_TIMESTAMP_MS or ts > now_ms + max_future_skew_ms:
         return Rejection("ts is out of range (before 2000 or too far in the future)")
-    return Interaction(user_id, item_id, type_code, value, ts)
+    tags = event.get("item_tags")
+    if tags is not None:
+        if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+            return Rejection("item_tags must be a list of strings")
+        if len(tags) > MAX_ITEM_TAGS:
+            return Rejection(f"item_tags has more than {MAX_ITEM_TAGS} tags")
+        if not all(1 <= len(tag) <= MAX_TAG_LENGTH for tag in tags):
+            return Rejection(f"an item tag must have 1 to {MAX_TAG_LENGTH} characters")
+        for tag in tags:
+            checked = _valid_unicode(tag, "item_tags")
+            if isinstance(checked, Rejection):
+                return checked
+        tags = tuple(tags)
+    return Interaction(user_id, item_id, type_code, value, ts, tags)

@@ -14,7 +14,7 @@ saw (a fenced worker) or whose range does not continue theirs. Large batches are
 parts; a reader applies a batch only once every part is there.
 
 An :class:`ItemBundle` carries the item side of a batch of interactions (item id, event type,
-value, timestamp, and the source offset of each event) to the item's partition of
+value, timestamp, declared item tags, and the source offset of each event) to the item's partition of
 ``<source>.by-item``; item state is owned by that partition. The source offsets let the item
 side skip events it already applied when a bundle is published twice.
 """
@@ -166,6 +166,8 @@ class ItemBundle(msgspec.Struct, frozen=True):
     type_codes: bytes  # uint8
     values: bytes  # float32 (NaN: none)
     timestamps_ms: bytes  # int64
+    # The ``item_tags`` of the events that declare them, by entry (absent in older bundles).
+    item_tags: dict[int, list[str]] = {}
 
     def columns(self) -> Iterator[tuple[int, str, int, float, int]]:
         yield from zip(

@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 
 from models.encoder import Encoder
-from models.features import EVENT_TYPES
+from models.features import EVENT_TYPES, tag_hashes
 from models.state_batch import EventColumns, event_columns
 from store.vector_store import VersionedVectorStore
 from store.writer import StoreWriter
@@ -218,6 +218,11 @@ class PartitionedRefresher:
                     len(rows),
                 ).tobytes(),
                 timestamps_ms=np.fromiter((events[i].ts_ms for i in rows), np.int64, len(rows)).tobytes(),
+                item_tags={
+                    entry: list(tags)
+                    for entry, i in enumerate(rows)
+                    if (tags := events[i].item_tags) is not None
+                },
             )
             messages.append(OutgoingMessage(self.by_item, None, encode_bundle(bundle), partition=target))
         return messages
@@ -231,6 +236,7 @@ class PartitionedRefresher:
         codes: list[int] = []
         values: list[float] = []
         stamps: list[int] = []
+        tags: dict[int, list[str]] = {}  # by row of the item events
         sources: list[SourceRecord] = []  # the bundle each item event came in
         for record in records:
             partition = record.partition
@@ -246,10 +252,12 @@ class PartitionedRefresher:
                 continue
             marks = watermarks[partition]
             floor = marks.get(bundle.source_partition, 0)
-            for offset, item_id, code, value, ts_ms in entries:
+            for entry, (offset, item_id, code, value, ts_ms) in enumerate(entries):
                 if offset < floor:
                     outcome.duplicates += 1
                     continue
+                if entry in bundle.item_tags:
+                    tags[len(item_ids)] = bundle.item_tags[entry]
                 item_ids.append(item_id)
                 codes.append(code)
                 values.append(value)
@@ -263,13 +271,17 @@ class PartitionedRefresher:
         if item_ids:
             columns = EventColumns(
                 item_ids, item_ids, np.asarray(codes, np.uint8), np.asarray(values, np.float32),
-                np.asarray(stamps, np.int64),
+                np.asarray(stamps, np.int64), {row: tag_hashes(t) for row, t in tags.items()},
             )  # fmt: skip
 
             def dead_letter(row: int, reason: str) -> None:
-                event = {"item_id": item_ids[row], "type": EVENT_TYPES[codes[row]], "ts": stamps[row]}
+                event: dict[str, object] = {
+                    "item_id": item_ids[row], "type": EVENT_TYPES[codes[row]], "ts": stamps[row]
+                }  # fmt: skip
                 if not math.isnan(values[row]):
                     event["value"] = values[row]
+                if row in tags:
+                    event["item_tags"] = tags[row]
                 bundle = sources[row]  # dead-lettered as the event, with the bundle's source
                 record = ConsumedRecord(
                     bundle.topic, bundle.partition, bundle.offset, None, orjson.dumps(event), bundle.timestamp

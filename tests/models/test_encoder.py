@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from models.encoder import EncoderConfig, TorchEncoder, TwoTowerModel
-from models.features import TYPE_CODES, ItemState, UserState
+from models.encoder import EncoderConfig, TorchEncoder, TwoTowerModel, fixed_prototypes, item_batch
+from models.features import MAX_ITEM_TAGS, TYPE_CODES, ItemInput, ItemState, UserState
 
 CONFIG = EncoderConfig(dim=24, id_dim=8, buckets=512, hidden=16, history=10)
 
@@ -65,3 +67,58 @@ def test_unseen_ids_embed_differently(encoder: TorchEncoder) -> None:
 
 def test_config_round_trips_through_a_dict() -> None:
     assert EncoderConfig.from_dict({**CONFIG.to_dict(), "unknown": 1}) == CONFIG
+
+
+def test_fixed_prototypes_are_the_same_on_every_call_and_unit_length() -> None:
+    first, second = fixed_prototypes(512, 24), fixed_prototypes(512, 24)
+    assert torch.equal(first, second) and first.shape == (512, 24)
+    np.testing.assert_allclose(first.norm(dim=1).numpy(), 1.0, rtol=1e-5)
+    # nearly orthogonal directions, not one repeated vector
+    assert (first[:64] @ first[:64].T - torch.eye(64)).abs().max() < 0.9
+
+
+def test_item_prototypes_put_an_item_at_the_same_place_in_every_model() -> None:
+    config = replace(CONFIG, item_prototypes=True)
+    torch.manual_seed(0)
+    first = TorchEncoder(TwoTowerModel(config), version=1)
+    torch.manual_seed(1)
+    second = TorchEncoder(TwoTowerModel(config), version=2)
+    items = [_item("x", 3), _item("y", 0), _item("never-seen-before", 9)]
+    np.testing.assert_array_equal(first.encode_items(items), second.encode_items(items))
+    # the item's id decides, not its counts; different ids, different places
+    np.testing.assert_array_equal(first.encode_items([_item("x", 1)]), first.encode_items([_item("x", 50)]))
+    assert not np.allclose(first.encode_items([_item("x", 1)]), first.encode_items([_item("y", 1)]))
+    # users are still learned: two initialisations place them differently
+    users = [_user("a", ["x", "y"])]
+    assert not np.allclose(first.encode_users(users), second.encode_users(users))
+
+
+def _tagged(item_id: str, tags: list[str]) -> ItemInput:
+    state = ItemState()
+    state.set_tags(tags)
+    return state.to_input(item_id)
+
+
+def test_a_tag_reading_item_tower_places_items_by_their_tags() -> None:
+    config = replace(CONFIG, item_tags=True)
+    assert config.inputs.item_tags == MAX_ITEM_TAGS
+    assert [spec.name for spec in config.inputs.item_tensors] == ["item_buckets", "features", "tag_buckets"]
+    torch.manual_seed(0)
+    encoder = TorchEncoder(TwoTowerModel(config), version=1)
+    drama, comedy, none = encoder.encode_items(
+        [_tagged("new", ["Drama"]), _tagged("new", ["Comedy"]), _tagged("new", [])]
+    )
+    assert not np.allclose(drama, comedy) and not np.allclose(drama, none)
+    # tag order does not matter (a mean), and the tags of an item are padded, not truncated
+    a, b = encoder.encode_items([_tagged("x", ["Drama", "Crime"]), _tagged("x", ["Crime", "Drama"])])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    # a tower that does not read tags ignores them, and builds no tag tensor
+    plain = TorchEncoder(TwoTowerModel(CONFIG), version=2)
+    np.testing.assert_array_equal(
+        plain.encode_items([_tagged("x", ["Drama"])]), plain.encode_items([_tagged("x", [])])
+    )
+    assert item_batch([_tagged("x", ["Drama"])], CONFIG).tag_buckets is None
+    buckets = item_batch([_tagged("x", ["Drama", "Crime"]), _tagged("y", [])], config).tag_buckets
+    assert buckets is not None and buckets.shape == (2, MAX_ITEM_TAGS)
+    assert (buckets[0, :2] > 0).all() and (buckets[0, 2:] == 0).all() and (buckets[1] == 0).all()
+    assert int(buckets.max()) < CONFIG.buckets

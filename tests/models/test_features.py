@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from models.features import ITEM_FEATURES, TYPE_CODES, ItemState, UserState
+from models.features import ITEM_FEATURES, MAX_ITEM_TAGS, TYPE_CODES, ItemState, UserState, tag_hashes
 
 HOUR_MS = 3_600_000
 
@@ -83,3 +83,23 @@ def test_adding_many_item_events_at_once_equals_adding_them_one_by_one() -> None
             one_by_one.first_seen_ms,
             one_by_one.last_seen_ms,
         )
+
+
+def test_item_tags_are_stored_in_format_2_and_an_item_without_them_stays_in_format_1() -> None:
+    plain = ItemState()
+    plain.add(TYPE_CODES["view"], 1_700_000_000_000)
+    before = plain.to_bytes()
+    assert before[0] == 1 and len(before) == 165
+    tagged = ItemState.from_bytes(before)
+    tagged.set_tags(["Drama", "Crime", "Drama"])  # duplicates dropped, order kept
+    raw = tagged.to_bytes()
+    assert raw[0] == 2 and len(raw) == len(before) + 8 * MAX_ITEM_TAGS and raw[1:165] == before[1:]
+    back = ItemState.from_bytes(raw)
+    assert back == tagged and back.tags == tag_hashes(["Drama", "Crime"]) and len(back.tags) == 2
+    assert back.to_input("x").tags == back.tags
+    back.set_tags([])
+    assert back.to_bytes() == before  # no tags: format 1 again, byte for byte
+    assert len(tag_hashes([f"t{n}" for n in range(20)])) == MAX_ITEM_TAGS
+    for damaged in (raw[:-1], b"\x03" + raw[1:], before + b"\x00"):
+        with pytest.raises(ValueError, match="item state format"):
+            ItemState.from_bytes(damaged)

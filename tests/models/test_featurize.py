@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from models.contract import FEATURE_NAMES, ITEM_TENSORS, USER_TENSORS, InputContract
 from models.encoder import ItemBatch, UserBatch, item_batch, user_batch
 from models.errors import TrainingError
-from models.features import EVENT_TYPES, ITEM_FEATURES, ItemInput, UserInput
+from models.features import EVENT_TYPES, ITEM_FEATURES, MAX_ITEM_TAGS, ItemInput, UserInput
 from models.featurize import featurize
 from models.state_batch import event_columns
 from stream.ingest.events import Interaction, parse_event
@@ -37,7 +37,10 @@ events_strategy = st.lists(
             "type": st.sampled_from(EVENT_TYPES),
             "ts": st.integers(START, START + 30 * 86_400_000),
         },
-        optional={"value": st.floats(0.0, 5.0, width=32) | st.integers(0, 5)},
+        optional={
+            "value": st.floats(0.0, 5.0, width=32) | st.integers(0, 5),
+            "item_tags": st.lists(st.sampled_from(["Drama", "Crime", "Sci-Fi", "Film-Noir"]), max_size=3),
+        },
     ),
     min_size=1,
     max_size=60,
@@ -98,11 +101,12 @@ def _assert_rows_equal(expected: tuple[torch.Tensor, ...], batch: UserBatch | It
     cuts=st.lists(st.integers(0, 60), max_size=4),
     history=st.integers(1, 12),
     window=st.integers(1, 12),
+    tags=st.sampled_from([0, 2, MAX_ITEM_TAGS]),
 )
 def test_featurize_gives_the_tensors_the_stream_gives_for_any_batching(
-    events: list[dict[str, Any]], cuts: list[int], history: int, window: int
+    events: list[dict[str, Any]], cuts: list[int], history: int, window: int, tags: int
 ) -> None:
-    contract = InputContract(history=history, buckets=97, recency_tau_seconds=3_600.0)
+    contract = InputContract(history=history, buckets=97, recency_tau_seconds=3_600.0, item_tags=tags)
     # The stream applies events in arrival order; featurize sorts by time. Arrival in time
     # order (ties in log order) is what a log replay gives.
     events = sorted(events, key=lambda event: event["ts"])
@@ -147,6 +151,25 @@ def test_the_contract_lists_each_tower_input_as_built() -> None:
         assert str(tensor.dtype) == f"torch.{spec.dtype}" and tensor.dim() == len(spec.shape)
     assert features.users.item_buckets.shape == (1, 50, 2)
     assert contract["feature_names"] == list(FEATURE_NAMES) and len(FEATURE_NAMES) == ITEM_FEATURES
+    assert contract["item_tags"] == 0 and len(contract["item_tower"]) == len(ITEM_TENSORS)
+
+
+def test_a_contract_with_item_tags_declares_the_tag_tensor_and_reads_back() -> None:
+    contract = InputContract(history=5, buckets=97, item_tags=3)
+    written = contract.to_json()
+    assert written["item_tower"][-1] == {"name": "tag_buckets", "dtype": "int64", "shape": ["B", "T"]}
+    assert InputContract.from_json(written) == contract
+    older = {key: value for key, value in written.items() if key != "item_tags"}
+    assert InputContract.from_json(older).item_tags == 0  # manifests from before tags
+    features = featurize(
+        [{"user_id": "a", "item_id": "x", "type": "view", "ts": START, "item_tags": ["Drama", "Crime"]}],
+        contract=contract,
+    )
+    buckets, _, tag_buckets = features.items.tensors()
+    assert buckets.shape == (1, 2) and tag_buckets.shape == (1, 3)
+    assert (tag_buckets[0, :2] > 0).all() and tag_buckets[0, 2] == 0
+    with pytest.raises(ValueError, match="item_tags is 0 to 8"):
+        InputContract(item_tags=MAX_ITEM_TAGS + 1)
 
 
 def test_featurize_names_the_first_unusable_event() -> None:

@@ -19,9 +19,10 @@ from torch import nn
 
 from models.compat_loss import BackwardCompatibilityLoss
 from models.contract import InputContract
-from models.encoder import TorchEncoder
+from models.encoder import EncoderConfig, TorchEncoder, TwoTowerModel
 from models.errors import ImportRefusedError, IntegrityError
-from models.exported import ExportedEncoder, builtin_towers, export_towers
+from models.exported import ExportedEncoder, builtin_towers, check_towers, export_towers, load_program
+from models.features import MAX_ITEM_TAGS, ItemState
 from models.featurize import featurize
 from models.importing import EntityStates, ImportRequest, import_version
 from models.registry import EncoderRegistry
@@ -343,3 +344,28 @@ def test_the_command_fits_on_a_sample_of_the_store_when_no_log_is_given(
     )
     assert json.loads(done.stdout)["version"] == 2
     assert registry.manifest(2).training["entities"] == "store"
+
+
+def test_towers_that_read_item_tags_import_under_a_contract_that_declares_them(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = EncoderConfig(dim=8, id_dim=4, buckets=256, hidden=8, history=5, item_tags=True)
+    model = TwoTowerModel(config).eval()
+    user_tower, item_tower = export_towers(*builtin_towers(model), config.inputs)
+    programs = load_program(user_tower, "user"), load_program(item_tower, "item")
+    assert check_towers(*programs, config.inputs) == 8
+    untagged = InputContract(history=5, buckets=256)
+    with pytest.raises(ImportRefusedError, match="takes 3 tensors; the contract gives 2"):
+        check_towers(*programs, untagged)
+    fewer = InputContract(history=5, buckets=256, item_tags=3)
+    with pytest.raises(ImportRefusedError, match="reads 8 tag slots; the input contract says 3"):
+        check_towers(*programs, fewer)
+    registry = EncoderRegistry(tmp_path / "registry")
+    version = registry.save_imported(user_tower, item_tower, dim=8, contract=config.inputs).version
+    imported = registry.load(version)
+    assert registry.manifest(version).inputs.item_tags == MAX_ITEM_TAGS
+    items = []
+    for name, tags in (("a", ["Drama"]), ("b", []), ("c", ["Drama", "Crime"])):
+        state = ItemState()
+        state.set_tags(tags)
+        items.append(state.to_input(name))
+    np.testing.assert_array_equal(imported.encode_items(items), TorchEncoder(model, 1).encode_items(items))

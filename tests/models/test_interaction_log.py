@@ -57,3 +57,26 @@ def test_unusable_files_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "empty.jsonl").write_text("[1]\n")
     with pytest.raises(TrainingError, match="no usable events"):
         read_interaction_log(tmp_path / "empty.jsonl")
+
+
+def test_item_tags_are_read_from_json_lists_and_csv_genres(tmp_path: Path) -> None:
+    path = tmp_path / "ratings.csv"
+    path.write_text(
+        "userId,movieId,rating,timestamp,genres\n"
+        "1,31,2.5,1260759144,Drama|Crime\n"
+        "1,32,3.0,1260759145,\n"
+        f"1,33,3.0,1260759146,{'|'.join(f'g{n}' for n in range(9))}\n"
+    )
+    log = read_interaction_log(path)
+    assert log.events[0]["item_tags"] == ["Drama", "Crime"]
+    assert "item_tags" not in log.events[1]  # an empty cell declares nothing
+    assert log.skipped == {"more than 8 item_tags": 1}
+    lines = tmp_path / "events.jsonl"
+    lines.write_text(
+        '{"user_id": "u", "item_id": "i", "type": "view", "ts": 1700000000000, "item_tags": ["a", "b"]}\n'
+        '{"user_id": "u", "item_id": "j", "type": "view", "ts": 1700000000001, "item_tags": []}\n'
+        '{"user_id": "u", "item_id": "k", "type": "view", "ts": 1700000000002, "item_tags": [1]}\n'
+    )
+    log = read_interaction_log(lines)
+    assert [event.get("item_tags") for event in log.events] == [["a", "b"], []]
+    assert log.skipped == {"item_tags is not a list of strings": 1}

@@ -154,3 +154,18 @@ def test_two_processes_saving_the_same_version_number_leave_one_and_a_clear_erro
         late.save(TwoTowerModel(CONFIG), training={"by": "second"})
     assert registry.manifest(1).training == {"by": "first"} == first.training
     assert [p.name for p in (tmp_path / "reg").iterdir() if p.name.startswith(".staging")] == []
+
+
+def test_a_version_with_item_prototypes_round_trips_with_them(tmp_path: Path) -> None:
+    registry = EncoderRegistry(tmp_path)
+    config = EncoderConfig(**{**CONFIG.to_dict(), "item_prototypes": True})
+    registry.save(TwoTowerModel(config))
+    assert registry.manifest(1).architecture == config
+    loaded = registry.load(1)
+    items = [ItemState().to_input(name) for name in ("a", "b", "never-seen")]
+    fresh = TwoTowerModel(config).eval()
+    from models.encoder import item_batch
+
+    with torch.inference_mode():
+        expected = fresh.encode_items(item_batch(items, config)).numpy()
+    np.testing.assert_array_equal(loaded.encode_items(items), expected)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models.encoder import EncoderConfig, TwoTowerModel, item_batch, user_batch
-from models.features import ItemState, UserInput, UserState
+from models.features import ItemState, UserInput, UserState, tag_hashes
 from models.state_batch import EventColumns, apply_item_events, apply_user_events
 
 BASE_TS = 1_800_000_000_000
@@ -231,3 +231,49 @@ def test_a_window_of_one_and_states_from_a_newer_release() -> None:
     assert histories[0].item_ids == ("i2",)
     with pytest.raises(ValueError, match="newer release"):
         apply_item_events(["a"], [bytes([7]) + ItemState().to_bytes()[1:]])
+
+
+def test_item_tags_follow_the_latest_declaring_event_as_the_reference_does() -> None:
+    rng = random.Random(5)
+    items = [f"item-{n}" for n in range(12)]
+    genres = ["Drama", "Comedy", "Crime", "Sci-Fi", "Film-Noir"]
+    reference: dict[str, ItemState] = {}
+    stored: dict[str, bytes] = {"item-0": ItemState().to_bytes()}  # format 1, before any tag
+    for batch in range(4):
+        events = _random_events(rng, ["u"], items, 60)
+        tags: dict[int, list[str]] = {}
+        for row in range(len(events)):
+            if rng.random() < 0.3:
+                tags[row] = rng.sample(genres, rng.randrange(0, 4))  # [] clears
+        columns = _columns(events)
+        columns = EventColumns(
+            columns.user_ids, columns.item_ids, columns.type_codes, columns.values,
+            columns.timestamps_ms, {row: tag_hashes(t) for row, t in tags.items()},
+        )  # fmt: skip
+        for row, (_, item, code, _, ts) in enumerate(events):
+            state = reference.setdefault(item, ItemState())
+            if row in tags:
+                state.set_tags(tags[row])
+            state.add_many([(code, ts + batch * 3_600_000)])
+        touched = list(dict.fromkeys(columns.item_ids))
+        shifted = EventColumns(
+            columns.user_ids, columns.item_ids, columns.type_codes, columns.values,
+            columns.timestamps_ms + batch * 3_600_000, columns.item_tags,
+        )  # fmt: skip
+        # a subset of the events, as the refresher takes them: the tags follow their rows
+        taken = shifted.take(list(range(len(events))))
+        states, counts = apply_item_events(
+            touched, [stored.get(i) for i in touched], taken, _rows(touched, taken.item_ids)
+        )
+        stored.update(zip(touched, states, strict=True))
+        for item, state, row in zip(touched, states, counts, strict=True):
+            expected = reference[item]
+            assert state[0] == (2 if expected.tags else 1)
+            assert ItemState.from_bytes(state).tags == expected.tags == row.tags
+            assert ItemState.from_bytes(state).totals == expected.totals
+    config = EncoderConfig(dim=8, id_dim=4, buckets=64, hidden=8, history=5, item_tags=True)
+    _, counts = apply_item_events(items, [stored.get(i) for i in items])
+    fast, slow = item_batch(counts, config), item_batch(list(counts), config)
+    assert fast.tag_buckets is not None and slow.tag_buckets is not None
+    assert torch.equal(fast.tag_buckets, slow.tag_buckets)
+    assert ((fast.tag_buckets > 0).sum(dim=1) == torch.tensor([len(reference[i].tags) for i in items])).all()

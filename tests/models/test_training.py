@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from models.encoder import EncoderConfig
+from models.encoder import EncoderConfig, TwoTowerModel
 from models.errors import TrainingError
 from models.synthetic import SyntheticWorld
 from models.training import TrainingConfig, build_examples, train_two_tower
@@ -50,3 +52,15 @@ def test_the_default_encoder_is_reproducible_for_a_seed(trained_registry, tmp_pa
     assert again is not None
     assert again.weights_sha256 == EncoderRegistry(trained_registry).manifest(1).weights_sha256
     assert ensure_default_encoder(EncoderRegistry(tmp_path), seed=0) is None  # not trained twice
+
+
+def test_with_item_prototypes_only_the_user_tower_trains() -> None:
+    config = replace(SMALL, item_prototypes=True)
+    result = train_two_tower(_events(), config, TrainingConfig(epochs=1, batch_size=256, seed=3))
+    untrained = TwoTowerModel(config)
+    assert torch.equal(result.model.prototypes, untrained.prototypes)
+    for name in ("item_mlp.0.weight", "item_norm.weight"):
+        assert not result.model.get_parameter(name).requires_grad
+    assert not torch.equal(result.model.user_mlp[0].weight, untrained.user_mlp[0].weight)
+    # users learn to find their items among the fixed prototypes: well above random (3 %)
+    assert result.metrics["validation_recall@10"] > 0.06

@@ -48,6 +48,8 @@ valid_events = st.fixed_dictionaries(
         | st.integers(-(10**6), 10**6),
         "ts": st.integers(MIN_TIMESTAMP_MS, NOW + SKEW),
         "extra": st.text(max_size=20),
+        "item_tags": st.none()
+        | st.lists(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=64), max_size=8),
     },
 )
 
@@ -69,6 +71,9 @@ bad_fields = st.one_of(
     st.tuples(st.just("ts"), st.integers(NOW + SKEW + 1, 10**30)),  # far future
     st.tuples(st.just("ts"), st.integers(-(10**30), MIN_TIMESTAMP_MS - 1)),  # before 2000
     st.tuples(st.just("ts"), st.sampled_from(["1800000000000", 1.8e12 + 0.5, [1], True])),
+    st.tuples(
+        st.just("item_tags"), st.sampled_from(["Drama", [""], [1], ["x" * 65], [f"t{n}" for n in range(9)]])
+    ),
 )
 
 
@@ -164,5 +169,7 @@ def test_parse_event_never_raises_and_what_it_accepts_is_within_the_contract(raw
         assert 1 <= len(parsed.user_id) <= MAX_ID_LENGTH and 1 <= len(parsed.item_id) <= MAX_ID_LENGTH
         assert MIN_TIMESTAMP_MS <= parsed.ts_ms <= NOW + SKEW
         assert parsed.value is None or (np.isfinite(parsed.value) and abs(parsed.value) <= MAX_VALUE)
+        tags = parsed.item_tags or ()
+        assert len(tags) <= 8 and all(1 <= len(tag) <= 64 for tag in tags)
     else:
         assert parsed.reason

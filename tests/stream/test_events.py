@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -19,6 +20,17 @@ def test_a_valid_event_parses_and_extra_fields_are_ignored() -> None:
         b'{"user_id": "u1", "item_id": "i1", "type": "rating", "value": 4, "ts": 1700000000000, "x": [1]}'
     )
     assert event == Interaction("u1", "i1", 4, 4.0, 1_700_000_000_000)
+
+
+def test_item_tags_are_read_and_an_empty_list_is_kept_apart_from_none() -> None:
+    base = '{"user_id": "u", "item_id": "i", "type": "view"%s}'
+    assert _parse((base % ', "item_tags": ["Drama", "Crime"]').encode()).item_tags == ("Drama", "Crime")
+    assert _parse((base % ', "item_tags": []').encode()).item_tags == ()
+    assert _parse((base % ', "item_tags": null').encode()).item_tags is None
+    assert _parse((base % "").encode()).item_tags is None
+    assert _parse(
+        base.replace('"view"%s', '"view", "item_tags": ["Film-Noir\\u00e9"]').encode()
+    ).item_tags == ("Film-Noiré",)
 
 
 def test_the_broker_timestamp_is_used_when_ts_is_absent_or_null() -> None:
@@ -45,6 +57,20 @@ def test_the_broker_timestamp_is_used_when_ts_is_absent_or_null() -> None:
         (b'{"user_id": "u", "item_id": "i", "type": "view", "ts": 1.5}', "ts must be an integer"),
         (b'{"user_id": "u", "item_id": "i", "type": "view", "ts": -1}', "ts is out of range"),
         (b'{"user_id": "u", "item_id": "i", "type": "view", "ts": 1900000000000}', "ts is out of range"),
+        (b'{"user_id": "u", "item_id": "i", "type": "view", "item_tags": "a"}', "item_tags must be a list"),
+        (b'{"user_id": "u", "item_id": "i", "type": "view", "item_tags": [1]}', "item_tags must be a list"),
+        (b'{"user_id": "u", "item_id": "i", "type": "view", "item_tags": [""]}', "an item tag must have"),
+        (
+            b'{"user_id": "u", "item_id": "i", "type": "view", "item_tags": ["' + b"t" * 65 + b'"]}',
+            "an item tag must have 1 to 64",
+        ),
+        (
+            b'{"user_id": "u", "item_id": "i", "type": "view", "item_tags": '
+            + json.dumps([f"t{n}" for n in range(9)]).encode()
+            + b"}",
+            "item_tags has more than 8",
+        ),
+        (b'{"user_id": "u", "item_id": "i", "type": "view", "item_tags": ["\\ud800"]}', "item_tags is not"),
     ],
 )
 def test_bad_input_is_rejected_with_a_reason(raw: bytes | None, reason: str) -> None:
@@ -70,6 +96,13 @@ TRICKY = [
     b'{"user_id": "u", "item_id": "i", "type": "view", "value": null, "ts": null}',
     b'  {"user_id": "u", "item_id": "i", "type": "view"}  ',
     b'{"user_id": "u", "item_id": "i", "type": "view"} x',
+    b'{"user_id": "u", "item_id": "i", "type": "view", "item_tags": ["a", "b"]}',
+    b'{"user_id": "u", "item_id": "i", "type": "view", "item_tags": ["a", "b"], "x": "y"}',
+    b'{"user_id": "u", "item_id": "i", "type": "view", "item_tags": ["a"], "item_tags": ["b"]}',
+    b'{"user_id": "u", "item_id": "i", "type": "view", "item_tags": ["a", 1]}',
+    b'{"user_id": "u", "item_id": "i", "type": "view", "item_tags": [["a"]]}',
+    b'{"user_id": "u", "item_id": "i", "type": "view", "item_tags": {"a": "b"}}',
+    b'{"user_id": "u", "item_id": "i", "type": "view", "item_tags": ["a:", "\\"", "b,c"]}',
     b"[]",
     b"",
     None,
@@ -79,7 +112,9 @@ TRICKY = [
 def _mutations(seed: int, count: int) -> list[bytes]:
     """Valid events with one byte changed, dropped or duplicated, and fields swapped."""
     rng = random.Random(seed)
-    base = b'{"user_id": "u1", "item_id": "i-2", "type": "rating", "value": 4.5, "ts": 1800000000000}'
+    base = b'{"user_id": "u1", "item_id": "i-2", "type": "rating", "value": 4.5, "ts": 1800000000000' + (
+        b', "item_tags": ["a", "bc"]}' if seed % 2 else b"}"
+    )
     out = []
     for _ in range(count):
         data = bytearray(base)
@@ -95,7 +130,7 @@ def _mutations(seed: int, count: int) -> list[bytes]:
     return out
 
 
-@pytest.mark.parametrize("raw", TRICKY + _mutations(seed=11, count=400))
+@pytest.mark.parametrize("raw", TRICKY + _mutations(seed=11, count=400) + _mutations(seed=12, count=300))
 def test_the_fast_decoder_agrees_with_the_field_checks(raw: bytes | None) -> None:
     args = (1_800_000_000_000, 1_800_000_000_500, 86_400_000)
     assert parse_event(raw, *args) == _parse_checked(raw, *args)

@@ -156,9 +156,11 @@ def test_a_bundle_published_twice_is_applied_once(stores) -> None:
 
 
 def test_scale_out_matches_one_worker_on_the_same_events(stores) -> None:
-    """Users equal exactly; items equal in totals and within float noise in vectors."""
+    """Users equal exactly; items equal in totals and tags, within float noise in vectors."""
     single, scaled = stores[0], stores[1]
     events = _events(300, seed=2)
+    for index, event in enumerate(events[::7]):  # items declare tags now and then, [] clears
+        event["item_tags"] = [f"genre-{g}" for g in range(index % 3)]
     records = _records(events)
     EmbeddingRefresher(
         single, RecordingEncoder(), updates_topic="u", dlq_topic="d", user_window=5, clock_ms=lambda: NOW
@@ -171,6 +173,9 @@ def test_scale_out_matches_one_worker_on_the_same_events(stores) -> None:
     items = sorted({e["item_id"] for e in events})
     assert single.get_states("user", users) == scaled.get_states("user", users)
     assert _item_totals(single, items) == _item_totals(scaled, items)
+    tags = [ItemState.from_bytes(raw).tags for raw in single.get_states("item", items)]  # type: ignore[arg-type]
+    assert tags == [ItemState.from_bytes(raw).tags for raw in scaled.get_states("item", items)]  # type: ignore[arg-type]
+    assert any(tags) and not all(tags)
     for kind, ids in (("user", users), ("item", items)):
         for a, b in zip(single.get_records(kind, ids), scaled.get_records(kind, ids), strict=True):
             assert a is not None and b is not None
@@ -269,3 +274,18 @@ def test_user_state_counts_every_event_once(stores) -> None:
     for user, count in per_user.items():
         raw = stores[0].get_states("user", [user])[0]
         assert raw is not None and UserState.from_bytes(raw, window=5).count == count
+
+
+def test_a_bundle_from_a_release_without_item_tags_still_decodes() -> None:
+    older = msgspec.msgpack.encode(
+        {
+            "source_partition": 1,
+            "offsets": np.array([5], np.int64).tobytes(),
+            "item_ids": ["i1"],
+            "type_codes": bytes([1]),
+            "values": np.array([np.nan], np.float32).tobytes(),
+            "timestamps_ms": np.array([NOW], np.int64).tobytes(),
+        }
+    )
+    bundle = decode_bundle(older)
+    assert bundle.item_tags == {} and next(iter(bundle.columns()))[:3] == (5, "i1", 1)

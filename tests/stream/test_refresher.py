@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.features import ItemInput, UserInput, UserState
+from models.encoder import EncoderConfig, TorchEncoder, TwoTowerModel
+from models.features import ItemInput, ItemState, UserInput, UserState, tag_hashes
 from store.options import StoreOptions
 from store.vector_store import VersionedVectorStore
 from stream.ingest.outbox import decode_outbox
@@ -177,3 +179,31 @@ def test_update_messages_are_json_of_every_id_whatever_it_holds(
         {"kind": "user", "id": entity_id, "version": 3, "ts": NOW + 5, "event_ts": int(stamp)}
         for entity_id, stamp in zip(ids, stamps, strict=True)
     ]
+
+
+def test_item_tags_of_events_reach_the_stored_state_and_a_tag_reading_tower(
+    store: VersionedVectorStore,
+) -> None:
+    torch.manual_seed(0)
+    config = EncoderConfig(dim=8, id_dim=4, buckets=256, hidden=8, history=3, item_tags=True)
+    encoder = TorchEncoder(TwoTowerModel(config), version=3)
+    refresher = EmbeddingRefresher(
+        store, encoder, updates_topic="updates", dlq_topic="dlq", user_window=3, clock_ms=lambda: NOW
+    )
+    tagged = {**_click("u", "film"), "item_tags": ["Drama", "Crime"]}
+    refresher.process([_record(0, tagged), _record(1, _click("u", "plain"))])
+    (film, plain) = store.get_states("item", ["film", "plain"])
+    assert film is not None and film[0] == 2 and plain is not None and plain[0] == 1
+    assert ItemState.from_bytes(film).tags == tag_hashes(["Drama", "Crime"])
+    expected = encoder.encode_items([ItemState.from_bytes(film).to_input("film")])
+    (record,) = store.get_records("item", ["film"])
+    assert record is not None
+    np.testing.assert_allclose(record[0].vector, expected[0], atol=1e-6)
+    untagged = encoder.encode_items([ItemState.from_bytes(plain).to_input("film")])
+    assert not np.allclose(expected, untagged)  # the tags moved the vector
+    # an event without item_tags keeps them; an empty list clears them
+    refresher.process([_record(2, _click("v", "film", NOW - 400))])
+    assert ItemState.from_bytes(store.get_states("item", ["film"])[0]).tags == tag_hashes(["Drama", "Crime"])  # type: ignore[arg-type]
+    refresher.process([_record(3, {**_click("w", "film", NOW - 300), "item_tags": []})])
+    (cleared,) = store.get_states("item", ["film"])
+    assert cleared is not None and cleared[0] == 1 and ItemState.from_bytes(cleared).tags == ()
