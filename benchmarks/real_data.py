@@ -32,6 +32,7 @@ from typing import Any
 from benchmarks import current_commit, emit_results
 from models.aligners import ALIGNER_METHODS
 from models.encoder import EncoderConfig
+from models.features import MAX_ITEM_TAGS
 from models.interaction_log import normalise_event
 from models.registry import EncoderRegistry
 from models.versioning import DEFAULT_CROSS_TASK_WEIGHT, VersionRequest, train_version
@@ -53,8 +54,9 @@ def movielens_events(limit: int | None = None) -> list[dict[str, Any]]:
         frame.userId, frame.movieId, frame.rating, frame.timestamp, frame.genres, strict=True
     ):
         row = {"user_id": user, "item_id": movie, "type": "rating", "value": rating, "ts": ts}
-        # the movie's genres as its tags ("Drama|Crime"), on every rating as a producer would
-        event = normalise_event({**row, "item_tags": str(genres)} if isinstance(genres, str) else row)
+        if isinstance(genres, str):  # the movie's genres as its tags, on every rating
+            row["item_tags"] = genres.split("|")[:MAX_ITEM_TAGS]  # the contract's bound: 8
+        event = normalise_event(row)
         if isinstance(event, dict):
             events.append(event)
     events.sort(key=lambda event: (event["ts"], event["user_id"], event["item_id"]))
@@ -193,6 +195,10 @@ def main() -> None:
     parser.add_argument(
         "--item-tags", action="store_true", help="the item tower reads the movies' genres (item_tags)"
     )
+    parser.add_argument("--logq-weight", type=float, default=1.0, help="as embstream train --logq-weight")
+    parser.add_argument(
+        "--user-id-dropout", type=float, default=0.0, help="as embstream train --user-id-dropout"
+    )
     parser.add_argument(
         "--item-prototypes",
         action="store_true",
@@ -215,6 +221,8 @@ def main() -> None:
         "batch_size": args.batch_size,
         "cross_task_weight": args.cross_task_weight,
         "item_tags": args.item_tags,
+        "logq_weight": args.logq_weight,
+        "user_id_dropout": args.user_id_dropout,
     }
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),

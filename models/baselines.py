@@ -51,7 +51,7 @@ def matrix_factorisation(examples: Examples, dim: int, training: TrainingConfig)
     users = torch.tensor([user_row[u.user_id] for u in examples.users[:split]])
     items = torch.tensor([item_row[i.item_id] for i in examples.items[:split]])
     counts = torch.bincount(items, minlength=len(item_ids)).double()
-    log_q = torch.log(counts / split).float()[items]
+    log_q = training.logq_weight * torch.log(counts / split).float()[items]
     generator = torch.Generator().manual_seed(training.seed)
     user_table = torch.nn.Parameter(torch.randn(len(user_ids), dim, generator=generator) * 0.1)
     item_table = torch.nn.Parameter(torch.randn(len(item_ids), dim, generator=generator) * 0.1)

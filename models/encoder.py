@@ -59,6 +59,10 @@ class EncoderConfig:
     recency_tau_seconds: float = 86_400.0
     item_prototypes: bool = False  # items are fixed prototypes, not a learned tower
     item_tags: bool = False  # the item tower reads the item's tags (MAX_ITEM_TAGS slots)
+    # Share of training examples whose user-id embedding is dropped; with it, user ids start
+    # at zero, so an id never trained (a new user) reads as a dropped one: the tower learns
+    # to place users by their history alone.
+    user_id_dropout: float = 0.0
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -128,6 +132,8 @@ class TwoTowerModel(nn.Module):
         )
         nn.init.normal_(self.user_ids.weight, std=0.1)
         nn.init.normal_(self.item_ids.weight, std=0.1)
+        if config.user_id_dropout:
+            nn.init.zeros_(self.user_ids.weight)
         if config.item_prototypes:
             self.register_buffer("prototypes", fixed_prototypes(config.buckets, config.dim))
             self.item_norm.requires_grad_(False)
@@ -135,6 +141,8 @@ class TwoTowerModel(nn.Module):
 
     def encode_users(self, batch: UserBatch) -> torch.Tensor:
         own = self.user_ids(batch.user_buckets).sum(dim=1)
+        if self.training and self.config.user_id_dropout:
+            own = own * (torch.rand(len(own), 1) >= self.config.user_id_dropout)
         weights = functional.softplus(self.type_weight)[batch.type_codes] * batch.weights
         # The weighted sum of the history's item embeddings (both buckets of each item), in
         # one embedding_bag: no [users, history, 2, id_dim] tensor is materialised.

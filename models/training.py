@@ -55,6 +55,10 @@ class TrainingConfig:
     validation_fraction: float = 0.1
     recall_k: int = 10
     seed: int = 0
+    # Weight of the logQ correction: 1 undoes the popularity bias of in-batch negatives
+    # exactly; above 1 the scores keep (weight - 1) x log popularity, a prior towards popular
+    # items that pays where the next items are mostly popular ones (real ratings).
+    logq_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -321,7 +325,9 @@ def train_two_tower(
     # logQ correction: in-batch negatives are drawn by popularity, so without it the model
     # learns to push popular items down (Yi et al., RecSys 2019).
     frequency = Counter(item.item_id for item in examples.items[:split])
-    log_q = torch.tensor([math.log(frequency[item.item_id] / split) for item in examples.items[:split]])
+    log_q = training.logq_weight * torch.tensor(
+        [math.log(frequency[item.item_id] / split) for item in examples.items[:split]]
+    )
     steps = math.ceil(split / training.batch_size) * training.epochs
     step, loss_value, recall = 0, math.nan, math.nan
     for _ in range(training.epochs):

@@ -84,6 +84,9 @@ class VersionRequest:
     cross_task_weight: float = DEFAULT_CROSS_TASK_WEIGHT
     # The item tower reads the items' tags; None: as the parent (a first version: as ``encoder``)
     item_tags: bool | None = None
+    # EncoderConfig.user_id_dropout; None: as the parent (a first version: as ``encoder``)
+    user_id_dropout: float | None = None
+    logq_weight: float = 1.0  # TrainingConfig.logq_weight, for the encoder and the baselines
 
 
 def _alignment_targets(
@@ -232,6 +235,7 @@ def _training(request: VersionRequest) -> TrainingConfig:
         batch_size=request.batch_size,
         learning_rate=request.learning_rate,
         seed=request.seed,
+        logq_weight=request.logq_weight,
     )
 
 
@@ -297,6 +301,12 @@ def train_version(
         config = replace(config, item_tags=request.item_tags)
     elif parent is not None:
         config = replace(config, item_tags=registry.manifest(parent).inputs.item_tags > 0)
+    if request.user_id_dropout is not None:
+        config = replace(config, user_id_dropout=request.user_id_dropout)
+    elif parent is not None and (architecture := registry.manifest(parent).architecture) is not None:
+        config = replace(config, user_id_dropout=architecture.user_id_dropout)
+    if not 0.0 <= config.user_id_dropout < 1.0:
+        raise TrainingError(f"user_id_dropout is a share in [0, 1), got {config.user_id_dropout}")
     training = TrainingConfig(
         epochs=request.epochs,
         batch_size=request.batch_size,
@@ -304,6 +314,7 @@ def train_version(
         recall_k=request.recall_k,
         seed=request.seed,
         validation_fraction=request.validation_fraction,
+        logq_weight=request.logq_weight,
     )
     examples = build_examples(events, config.history, training.validation_fraction)
 
@@ -357,6 +368,7 @@ def train_version(
         "events": len(events),
         "alignment_weight": request.alignment_weight,
         "cross_task_weight": request.cross_task_weight if method == "bc-aligner" else None,
+        "logq_weight": request.logq_weight,
     }
     manifest = registry.save(
         model,

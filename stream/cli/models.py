@@ -52,6 +52,18 @@ def add_model_commands(commands: Any) -> None:
         help="the item tower reads the items' tags (item_tags of the events; default: as the parent, "
         "off for a first version)",
     )
+    train.add_argument(
+        "--user-id-dropout",
+        type=float,
+        help="share of training examples that hide the user id, so new users are placed by their "
+        "history (default: as the parent, 0 for a first version)",
+    )
+    train.add_argument(
+        "--logq-weight",
+        type=float,
+        default=1.0,
+        help="weight of the logQ correction (1: exact; above 1 tilts scores towards popular items)",
+    )
     train.add_argument("--single-step", action="store_true", help="bc-aligner: parent term only")
     train.add_argument(
         "--no-warm-start", action="store_true", help="bc-aligner: start from random weights, not the parent's"
@@ -159,6 +171,8 @@ def run_train(args: argparse.Namespace) -> int:
         alignment_weight=args.alignment_weight,
         cross_task_weight=args.cross_task_weight,
         item_tags=args.item_tags,
+        user_id_dropout=args.user_id_dropout,
+        logq_weight=args.logq_weight,
         multi_step=not args.single_step,
         warm_start=not args.no_warm_start,
         gate_pct=args.gate_pct,
