@@ -1,6 +1,7 @@
 """Item tags as an input of the item tower: a version that reads them finds items that had
 no interaction in its training period (cold-start items) far better than one that does not,
-on a log whose items carry their cluster as a tag; children keep their parent's choice."""
+on a log whose items carry their cluster as a tag; children keep their parent's
+architecture options (tags, user-id dropout) unless told otherwise."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from models.encoder import EncoderConfig
+from models.errors import TrainingError
 from models.registry import EncoderRegistry
 from models.synthetic import SyntheticWorld
 from models.versioning import VersionRequest, train_version
@@ -55,14 +57,20 @@ def test_reading_tags_finds_cold_start_items(tmp_path: Path, tagged_events: list
     assert set(cold["recall"]) == {"new", "unaligned", "popularity", "mf"}
 
 
-def test_a_child_reads_tags_as_its_parent_unless_told(
+def test_a_child_keeps_its_parents_tags_and_user_id_dropout_unless_told(
     tmp_path: Path, tagged_events: list[dict[str, Any]]
 ) -> None:
     registry = EncoderRegistry(tmp_path)
     head = tagged_events[:3_000]
-    train_version(registry, head, VersionRequest(encoder=SMALL, epochs=1, item_tags=True))
+    first = VersionRequest(encoder=SMALL, epochs=1, item_tags=True, user_id_dropout=0.3, logq_weight=2.0)
+    train_version(registry, head, first)
     train_version(registry, head, VersionRequest(encoder=SMALL, epochs=1))
-    train_version(registry, head, VersionRequest(encoder=SMALL, epochs=1, item_tags=False))
+    told = VersionRequest(encoder=SMALL, epochs=1, item_tags=False, user_id_dropout=0.0)
+    train_version(registry, head, told)
     architectures = [registry.manifest(version).architecture for version in (1, 2, 3)]
     assert [a.item_tags for a in architectures if a is not None] == [True, True, False]
+    assert [a.user_id_dropout for a in architectures if a is not None] == [0.3, 0.3, 0.0]
     assert [registry.manifest(version).inputs.item_tags for version in (1, 2, 3)] == [8, 8, 0]
+    assert [registry.manifest(version).training["logq_weight"] for version in (1, 2)] == [2.0, 1.0]
+    with pytest.raises(TrainingError, match="user_id_dropout"):
+        train_version(registry, head, VersionRequest(encoder=SMALL, epochs=1, user_id_dropout=1.0))

@@ -90,12 +90,18 @@ def test_train_then_manage_versions(events_file: Path, tmp_path: Path) -> None:
             "--no-forward",
             "--cross-task-weight",
             "0",
+            "--logq-weight",
+            "1.5",
+            "--user-id-dropout",
+            "0.25",
+            "--no-item-tags",
         ).stdout
     )
     assert third["version"] == 3 and third["forward"] is None and third["method"] == "bc-aligner"
     assert set(third["baselines"]) == {"popularity", "mf"}
     manifest = json.loads(_embstream("models", "show", "3", "--registry", registry).stdout)["manifest"]
-    assert manifest["training"]["cross_task_weight"] == 0.0
+    assert manifest["training"]["cross_task_weight"] == 0.0 and manifest["training"]["logq_weight"] == 1.5
+    assert manifest["architecture"]["user_id_dropout"] == 0.25 and not manifest["architecture"]["item_tags"]
     assert not (tmp_path / "registry" / "v3" / "forward.pt").exists()
     _embstream("models", "delete", "3", "--registry", registry)
 
