@@ -259,18 +259,16 @@ def _readable_user_state(user_id: str, raw: bytes | None, window: int) -> bytes 
 
 
 def _readable_item_state(item_id: str, raw: bytes | None) -> bytes:
-    """The stored state as format 2 (format 1 gains empty tags); a damaged state is logged
-    and started afresh, a newer release's format raises (as for users)."""
+    """The stored state (format 1 or 2) as it is; a damaged state is logged and started
+    afresh, a newer release's format raises (as for users)."""
     if raw is None:
-        return _EMPTY_ITEM + _NO_TAGS
+        return _EMPTY_ITEM
     if raw and raw[0] > 2:
         raise ValueError(f"unknown item state format {raw[0]} (written by a newer release?)")
-    if len(raw) == _ITEM_STATE.itemsize and raw[0] == 1:
-        return raw + _NO_TAGS
-    if len(raw) == _ITEM_STATE_TAGGED.itemsize and raw[0] == 2:
+    if (len(raw), raw[:1]) in ((_ITEM_STATE.itemsize, b"\x01"), (_ITEM_STATE_TAGGED.itemsize, b"\x02")):
         return raw
     log.warning("item %r: stored state is damaged (%d bytes); starting it afresh", item_id, len(raw))
-    return _EMPTY_ITEM + _NO_TAGS
+    return _EMPTY_ITEM
 
 
 def apply_user_events(
@@ -421,22 +419,32 @@ def apply_item_events(
     """Apply ``events`` to the stored states of ``item_ids``; same result as
     :meth:`ItemState.add_many` per item (up to the last bit of ``exp``)."""
     items = len(item_ids)
-    raw = b"".join(_readable_item_state(i, state) for i, state in zip(item_ids, stored, strict=True))
-    state = np.frombuffer(raw, dtype=_ITEM_STATE_TAGGED, count=items).copy()
+    readable = [_readable_item_state(i, state) for i, state in zip(item_ids, stored, strict=True)]
+    short = _ITEM_STATE.itemsize
+    with_tags = bool(events is not None and events.item_tags) or any(len(raw) != short for raw in readable)
+    if with_tags:  # format 2 throughout (format 1 gains empty tags), cut back where none
+        raw = b"".join(state if len(state) != short else state + _NO_TAGS for state in readable)
+        state = np.frombuffer(raw, dtype=_ITEM_STATE_TAGGED, count=items).copy()
+    else:  # the common case, no item has tags: format 1 as it is
+        state = np.frombuffer(b"".join(readable), dtype=_ITEM_STATE, count=items).copy()
     if events is not None and len(events):
         assert event_rows is not None
         _update_items(state, events, event_rows.astype(np.int64))
         for row, hashes in events.item_tags.items():  # in event order: the latest wins
             state["tags"][event_rows[row]] = (*hashes, *[0] * (MAX_ITEM_TAGS - len(hashes)))
-    tagged = state["tags"].any(axis=1)
-    state["format"] = np.where(tagged, 2, 1)
-    data = state.tobytes()
-    size, short = _ITEM_STATE_TAGGED.itemsize, _ITEM_STATE.itemsize
-    widths: list[int] = np.where(tagged, size, short).tolist()
-    states = [data[index * size : index * size + width] for index, width in enumerate(widths)]
+    if with_tags:
+        tagged = state["tags"].any(axis=1)
+        state["format"] = np.where(tagged, 2, 1)
+        data, size = state.tobytes(), _ITEM_STATE_TAGGED.itemsize
+        widths: list[int] = np.where(tagged, size, short).tolist()
+        states = [data[index * size : index * size + width] for index, width in enumerate(widths)]
+    else:
+        data = state.tobytes()
+        states = [data[index * short : (index + 1) * short] for index in range(items)]
     counts = np.concatenate([state["decayed"], state["totals"].astype(np.float64)], axis=1)
     assert counts.shape[1] == ITEM_FEATURES
-    return states, ItemCounts(item_ids, counts, state["tags"] if tagged.any() else None)
+    tags = state["tags"] if with_tags and state["tags"].any() else None
+    return states, ItemCounts(item_ids, counts, tags)
 
 
 def _update_items(state: np.ndarray, events: EventColumns, rows: np.ndarray) -> None:

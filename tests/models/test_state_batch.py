@@ -223,6 +223,12 @@ def test_damaged_stored_states_start_afresh_with_a_warning(caplog: pytest.LogCap
     assert sum("damaged" in record.message for record in caplog.records) == len(damaged)
     item_states, counts = apply_item_events(["a", "b"], [ItemState().to_bytes()[:-3], None])
     assert item_states == [ItemState().to_bytes()] * 2 and counts.counts.sum() == 0
+    tagged = ItemState()
+    tagged.set_tags(["Drama"])
+    damaged_items = [b"", tagged.to_bytes()[:-1], b"\x02" + ItemState().to_bytes()[1:], tagged.to_bytes()]
+    item_states, counts = apply_item_events(["c", "d", "e", "f"], damaged_items)
+    assert item_states == [ItemState().to_bytes()] * 3 + [tagged.to_bytes()]
+    assert counts.tags is not None and counts[3].tags == tagged.tags and counts[0].tags == ()
 
 
 def test_a_window_of_one_and_states_from_a_newer_release() -> None:
