@@ -195,6 +195,10 @@ def main() -> None:
     parser.add_argument(
         "--item-tags", action="store_true", help="the item tower reads the movies' genres (item_tags)"
     )
+    parser.add_argument(
+        "--alignment-weight", type=float, default=8.0, help="as embstream train --alignment-weight"
+    )
+    parser.add_argument("--no-warm-start", action="store_true", help="as embstream train --no-warm-start")
     parser.add_argument("--logq-weight", type=float, default=1.0, help="as embstream train --logq-weight")
     parser.add_argument(
         "--user-id-dropout", type=float, default=0.0, help="as embstream train --user-id-dropout"
@@ -221,6 +225,8 @@ def main() -> None:
         "batch_size": args.batch_size,
         "cross_task_weight": args.cross_task_weight,
         "item_tags": args.item_tags,
+        "alignment_weight": args.alignment_weight,
+        "warm_start": not args.no_warm_start,
         "logq_weight": args.logq_weight,
         "user_id_dropout": args.user_id_dropout,
     }
