@@ -33,6 +33,7 @@ __all__ = [
     "ItemState",
     "UserInput",
     "UserState",
+    "check_item_tags",
     "tag_hashes",
 ]
 
@@ -53,6 +54,24 @@ MAX_TAG_LENGTH = 64
 #: Item state format 2: format 1, then :data:`MAX_ITEM_TAGS` tag hashes (0: no tag). An item
 #: without tags is still written in format 1, byte for byte as before.
 _ITEM_TAGS = struct.Struct(f"<{MAX_ITEM_TAGS}Q")
+
+
+def check_item_tags(tags: object) -> tuple[str, ...] | str:
+    """An event's ``item_tags`` as a tuple, or the reason it breaks the contract (a list of
+    at most :data:`MAX_ITEM_TAGS` strings of 1 to :data:`MAX_TAG_LENGTH` characters, each
+    valid Unicode). The stream's event parser and the training log reader both use it."""
+    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+        return "item_tags must be a list of strings"
+    if len(tags) > MAX_ITEM_TAGS:
+        return f"item_tags has more than {MAX_ITEM_TAGS} tags"
+    if not all(1 <= len(tag) <= MAX_TAG_LENGTH for tag in tags):
+        return f"an item tag must have 1 to {MAX_TAG_LENGTH} characters"
+    try:
+        for tag in tags:
+            tag.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate written as an escape (\ud800)
+        return "item_tags is not valid Unicode"
+    return tuple(tags)
 
 
 def tag_hashes(tags: Sequence[str]) -> tuple[int, ...]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import TrainingError
-from models.features import EVENT_TYPES, MAX_ITEM_TAGS, MAX_TAG_LENGTH
+from models.features import EVENT_TYPES, check_item_tags
 
 __all__ = ["InteractionLog", "item_tags", "normalise_event", "read_interaction_log"]
 
@@ -83,16 +83,12 @@ def normalise_event(row: dict[str, Any], default_type: str = "view") -> dict[str
 
 def item_tags(tags: Any) -> list[str] | str:
     """An event's ``item_tags`` (a list of strings, or one string of ``|``-separated tags) as
-    a list, or the reason it cannot be used; the stream's contract has the same bounds."""
+    a list, or the reason it cannot be used: the stream's contract
+    (:func:`models.features.check_item_tags`)."""
     if isinstance(tags, str):
         tags = [tag.strip() for tag in tags.split("|") if tag.strip()]
-    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
-        return "item_tags is not a list of strings"
-    if len(tags) > MAX_ITEM_TAGS:
-        return f"more than {MAX_ITEM_TAGS} item_tags"
-    if not all(1 <= len(tag) <= MAX_TAG_LENGTH for tag in tags):
-        return f"an item tag must have 1 to {MAX_TAG_LENGTH} characters"
-    return tags
+    checked = check_item_tags(tags)
+    return checked if isinstance(checked, str) else list(checked)
 
 
 def _csv_rows(path: Path) -> tuple[list[dict[str, Any]], str]:

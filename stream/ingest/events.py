@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 from msgspec import UNSET, UnsetType
 
-from models.features import EVENT_TYPES, MAX_ITEM_TAGS, MAX_TAG_LENGTH, TYPE_CODES
+from models.features import EVENT_TYPES, MAX_ITEM_TAGS, MAX_TAG_LENGTH, TYPE_CODES, check_item_tags
 
 __all__ = [
     "MAX_EVENT_BYTES",
@@ -194,10 +194,6 @@ def _check_id(event: dict[str, object], name: str) -> str | Rejection:
         return Rejection(f"{name} missing or not a string")
     if not value or len(value) > MAX_ID_LENGTH:
         return Rejection(f"{name} must have 1 to {MAX_ID_LENGTH} characters")
-    return _valid_unicode(value, name)
-
-
-def _valid_unicode(value: str, name: str) -> str | Rejection:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate written as an escape (\ud800)
@@ -257,15 +253,7 @@ def _parse_checked(
         return Rejection("ts is out of range (before 2000 or too far in the future)")
     tags = event.get("item_tags")
     if tags is not None:
-        if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
-            return Rejection("item_tags must be a list of strings")
-        if len(tags) > MAX_ITEM_TAGS:
-            return Rejection(f"item_tags has more than {MAX_ITEM_TAGS} tags")
-        if not all(1 <= len(tag) <= MAX_TAG_LENGTH for tag in tags):
-            return Rejection(f"an item tag must have 1 to {MAX_TAG_LENGTH} characters")
-        for tag in tags:
-            checked = _valid_unicode(tag, "item_tags")
-            if isinstance(checked, Rejection):
-                return checked
-        tags = tuple(tags)
+        tags = check_item_tags(tags)
+        if isinstance(tags, str):
+            return Rejection(tags)
     return Interaction(user_id, item_id, type_code, value, ts, tags)

@@ -70,13 +70,14 @@ def test_item_tags_are_read_from_json_lists_and_csv_genres(tmp_path: Path) -> No
     log = read_interaction_log(path)
     assert log.events[0]["item_tags"] == ["Drama", "Crime"]
     assert "item_tags" not in log.events[1]  # an empty cell declares nothing
-    assert log.skipped == {"more than 8 item_tags": 1}
+    assert log.skipped == {"item_tags has more than 8 tags": 1}
     lines = tmp_path / "events.jsonl"
     lines.write_text(
         '{"user_id": "u", "item_id": "i", "type": "view", "ts": 1700000000000, "item_tags": ["a", "b"]}\n'
         '{"user_id": "u", "item_id": "j", "type": "view", "ts": 1700000000001, "item_tags": []}\n'
         '{"user_id": "u", "item_id": "k", "type": "view", "ts": 1700000000002, "item_tags": [1]}\n'
+        '{"user_id": "u", "item_id": "l", "type": "view", "ts": 1700000000003, "item_tags": ["\\ud800"]}\n'
     )
     log = read_interaction_log(lines)
     assert [event.get("item_tags") for event in log.events] == [["a", "b"], []]
-    assert log.skipped == {"item_tags is not a list of strings": 1}
+    assert log.skipped == {"item_tags must be a list of strings": 1, "item_tags is not valid Unicode": 1}
