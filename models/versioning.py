@@ -295,16 +295,17 @@ def train_version(
         raise TrainingError(f"unknown method {request.method!r}; choose from {', '.join(ALIGNER_METHODS)}")
     parent = request.parent if request.parent is not None else registry.latest()
     lineage = registry.lineage(parent) if parent is not None else []
-    dim = request.dim or (registry.manifest(parent).dim if parent is not None else 64)
+    parent_manifest = registry.manifest(parent) if parent is not None else None
+    dim = request.dim or (parent_manifest.dim if parent_manifest is not None else 64)
     config = replace(request.encoder or EncoderConfig(), dim=dim)
     if request.item_tags is not None:
         config = replace(config, item_tags=request.item_tags)
-    elif parent is not None:
-        config = replace(config, item_tags=registry.manifest(parent).inputs.item_tags > 0)
+    elif parent_manifest is not None:
+        config = replace(config, item_tags=parent_manifest.inputs.item_tags > 0)
     if request.user_id_dropout is not None:
         config = replace(config, user_id_dropout=request.user_id_dropout)
-    elif parent is not None and (architecture := registry.manifest(parent).architecture) is not None:
-        config = replace(config, user_id_dropout=architecture.user_id_dropout)
+    elif parent_manifest is not None and parent_manifest.architecture is not None:
+        config = replace(config, user_id_dropout=parent_manifest.architecture.user_id_dropout)
     if not 0.0 <= config.user_id_dropout < 1.0:
         raise TrainingError(f"user_id_dropout is a share in [0, 1), got {config.user_id_dropout}")
     training = TrainingConfig(

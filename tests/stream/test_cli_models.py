@@ -32,25 +32,17 @@ def events_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_train_then_manage_versions(events_file: Path, tmp_path: Path) -> None:
     registry = str(tmp_path / "registry")
-    first = _embstream("train", "--events", str(events_file), "--registry", registry, "--epochs", "1")
+
+    def train(*options: str) -> subprocess.CompletedProcess[str]:
+        return _embstream(
+            "train", "--events", str(events_file), "--registry", registry, "--epochs", "1", *options
+        )
+
+    first = train()
     summary = json.loads(first.stdout)
     assert summary["version"] == 1 and summary["parent"] is None and summary["swappable"] is True
     assert "skipped 1 unusable rows" in first.stderr and "validation recall" in first.stderr
-    second = json.loads(
-        _embstream(
-            "train",
-            "--events",
-            str(events_file),
-            "--registry",
-            registry,
-            "--epochs",
-            "1",
-            "--dim",
-            "48",
-            "--method",
-            "procrustes",
-        ).stdout
-    )
+    second = json.loads(train("--dim", "48", "--method", "procrustes").stdout)
     assert second["version"] == 2 and second["parent"] == 1 and second["method"] == "procrustes"
     assert set(second["ecc"]) == {"1"} and "mean" in second["consumer_change_pct"]
     assert Path(second["report"]).is_file()
@@ -79,14 +71,7 @@ def test_train_then_manage_versions(events_file: Path, tmp_path: Path) -> None:
     assert failed.returncode == 1 and "forward.pt sha256" in failed.stderr
     forward_file.write_bytes(data)
     third = json.loads(
-        _embstream(
-            "train",
-            "--events",
-            str(events_file),
-            "--registry",
-            registry,
-            "--epochs",
-            "1",
+        train(
             "--no-forward",
             "--cross-task-weight",
             "0",
