@@ -8,8 +8,19 @@ StreamError
 ├── ControlError            a control command cannot be carried out
 ├── VectorsFormatError      a body is not in the binary vectors format
 ├── ApiError                an answer other than 200, with its status and code (stream.api.errors)
-├── ApiAnswerError          a command asked a worker's API and got an error (stream.cli.client)
-└── ApiUnreachableError     a command found no API at the address (stream.cli.client)
+└── ClientError             what the Python client raises (stream.client.answers)
+    ├── ConnectionFailedError   nothing answered at the API's address, after the retries
+    ├── BadAnswerError          a 200 whose body the client cannot read
+    └── ResponseError           the API answered an error (status, code, message)
+        ├── BadRequestError         400, 408, 413
+        ├── UnauthorizedError       401
+        ├── ForbiddenError          403
+        ├── NotFoundError           404
+        │   └── VersionNotFoundError    404 version_not_found
+        ├── VersionUnreachableError 409
+        ├── UnavailableError        503 after the retries
+        │   └── IndexBuildingError      503 index_building
+        └── ServerError             any other status
 
 Errors of the store and the registry keep their own bases (``store.errors.StoreError``,
 ``models.errors.ModelError``); the command line reports all three the same way.

@@ -8,6 +8,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,28 @@ EXPORTS = {
         "encode_outbox",
         "ensure_topics",
         "parse_event",
+    },
+    "stream.client": {
+        "AsyncClient",
+        "BadAnswerError",
+        "BadRequestError",
+        "Client",
+        "ClientError",
+        "ConnectionFailedError",
+        "Embedding",
+        "Embeddings",
+        "ForbiddenError",
+        "IndexBuildingError",
+        "NotFoundError",
+        "Recommendation",
+        "RecommendationBatch",
+        "RecommendedItem",
+        "ResponseError",
+        "ServerError",
+        "UnauthorizedError",
+        "UnavailableError",
+        "VersionNotFoundError",
+        "VersionUnreachableError",
     },
     "models": {
         "ALIGNER_METHODS",
@@ -234,3 +257,15 @@ def test_readme_quickstart_and_ci_use_the_same_scripts() -> None:
     assert any(
         shlex.split(line, comments=True)[:1] == ["scripts/test"] for line in ci.splitlines() if line.strip()
     )
+
+
+def test_the_client_loads_without_torch_or_the_worker() -> None:
+    """A consumer of the API imports the client in a fraction of a second: no torch."""
+    code = (
+        "import sys; from stream.client import Client, AsyncClient; "
+        "loaded = set(sys.modules); "
+        "print(sorted(m for m in ('torch', 'stream.service', 'stream.ingest.worker') if m in loaded))"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == "[]"

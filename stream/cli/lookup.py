@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.parse
+from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
+import orjson
+
 from models.registry import version_number
-from stream.cli.client import ApiAnswerError, ApiClient, ApiUnreachableError
+from stream.cli.client import api_client
 from stream.cli.options import positive_int
+from stream.client import Client, ConnectionFailedError, ResponseError
 from stream.settings import Settings
 
 __all__ = ["add_lookup_commands", "run_lookup", "run_recommend"]
@@ -40,29 +44,36 @@ def add_lookup_commands(commands: Any) -> None:
 
 
 def run_lookup(args: argparse.Namespace) -> int:
-    path = f"/v1/embeddings/{args.kind}/{urllib.parse.quote(args.id, safe='')}"
-    return _print(ApiClient.of(Settings.from_env(), args.api), path, {"version": args.version})
+    with api_client(Settings.from_env(), args.api) as client:
+        return _print(client, lambda: asdict(client.get(args.kind, args.id, args.version)))
 
 
 def run_recommend(args: argparse.Namespace) -> int:
-    path = f"/v1/recommendations/{urllib.parse.quote(args.user_id, safe='')}"
-    query = {
-        "k": args.k,
-        "version": args.version,
-        "exclude_seen": "false" if args.include_seen else None,
-        "fallback": args.fallback,
-    }
-    return _print(ApiClient.of(Settings.from_env(), args.api), path, query)
+    with api_client(Settings.from_env(), args.api) as client:
+        return _print(
+            client,
+            lambda: asdict(
+                client.recommend(
+                    args.user_id,
+                    args.k,
+                    args.version,
+                    exclude_seen=not args.include_seen,
+                    fallback=args.fallback or "popular",
+                )
+            ),
+        )
 
 
-def _print(client: ApiClient, path: str, query: dict[str, object]) -> int:
-    """Print the JSON answer: exit 1 on an error answer, 2 when the API cannot be reached."""
+def _print(client: Client, call: Callable[[], dict[str, Any]]) -> int:
+    """Print the answer as the API's JSON: exit 1 on an error answer, 2 when the API cannot be
+    reached."""
     try:
-        print(json.dumps(client.get(path, query)))
+        # float32 values as the API writes them (their shortest form), laid out as json does
+        print(json.dumps(orjson.loads(orjson.dumps(call(), option=orjson.OPT_SERIALIZE_NUMPY))))
         return 0
-    except ApiAnswerError as error:
+    except ResponseError as error:
         print(f"embstream: {error.status} {error.message}", file=sys.stderr)
         return 1
-    except ApiUnreachableError as error:
-        print(f"embstream: cannot reach the API at {client.base}: {error}", file=sys.stderr)
+    except ConnectionFailedError as error:
+        print(f"embstream: cannot reach the API at {client.base_url}: {error}", file=sys.stderr)
         return 2

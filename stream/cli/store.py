@@ -12,7 +12,8 @@ from store.errors import StoreError, StoreInUseError
 from store.maintenance import describe_store, estimated_keys, restore_store, verify_store
 from store.options import StoreOptions
 from store.vector_store import VersionedVectorStore
-from stream.cli.client import ApiAnswerError, ApiClient, ApiUnreachableError
+from stream.cli.client import api_client
+from stream.client import ConnectionFailedError, ResponseError
 from stream.console import progress_bar
 from stream.settings import Settings
 
@@ -93,21 +94,21 @@ def _backup(settings: Settings, target: Path, api: str | None) -> int:
             _say(f"backup of {data_dir} written to {target}")
             print(json.dumps({**described, "path": str(target)}, indent=2))
             return 0
-    client = ApiClient.of(settings, api)
-    try:
-        body = client.post("/v1/admin/backup", {"dir": str(target)}, timeout_s=600)
-    except ApiAnswerError as error:
-        raise StoreError(
-            f"the running worker at {client.base} refused the backup: {error.status} {error.message}"
-        ) from None
-    except ApiUnreachableError as error:
-        where = "is in use" if local else f"is not at {data_dir} (EMBSTREAM_DATA_DIR, --data-dir)"
-        raise StoreError(
-            f"the store {where}, and no worker answers at {client.base} ({error}): run the command "
-            "with the worker's EMBSTREAM_* settings, or pass --data-dir (a stopped worker's store) "
-            "or --api (a running worker's address)"
-        ) from None
-    _say(f"backup written by the running worker at {client.base} to {body['path']}")
+    with api_client(settings, api) as client:
+        try:
+            body = client.backup(str(target))
+        except ResponseError as error:
+            raise StoreError(
+                f"the running worker at {client.base_url} refused the backup: {error.status} {error.message}"
+            ) from None
+        except ConnectionFailedError as error:
+            where = "is in use" if local else f"is not at {data_dir} (EMBSTREAM_DATA_DIR, --data-dir)"
+            raise StoreError(
+                f"the store {where}, and no worker answers at {client.base_url} ({error}): run the command "
+                "with the worker's EMBSTREAM_* settings, or pass --data-dir (a stopped worker's store) "
+                "or --api (a running worker's address)"
+            ) from None
+    _say(f"backup written by the running worker at {client.base_url} to {body['path']}")
     print(json.dumps(body, indent=2))
     return 0
 

@@ -1,0 +1,312 @@
+"""The Python client against the real API application on a real store (served on a real
+socket, in a thread of its own), and its retry, error and connection rules against small
+stand-in servers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from aiohttp import web
+
+from models.aligners import BackwardAligner
+from models.errors import IncompatibleVersionsError
+from store.vector_store import VersionedVectorStore
+from stream.api.app import ApiContext, create_app
+from stream.client import (
+    AsyncClient,
+    BadRequestError,
+    Client,
+    ConnectionFailedError,
+    IndexBuildingError,
+    NotFoundError,
+    ServerError,
+    UnauthorizedError,
+    UnavailableError,
+    VersionNotFoundError,
+    VersionUnreachableError,
+)
+from stream.client import calls as client_calls
+from stream.kafka.broker import free_port
+from stream.metrics import Metrics
+from tests.conftest import http_json
+
+DIM = 8
+TOKEN = "client-test-token"
+ALIGNER = BackwardAligner.from_matrix(np.random.default_rng(1).standard_normal((DIM, DIM)).astype(np.float32))
+
+
+class OneAlignerRegistry:
+    """Carries version 2 back to 1; every other pair is unreachable."""
+
+    def carry(self, source: int, target: int) -> Callable[[np.ndarray], np.ndarray]:
+        if (source, target) == (2, 1):
+            return ALIGNER.apply
+        raise IncompatibleVersionsError(f"no aligner from {source} to {target}")
+
+    def versions(self) -> list[int]:
+        return [1, 2]
+
+
+@contextmanager
+def serving(app: web.Application) -> Iterator[str]:
+    """``app`` on a loopback port, in a thread with its own event loop; yields its URL."""
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, keepalive_timeout=1.0)
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[VersionedVectorStore]:
+    """u0..u29 at versions 1 and 2, n0..n4 at version 2 only, v3 at 3 only; serving 2."""
+    opened = VersionedVectorStore(tmp_path / "db")
+    both = [f"u{n}" for n in range(30)]
+    rng = np.random.default_rng(7)
+    writer = opened.writer()
+    writer.put_vectors("user", both, 1, rng.standard_normal((30, DIM)).astype(np.float32), 2_000)
+    writer.put_vectors("user", both, 2, rng.standard_normal((30, DIM)).astype(np.float32), 2_000)
+    writer.put_vectors("user", [f"n{n}" for n in range(5)], 2, rng.standard_normal((5, DIM)), 3_000)
+    writer.put_vectors("user", ["v3"], 3, rng.standard_normal((1, DIM)), 1_000)
+    writer.commit()
+    opened.set_serving_version(2)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def api(store: VersionedVectorStore) -> Iterator[str]:
+    registry: Any = OneAlignerRegistry()
+    context = ApiContext(store=store, metrics=Metrics(), registry=registry, health=dict, token=TOKEN)
+    with serving(create_app(context)) as url:
+        yield url
+
+
+def _json_batch(api: str, kind: str, ids: list[str], version: int | None = None) -> dict[str, Any]:
+    status, body = http_json(
+        "POST", f"{api}/v1/embeddings/{kind}/batch", {"ids": ids, "version": version}, TOKEN
+    )
+    assert status == 200
+    return body  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("version", [None, 2, 1])
+def test_reads_equal_the_json_api_at_every_version(api: str, version: int | None) -> None:
+    ids = ["u3", "ghost", "n1", "u3", "u0"]
+    expected = _json_batch(api, "user", ids, version)
+    rows = [row for row in expected["results"] if row is not None]
+    with Client(api, token=TOKEN) as client:
+        batch = client.get_many("user", ids, version)
+        one = client.get("user", "u3", version)
+    assert batch.version == expected["version"] == (version or 2)
+    assert batch.ids == [row["id"] for row in rows]
+    assert batch.missing == ["ghost"]
+    assert ("aligned" in batch.sources) == (version == 1)  # n1 has version 2 only: carried back
+    assert batch.vectors.dtype == np.float32 and batch.vectors.shape == (len(rows), DIM)
+    assert np.array_equal(batch.vectors, np.array([row["vector"] for row in rows], dtype=np.float32))
+    assert batch.sources == [row["source"] for row in rows]
+    assert batch.updated_at == [row["updated_at"] for row in rows]
+    status, single = http_json(
+        "GET", f"{api}/v1/embeddings/user/u3" + (f"?version={version}" if version else ""), token=TOKEN
+    )
+    assert status == 200 and one.version == single["version"] and one.source == single["source"]
+    assert np.array_equal(one.vector, np.asarray(single["vector"], dtype=np.float32))
+    assert np.array_equal(batch.as_dict()["u3"], one.vector)
+
+
+def test_the_async_client_reads_what_the_blocking_one_reads(api: str) -> None:
+    ids = [f"u{n}" for n in range(30)] + ["n4", "ghost"]
+
+    async def read() -> Any:
+        async with AsyncClient(api, token=TOKEN) as client:
+            return (
+                await client.get_many("user", ids, 1),
+                await client.get("user", "n4"),
+                await client.versions(),
+            )
+
+    batch, one, versions = asyncio.run(read())
+    with Client(api, token=TOKEN) as client:
+        expected = client.get_many("user", ids, 1)
+        assert np.array_equal(client.get("user", "n4").vector, one.vector) and one.source == "native"
+        assert client.versions() == versions
+    assert (batch.version, batch.ids, batch.missing) == (expected.version, expected.ids, expected.missing)
+    assert np.array_equal(batch.vectors, expected.vectors)
+    assert versions["serving_version"] == 2
+
+
+def test_a_long_list_is_split_and_every_part_is_of_the_first_answers_version(
+    api: str, store: VersionedVectorStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests of the API's limit each; a version swap between two of them must not mix."""
+    ids = [f"u{n}" for n in range(30)] + ["n0", "n1"]
+    with Client(api, token=TOKEN) as client:
+        whole = client.get_many("user", ids)
+    monkeypatch.setattr(client_calls, "BATCH_IDS", 7)
+    sent: list[bytes] = []
+    client = Client(api, token=TOKEN)
+    exchange = client._exchange
+
+    def swapping(call: Any, timeout_s: float) -> Any:
+        sent.append(call.body)
+        answer = exchange(call, timeout_s)
+        store.set_serving_version(1)  # after the first part: later parts must still be version 2
+        return answer
+
+    monkeypatch.setattr(client, "_exchange", swapping)
+    try:
+        split = client.get_many("user", ids)
+    finally:
+        store.set_serving_version(2)
+        client.close()
+    assert len(sent) == 5 and all(orjson.loads(body)["version"] == 2 for body in sent[1:])
+    assert (split.version, split.ids, split.missing) == (2, whole.ids, whole.missing)
+    assert np.array_equal(split.vectors, whole.vectors)
+
+
+def test_each_error_answer_raises_its_own_error(api: str, store: VersionedVectorStore) -> None:
+    with Client(api, token=TOKEN, retries=0) as client:
+        with pytest.raises(NotFoundError) as missing:
+            client.get("user", "ghost")
+        assert (missing.value.status, missing.value.code) == (404, "not_found")
+        with pytest.raises(VersionNotFoundError):
+            client.get("user", "u1", version=7)
+        store.set_serving_version(3)
+        try:
+            with pytest.raises(VersionUnreachableError) as unreachable:
+                client.get("user", "v3", version=1)  # no aligner carries version 3 back
+        finally:
+            store.set_serving_version(2)
+        assert (unreachable.value.status, unreachable.value.code) == (409, "version_unreachable")
+        with pytest.raises(BadRequestError) as bad:
+            client.get("user", "x" * 1000)
+        assert bad.value.code == "bad_id"
+        with pytest.raises(NotFoundError) as no_index:
+            client.recommend("u1")
+        assert no_index.value.code == "no_index"
+    with Client(api, token="wrong") as client, pytest.raises(UnauthorizedError) as refused:
+        client.get("user", "u1")
+    assert refused.value.status == 401 and "token" in refused.value.message
+    with pytest.raises(ValueError, match="kind"):
+        Client(api).get("thing", "u1")  # type: ignore[arg-type]
+
+
+def _flaky_app(
+    failures: int, status: int = 503, code: str = "index_building"
+) -> tuple[web.Application, list[float]]:
+    """Answers ``status`` ``failures`` times, then a recommendation; records when each came."""
+    seen: list[float] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(time.monotonic())
+        if len(seen) <= failures:
+            return web.json_response({"error": code, "message": "still building"}, status=status)
+        user = request.match_info["user"]
+        body = {
+            "user_id": user,
+            "version": 3,
+            "user_vector": "native",
+            "items": [{"id": "i1", "score": 0.5}],
+            "excluded_seen": 0,
+            "fallback": None,
+        }
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_get("/v1/recommendations/{user}", answer)
+    return app, seen
+
+
+def test_a_503_is_retried_with_growing_waits_then_answered() -> None:
+    app, seen = _flaky_app(failures=3)
+    with serving(app) as url, Client(url, retries=4, backoff_s=0.05) as client:
+        answer = client.recommend("u1", k=1)
+    assert [item.id for item in answer.items] == ["i1"] and answer.version == 3
+    waits = np.diff(seen)
+    assert len(seen) == 4 and waits[0] >= 0.05 and waits[1] >= 0.1 and waits[2] >= 0.2
+
+
+def test_retries_are_bounded_and_then_the_503_is_raised() -> None:
+    app, seen = _flaky_app(failures=10)
+    with (
+        serving(app) as url,
+        Client(url, retries=2, backoff_s=0.01) as client,
+        pytest.raises(IndexBuildingError),
+    ):
+        client.recommend("u1")
+    assert len(seen) == 3
+    app, seen = _flaky_app(failures=10, code="no_serving_version")
+
+    async def once() -> None:
+        async with AsyncClient(url, retries=1, backoff_s=0.01) as client:
+            await client.recommend("u1")
+
+    with serving(app) as url, pytest.raises(UnavailableError) as raised:
+        asyncio.run(once())
+    assert raised.value.code == "no_serving_version" and len(seen) == 2
+
+
+def test_other_errors_are_not_retried() -> None:
+    app, seen = _flaky_app(failures=10, status=500, code="boom")
+    with serving(app) as url, Client(url, retries=3, backoff_s=0.01) as client, pytest.raises(ServerError):
+        client.recommend("u1")
+    assert len(seen) == 1
+
+
+def test_a_refused_connection_is_retried_then_raised() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailedError, match=r"127\.0\.0\.1"):
+        Client(url, retries=2, backoff_s=0.1).versions()
+    assert time.monotonic() - started >= 0.3  # two waits: 0.1 and 0.2 s
+
+    async def once() -> None:
+        async with AsyncClient(url, retries=0) as client:
+            await client.versions()
+
+    with pytest.raises(ConnectionFailedError):
+        asyncio.run(once())
+
+
+def test_a_kept_alive_connection_the_server_closed_is_reopened(api: str) -> None:
+    with Client(api, token=TOKEN, retries=0) as client:
+        first = client.get("user", "u1")
+        assert client._connection is not None
+        time.sleep(1.5)  # past the server's keep-alive timeout: it closes the connection
+        again = client.get("user", "u1")
+    assert np.array_equal(first.vector, again.vector)
+
+
+def test_base_urls() -> None:
+    assert Client("localhost:9000").base_url == "http://localhost:9000"
+    assert Client("https://api.example/embstream/").base_url == "https://api.example:443/embstream"
+    with pytest.raises(ValueError, match="http"):
+        Client("ftp://host")
+    with pytest.raises(ValueError):
+        Client("http://host", retries=-1)
