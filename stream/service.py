@@ -306,7 +306,8 @@ async def run_service(
             backup_root=settings.backup_dir,
             body_timeout_s=settings.http_body_timeout_s,
             admin_allowed=bool(settings.api_token) or settings.api_host in ("127.0.0.1", "localhost", "::1"),
-            readiness=worker.readiness if isinstance(worker, ScaleOutWorker) else None,
+            readiness=worker.readiness,
+            indexes_pending=bool(settings.index_versions),
             health=lambda: {
                 "assigned_partitions": worker.assigned,
                 **({"scale_out": metrics.scale_out()} if metrics.scale_out is not None else {}),
@@ -326,7 +327,8 @@ async def run_service(
         await http.start()  # before any long step, so a port in use fails at once
         stack.push_async_callback(http.stop)
         say(f"lookup API on http://{settings.api_host}:{settings.api_port}")
-        # The group join (seconds on some brokers) runs while the encoder loads or trains.
+        # The producer connects while the encoder loads (or version 1 trains); the group is
+        # joined only once the worker can apply events (GET /readyz says which step it is at).
         stack.push_async_callback(worker.stop)
         _, serving = await asyncio.gather(
             worker.start(), asyncio.to_thread(prepare_registry, registry, settings, store)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import re
@@ -269,3 +270,19 @@ def test_the_client_loads_without_torch_or_the_worker() -> None:
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.strip() == "[]"
+
+
+def test_every_help_text_is_plain_text() -> None:
+    """``--help`` is read in a terminal: no reStructuredText from docstrings."""
+    parser = build_parser()
+    texts = [parser.format_help()]
+    pending = [parser]
+    while pending:
+        for action in pending.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    texts.append(sub.format_help())
+                    pending.append(sub)
+    assert len(texts) > 10
+    for text in texts:
+        assert not re.search(r"``|:(class|func|mod|meth):|`\w", text), text

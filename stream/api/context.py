@@ -27,7 +27,8 @@ class ApiContext:
     registry: EncoderRegistry
     health: Callable[[], dict[str, Any]]
     controller: RolloutController | None = None
-    #: ``GET /readyz``: whether this node can answer for every id, and why (None: always).
+    #: Whether the consumer applies events, and why not (joining the group, a scale-out
+    #: replica replaying): one part of ``GET /readyz`` (:func:`stream.api.status.readiness`).
     readiness: Callable[[], tuple[bool, str]] | None = None
     #: When set, every route but ``/healthz`` needs ``Authorization: Bearer <token>``.
     token: str = field(default="", repr=False)
@@ -35,8 +36,10 @@ class ApiContext:
     #: it may be used at all (a token is set, or the API listens on loopback only).
     backup_root: Path | None = None
     admin_allowed: bool = False
-    #: The per-version item indexes behind ``/v1/recommendations`` (``None``: off).
+    #: The per-version item indexes behind ``/v1/recommendations`` (``None``: off, or not
+    #: set up yet while ``indexes_pending``: the routes answer 503 meanwhile, not 404).
     item_indexes: ItemIndexes | None = None
+    indexes_pending: bool = False
     #: The most popular items, answered to users with no vector (``None``: no fallback).
     popular: PopularItems | None = None
     #: A request body must arrive within this many seconds (else 408 ``body_timeout``).

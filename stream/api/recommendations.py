@@ -53,6 +53,9 @@ async def _recommend(
 ) -> tuple[int, list[Recommendation | None]]:
     context = context_of(request)
     if context.item_indexes is None:
+        if context.indexes_pending:  # a worker still starting: try again shortly
+            context.metrics.recommendations["index_building"] += 1
+            raise ApiError(503, "index_building", "the worker is starting: its item indexes are not set up yet")
         context.metrics.recommendations["no_index"] += 1
         raise ApiError(404, "no_index", "item indexes are off (EMBSTREAM_INDEX_VERSIONS=0)")
     try:  # on a thread: a large batch must not hold up the event loop

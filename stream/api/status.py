@@ -7,11 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
-from stream.api.context import context_of, json_response
+from stream.api.context import ApiContext, context_of, json_response
 from stream.api.schemas import COMMON_ERRORS
 from stream.api.status_page import STATUS_PAGE
 
-__all__ = ["OPEN_PATHS", "ROUTES", "openapi_paths"]
+__all__ = ["OPEN_PATHS", "ROUTES", "openapi_paths", "readiness"]
 
 ROUTES = web.RouteTableDef()
 #: Routes answered without a token: probes must not need a secret, and the page holds no data.
@@ -67,10 +67,31 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok", **context_of(request).health()})
 
 
+def readiness(context: ApiContext) -> tuple[bool, str]:
+    """Whether this node can take traffic, and why not: its serving encoder is loaded, its
+    consumer applies events (joined its group; a scale-out replica caught up), and the item
+    index of the serving version is built (when indexes are on)."""
+    controller = context.controller
+    if controller is None or controller.serving_encoder is None:
+        return False, "starting: loading the serving encoder"
+    if context.readiness is not None:
+        ready, reason = context.readiness()
+        if not ready:
+            return ready, reason
+    if context.item_indexes is None:
+        if context.indexes_pending:
+            return False, "starting: setting up the item indexes"
+        return True, "serving"
+    serving = context.store.serving_version
+    status = context.item_indexes.status().get(serving) if serving is not None else None
+    if status is None or status.building:
+        return False, f"building the item index of version {serving}"
+    return True, "serving"
+
+
 @ROUTES.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    context = context_of(request)
-    ready, reason = (True, "serving") if context.readiness is None else context.readiness()
+    ready, reason = readiness(context_of(request))
     response = json_response({"ready": ready, "reason": reason})
     if not ready:
         response.set_status(503)
@@ -97,7 +118,7 @@ def _json_object(description: str, required: list[str], properties: dict[str, An
 
 def openapi_paths() -> dict[str, Any]:
     nullable_version = {"type": "integer", "nullable": True}
-    readiness = {"ready": {"type": "boolean"}, "reason": {"type": "string"}}
+    ready_schema = {"ready": {"type": "boolean"}, "reason": {"type": "string"}}
     return {
         "/v1/versions": {
             "get": {
@@ -165,11 +186,16 @@ def openapi_paths() -> dict[str, Any]:
                 "operationId": "readiness",
                 "security": [{}],
                 "responses": {
-                    "200": _json_object("this node answers for every id", ["ready", "reason"], readiness),
-                    "503": _json_object(
-                        "a scale-out worker still replaying the other workers' changelog",
+                    "200": _json_object(
+                        "ready: the encoder is loaded, events are applied, the item index is built",
                         ["ready", "reason"],
-                        readiness,
+                        ready_schema,
+                    ),
+                    "503": _json_object(
+                        "not ready yet: starting, joining the group, replaying the changelog "
+                        "(scale-out) or building the item index",
+                        ["ready", "reason"],
+                        ready_schema,
                     ),
                 },
             }

@@ -17,7 +17,15 @@ from stream.cli.store import add_store_commands, run_store
 from stream.cli.swap import add_swap_commands, run_swap
 from stream.errors import StreamError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["DESCRIPTION", "build_parser", "main"]
+
+#: What ``embstream --help`` says first: plain text (the module's docstring is for readers
+#: of the code).
+DESCRIPTION = (
+    "Kafka interaction events in, fresh versioned user and item embeddings out. "
+    "Try it with: embstream demo. Run it against your broker with: embstream run --broker HOST:PORT. "
+    "Every command takes --help."
+)
 
 _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": run_run_command,
@@ -33,7 +41,7 @@ _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embstream", description=__doc__)
+    parser = argparse.ArgumentParser(prog="embstream", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_run_commands(commands)

@@ -33,7 +33,7 @@ def add_store_commands(commands: Any) -> None:
         "(default: EMBSTREAM_API_URL, else EMBSTREAM_API_HOST:EMBSTREAM_API_PORT, 127.0.0.1:8080)",
     )
     restore = actions.add_parser("restore", help="replace the store with a backup (worker stopped)")
-    restore.add_argument("dir", type=Path, help="a directory written by `embstream store backup`")
+    restore.add_argument("dir", type=Path, help="a directory written by: embstream store backup")
     restore.add_argument(
         "--as-new-worker",
         action="store_true",

@@ -81,6 +81,7 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
             if stored is not None:
                 consumer.seek(partition, stored)
         self.worker.assigned = sorted(p.partition for p in assigned)
+        self.worker.joined = True
         log.info("assigned partitions %s", self.worker.assigned)
         total = consumer.partitions_for_topic(self.worker.settings.topic) or set()
         if assigned and len(assigned) < len(total):
@@ -104,27 +105,34 @@ class StreamWorker:
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.assigned: list[int] = []
+        self.joined = False  # the group's first assignment arrived (it may hold no partition)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embstream-refresh")
         self._last_commit = 0.0
 
     async def start(self) -> None:
-        """Connect the producer, re-send any pending outbox, and join the consumer group."""
+        """Connect the producer, re-send any pending outbox, and create the group consumer;
+        :meth:`run` joins the group, once the worker can apply what it is given."""
         self.producer = producer_of(self.settings)
         await self.producer.start()
         await flush_pending_outbox(self.store, self.producer)
         self.consumer = consumer_of(self.settings)
-        self.consumer.subscribe([self.settings.topic], listener=_SeekToStoredOffsets(self))
         await self.consumer.start()
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether the worker applies events (``GET /readyz`` reads it)."""
+        return (True, "consuming") if self.joined else (False, "starting: joining the consumer group")
 
     async def run(
         self, stop: asyncio.Event, refresher: EmbeddingRefresher, between: BetweenBatches | None = None
     ) -> None:
-        """Consume until ``stop`` is set, applying every batch through ``refresher``.
+        """Join the group, then consume until ``stop`` is set, applying every batch through
+        ``refresher``.
 
         ``between`` (the control plane) runs between batches, never during one: control
         messages are applied and the backfill of a staged version advances there.
         """
         assert self.consumer is not None and self.producer is not None
+        self.consumer.subscribe([self.settings.topic], listener=_SeekToStoredOffsets(self))
         loop = asyncio.get_running_loop()
         # While behind (a full batch came), the next batch's fetch runs while a batch applies
         # in the refresh thread: the consumer's record decoding uses the moments that thread

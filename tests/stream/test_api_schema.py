@@ -10,6 +10,7 @@ import os
 import threading
 import urllib.request
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from stream.api.app import MAX_BATCH_IDS, MAX_BODY_BYTES, ApiContext, create_app
 from stream.api.openapi import openapi_document
 from stream.kafka.broker import free_port
 from stream.metrics import Metrics
+from tests.conftest import wait_until
 from tests.stream.test_api_batch_binary import OneAlignerRegistry
 
 #: CI replays the same examples every run (a gate must not flip on a new draw); a
@@ -36,6 +38,15 @@ DIM = 8
 schema = schemathesis.openapi.from_dict(openapi_document(MAX_BATCH_IDS, MAX_BODY_BYTES)).exclude(
     path="/v1/admin/backup"  # writes directories: tested on its own, not fuzzed
 )
+
+
+class _LoadedController:
+    """Serving version 2, loaded, no rollout: what the status routes and ``/readyz`` read."""
+
+    serving_encoder = SimpleNamespace(version=2)
+
+    def describe(self) -> None:
+        return None
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +66,8 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     indexes.track(serving=2)
     indexes.start()
     context.item_indexes = indexes
+    context.controller = _LoadedController()  # type: ignore[assignment]
+    wait_until(lambda: not indexes.status()[2].building, timeout_s=10)  # /readyz: 200
     port = free_port()
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(create_app(context), access_log=None)

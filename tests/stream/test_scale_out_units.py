@@ -40,6 +40,12 @@ def _get(context: ApiContext, path: str, token: str | None = None) -> tuple[int,
     return asyncio.run(run())
 
 
+class _Loaded:
+    """A controller whose serving encoder is loaded (what ``/readyz`` asks of it)."""
+
+    serving_encoder = object()
+
+
 def test_readyz_follows_the_worker_and_needs_no_token(store: VersionedVectorStore) -> None:
     state = {"ready": False}
     context = ApiContext(
@@ -50,11 +56,21 @@ def test_readyz_follows_the_worker_and_needs_no_token(store: VersionedVectorStor
         token="secret",
         readiness=lambda: (state["ready"], "ready" if state["ready"] else "replaying"),
     )
+    assert _get(context, "/readyz") == (
+        503,
+        {"ready": False, "reason": "starting: loading the serving encoder"},
+    )
+    context.controller = _Loaded()  # type: ignore[assignment]
     assert _get(context, "/readyz") == (503, {"ready": False, "reason": "replaying"})
     state["ready"] = True
-    assert _get(context, "/readyz") == (200, {"ready": True, "reason": "ready"})
-    without = ApiContext(store=store, metrics=Metrics(), registry=None, health=dict)  # type: ignore[arg-type]
-    assert _get(without, "/readyz")[0] == 200  # one worker: always ready once serving
+    assert _get(context, "/readyz") == (200, {"ready": True, "reason": "serving"})
+    context.indexes_pending = True  # indexes on, not set up yet: not ready, and no 404 meanwhile
+    assert _get(context, "/readyz") == (
+        503,
+        {"ready": False, "reason": "starting: setting up the item indexes"},
+    )
+    status, body = _get(context, "/v1/recommendations/u1", token="secret")
+    assert (status, body["error"]) == (503, "index_building")
 
 
 def test_scale_out_metrics_are_rendered_only_for_scale_out_workers() -> None:
