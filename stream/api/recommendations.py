@@ -55,7 +55,8 @@ async def _recommend(
     if context.item_indexes is None:
         if context.indexes_pending:  # a worker still starting: try again shortly
             context.metrics.recommendations["index_building"] += 1
-            raise ApiError(503, "index_building", "the worker is starting: its item indexes are not set up yet")
+            message = "the worker is starting: its item indexes are not set up yet"
+            raise ApiError(503, "index_building", message)
         context.metrics.recommendations["no_index"] += 1
         raise ApiError(404, "no_index", "item indexes are off (EMBSTREAM_INDEX_VERSIONS=0)")
     try:  # on a thread: a large batch must not hold up the event loop

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 def test_a_first_start_is_ready_only_once_it_can_apply_events(broker: EmbeddedBroker, tmp_path: Path) -> None:
     topic = "readiness-interactions"
     worker = WorkerProcess(tmp_path / "data", tmp_path / "empty-registry", broker.bootstrap, topic)
-    samples: list[tuple[int, str, int, list[int]]] = []  # readyz status and reason, healthz status, partitions
+    # (readyz status, its reason, healthz status, assigned partitions) every 0.1 s
+    samples: list[tuple[int, str, int, list[int]]] = []
 
     def ready() -> bool:
         try:
