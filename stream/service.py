@@ -1,224 +1,32 @@
-"""Putting a worker together: broker, topics, encoder version, store, worker and API."""
+"""``embstream run``: a worker process, with the embedded broker when none is configured,
+its consumer loop (:class:`StreamWorker`, or :class:`ScaleOutWorker` with scale-out) and its
+HTTP server, around a :class:`stream.runtime.Runtime`."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
-import logging
-import socket
-import threading
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from models.bootstrap import ensure_default_encoder
-from models.registry import EncoderRegistry
-from store.item_indexes import ItemIndexes
-from store.popular import PopularItems
 from store.vector_store import VersionedVectorStore
-from stream.api.app import ApiContext, create_app
+from stream.api.app import create_app
 from stream.api.server import HttpLimits, HttpServer
-from stream.console import progress_bar, say
-from stream.ingest.refresher import EmbeddingRefresher
+from stream.console import say
 from stream.ingest.worker import StreamWorker
 from stream.kafka.broker import EmbeddedBroker
-from stream.kafka.topics import ensure_topics
 from stream.metrics import Metrics
 from stream.rollout.controller import RolloutController
-from stream.rollout.messages import ControlCodec
-from stream.rollout.plane import RolloutPlane
+from stream.runtime import GC_THRESHOLDS, Runtime, ensure_worker_topics, fewer_collections, prepare_registry
 from stream.scaleout.refresher import PartitionedRefresher
-from stream.scaleout.worker import ScaleOutWorker, scale_out_topics
+from stream.scaleout.worker import ScaleOutWorker
 from stream.settings import Settings, SettingsError
 
 __all__ = ["GC_THRESHOLDS", "RunningService", "fewer_collections", "prepare_registry", "run_service"]
-
-log = logging.getLogger("embstream")
-
-
-def prepare_registry(registry: EncoderRegistry, settings: Settings, store: VersionedVectorStore) -> int:
-    """The version to start serving, creating version 1 in an empty registry.
-
-    An explicit ``--encoder-version`` wins; else the store's serving version (if the
-    registry still has it); else the registry's latest. The control topic, replayed later,
-    can still override the last two.
-    """
-    if registry.latest() is None:
-        say(
-            f"the registry at {settings.registry} is empty: training version 1 of the default "
-            f"encoder on synthetic data (seed {settings.seed})"
-        )
-        with progress_bar(total=None, desc="training v1", unit="step") as bar:
-            manifest = ensure_default_encoder(registry, seed=settings.seed, progress=bar.report)
-        if manifest is None:
-            say("version 1 was created meanwhile by another worker sharing the registry")
-        else:
-            say(f"created version 1 ({manifest.training})")
-    if settings.encoder_version is not None:
-        registry.manifest(settings.encoder_version)  # a clear error if it does not exist
-        return settings.encoder_version
-    stored = store.serving_version
-    if stored is not None and stored in registry.versions():
-        return stored
-    latest = registry.latest()
-    assert latest is not None
-    return latest
-
-
-async def _keep_serving_cache_warm(store: VersionedVectorStore, stack: AsyncExitStack) -> None:
-    """Copy the serving version's vectors into the serving cache in the background, at start
-    and again after every change of serving version (lookups read RocksDB for what is not
-    copied yet); stopped and awaited before the store closes."""
-    if store.serving_cache is None:
-        return
-    stop = threading.Event()
-
-    async def keep_warm() -> None:
-        warmed: int | None = None
-        while not stop.is_set():
-            version = store.serving_version
-            if version is not None and version != warmed:
-                started = time.monotonic()
-                try:
-                    copied = await asyncio.to_thread(store.warm_serving_cache, stop=stop)
-                except Exception as error:  # best effort: lookups read RocksDB (and report damage)
-                    say(f"serving cache not warmed: {error}")
-                    return
-                if not stop.is_set() and store.serving_version == version:
-                    warmed = version
-                    if copied:
-                        say(
-                            f"serving cache: {copied} vectors of version {version} copied in "
-                            f"{time.monotonic() - started:.1f} s"
-                        )
-            await asyncio.sleep(0.2)
-
-    task = asyncio.ensure_future(keep_warm())
-
-    async def stop_warming() -> None:
-        stop.set()
-        await task
-
-    stack.push_async_callback(stop_warming)
-
-
-def _item_indexes(settings: Settings, store: VersionedVectorStore, registry: EncoderRegistry) -> ItemIndexes:
-    """Item indexes of the store, saying how each build goes (a bar on a terminal)."""
-    bars: dict[int, Any] = {}
-
-    def report(version: int, done: int, total: int) -> None:
-        bar = bars.get(version)
-        if bar is None:
-            say(f"item index of version {version}: building from the store ({total} items)")
-            bar = bars[version] = progress_bar(total=total, desc=f"indexing v{version}", unit="item")
-        bar.total = total
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-            say(f"item index of version {version}: built ({done} items scanned)")
-
-    return ItemIndexes(
-        store,
-        dim_of=lambda version: registry.manifest(version).dim,
-        keep=settings.index_versions,
-        on_build_progress=report,
-        carry=registry.carry,
-    )
-
-
-async def _keep_indexes_tracking(
-    indexes: ItemIndexes, controller: RolloutController, stack: AsyncExitStack
-) -> None:
-    """Index the serving and staged versions (and older ones the bound allows), following
-    every stage, promote, rollback and cancel; stopped before the store closes."""
-
-    def wanted_now() -> tuple[int | None, int | None, tuple[int, ...]]:
-        retained = tuple(encoder.version for encoder in controller.retained_encoders)
-        return controller.store.serving_version, controller.state.staged, retained
-
-    indexes.track(*wanted_now())
-    indexes.start()
-
-    async def follow() -> None:
-        tracked = wanted_now()
-        while True:
-            await asyncio.sleep(0.1)
-            wanted = wanted_now()
-            if wanted != tracked:
-                try:
-                    await asyncio.to_thread(indexes.track, *wanted)
-                except Exception as error:  # e.g. a store read failing: try again next round
-                    log.error("item indexes not updated for versions %s: %s", wanted, error)
-                    continue
-                tracked = wanted
-
-    task = asyncio.ensure_future(follow())
-
-    async def stop_indexes() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await asyncio.to_thread(indexes.stop)
-
-    stack.push_async_callback(stop_indexes)
-
-
-async def _keep_popular_fresh(popular: PopularItems, stack: AsyncExitStack, every_s: float = 30.0) -> None:
-    """Rank the items by popularity at start and every ``every_s`` seconds (the fallback of
-    recommendations for users with no vector); stopped before the store closes."""
-
-    async def refresh() -> None:
-        while True:
-            try:
-                await asyncio.to_thread(popular.refresh)
-            except Exception as error:  # e.g. a damaged block: the last ranking stays
-                log.error("popular items not ranked: %s", error)
-            await asyncio.sleep(every_s)
-
-    task = asyncio.ensure_future(refresh())
-
-    async def stop_refreshing() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    stack.push_async_callback(stop_refreshing)
-
-
-async def _sample_status(metrics: Metrics, stack: AsyncExitStack, every_s: float = 2.0) -> None:
-    """One row of the status page's history every ``every_s`` seconds."""
-
-    async def sample() -> None:
-        while True:
-            await asyncio.sleep(every_s)
-            metrics.sample()
-
-    task = asyncio.ensure_future(sample())
-
-    async def stop_sampling() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    stack.push_async_callback(stop_sampling)
-
-
-def worker_identity(store: VersionedVectorStore) -> str:
-    """A worker's name, kept in its store: a restarted worker reports as the same worker."""
-    stored = store.get_meta("worker_id")
-    if stored is not None:
-        return stored.decode()
-    name = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-    writer = store.writer()
-    writer.put_meta("worker_id", name.encode())
-    writer.commit()
-    return name
 
 
 @dataclass
@@ -228,26 +36,6 @@ class RunningService:
     worker: StreamWorker | ScaleOutWorker
     metrics: Metrics
     controller: RolloutController
-
-
-#: The cyclic garbage collector's thresholds while a worker runs (Python's defaults are 700,
-#: 10, 10). A batch allocates tens of thousands of short-lived objects (records, events,
-#: update messages), none of them in cycles; at the defaults the collector walks the young
-#: generation every few hundred of them, and the whole heap (a million cached ids) often,
-#: about a tenth of a batch's time at real cardinality.
-GC_THRESHOLDS = (50_000, 50, 100)
-
-
-@contextmanager
-def fewer_collections() -> Iterator[None]:
-    """Raise the collector's thresholds to :data:`GC_THRESHOLDS` (never lower them) while the
-    worker runs; put them back after."""
-    before = gc.get_threshold()
-    gc.set_threshold(*(max(old, new) for old, new in zip(before, GC_THRESHOLDS, strict=True)))
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
 
 
 async def run_service(
@@ -278,98 +66,31 @@ async def run_service(
                 f"no broker configured (--broker or EMBSTREAM_BROKER): started the embedded broker "
                 f"at {broker.bootstrap}; it keeps events in memory only"
             )
-        topics = {
-            settings.topic: settings.partitions,
-            settings.dlq_topic: 1,
-            settings.updates_topic: settings.partitions,
-            settings.control_topic: 1,
-        }
-        if settings.scale_out:
-            topics.update(scale_out_topics(settings.topic, settings.partitions))
-        await asyncio.to_thread(
-            ensure_topics, settings.broker_servers, topics, **settings.kafka_security.kafka_python()
+        await ensure_worker_topics(settings)
+        holder: list[StreamWorker | ScaleOutWorker] = []
+        runtime = await Runtime.open(
+            settings,
+            stack,
+            incarnation,
+            readiness=lambda: holder[0].readiness(),
+            health=lambda: {"assigned_partitions": holder[0].assigned},
         )
-        store = VersionedVectorStore(settings.data_dir, settings.store_options)
-        stack.callback(store.close)
-        if store.ensure_broker_incarnation(incarnation):
-            say("the broker changed since the last run: source offsets reset, entity state kept")
-        metrics = Metrics()
-        await _sample_status(metrics, stack)
+        store, metrics = runtime.store, runtime.metrics
         worker = (ScaleOutWorker if settings.scale_out else StreamWorker)(settings, store, metrics)
-        started_at = time.monotonic()
-        registry = EncoderRegistry(settings.registry)
-        context = ApiContext(
-            store=store,
-            metrics=metrics,
-            registry=registry,
-            token=settings.api_token,
-            backup_root=settings.backup_dir,
-            body_timeout_s=settings.http_body_timeout_s,
-            admin_allowed=bool(settings.api_token) or settings.api_host in ("127.0.0.1", "localhost", "::1"),
-            readiness=worker.readiness,
-            indexes_pending=bool(settings.index_versions),
-            health=lambda: {
-                "assigned_partitions": worker.assigned,
-                **({"scale_out": metrics.scale_out()} if metrics.scale_out is not None else {}),
-                **(
-                    {"item_indexes": {str(v): asdict(i) for v, i in metrics.item_indexes().items()}}
-                    if metrics.item_indexes is not None
-                    else {}
-                ),
-                "events_consumed": metrics.events_consumed,
-                "uptime_s": round(time.monotonic() - started_at, 1),
-            },
-        )
+        holder.append(worker)
         limits = HttpLimits(
             settings.http_header_timeout_s, settings.http_body_timeout_s, settings.http_max_connections
         )
-        http = HttpServer(create_app(context), settings.api_host, settings.api_port, limits)
+        http = HttpServer(create_app(runtime.context), settings.api_host, settings.api_port, limits)
         await http.start()  # before any long step, so a port in use fails at once
         stack.push_async_callback(http.stop)
         say(f"lookup API on http://{settings.api_host}:{settings.api_port}")
         # The producer connects while the encoder loads (or version 1 trains); the group is
         # joined only once the worker can apply events (GET /readyz says which step it is at).
         stack.push_async_callback(worker.stop)
-        _, serving = await asyncio.gather(
-            worker.start(), asyncio.to_thread(prepare_registry, registry, settings, store)
-        )
-        worker_id = worker_identity(store)
-        indexes = _item_indexes(settings, store, registry) if settings.index_versions else None
-        controller = RolloutController(
-            registry, store, worker_id, settings.user_window, indexes, settings.retained_versions
-        )
+        _, serving = await asyncio.gather(worker.start(), runtime.load())
         assert worker.producer is not None
-        plane = RolloutPlane(
-            controller,
-            settings.broker_servers,
-            settings.control_topic,
-            worker.producer,
-            backfill_rate=settings.backfill_rate or None,
-            client_options=settings.kafka_security.aiokafka(),
-            codec=ControlCodec(settings.control_key),
-            metrics=metrics,
-        )
-        await plane.start(serving, override=settings.encoder_version is not None)
-        stack.push_async_callback(plane.stop)
-        await _keep_serving_cache_warm(store, stack)
-        if indexes is not None:
-            await _keep_indexes_tracking(indexes, controller, stack)
-            context.popular = PopularItems(store)
-            await _keep_popular_fresh(context.popular, stack)
-            context.item_indexes = indexes
-            metrics.item_indexes = indexes.status
-        context.controller = controller
-        encoder = controller.serving_encoder
-        assert encoder is not None
-        say(f"serving version {encoder.version} (dim {encoder.dim}, sha256 verified)")
-        shared: dict[str, Any] = {
-            "updates_topic": settings.updates_topic,
-            "dlq_topic": settings.dlq_topic,
-            "user_window": settings.user_window,
-            "max_future_skew_ms": settings.max_future_skew_ms,
-            "max_event_bytes": settings.max_event_bytes,
-            "updates_format": settings.updates_format,
-        }
+        controller = await runtime.serve(serving, worker.producer)
         consuming: Awaitable[None]
         if isinstance(worker, ScaleOutWorker):
             partitioned = PartitionedRefresher(
@@ -377,14 +98,12 @@ async def run_service(
                 controller.refresh_encoders,
                 topic=settings.topic,
                 partitions=worker.partitions,
-                **shared,
+                **runtime.refresher_options(),
             )
             await worker.attach(partitioned, stop)
-            consuming = worker.run(stop, partitioned, plane)
+            consuming = worker.run(stop, partitioned, runtime.plane)
         else:
-            consuming = worker.run(
-                stop, EmbeddingRefresher(store, controller.refresh_encoders, **shared), plane
-            )
+            consuming = worker.run(stop, runtime.refresher(), runtime.plane)
         service = RunningService(settings, store, worker, metrics, controller)
         say(f"worker consuming {settings.topic!r} from {settings.broker} as group {settings.group_id!r}")
         if on_ready is not None:
