@@ -1,11 +1,19 @@
 """The API application: its routes (one module per group), the token check, the body's time
-limit, and errors answered as JSON with the status :mod:`stream.api.errors` gives them."""
+limit, and errors answered as JSON with the status :mod:`stream.api.errors` gives them.
+
+:func:`add_api` puts the routes on any aiohttp application: ours (:func:`create_app`), or a
+host's, such as a faust app's web server (:mod:`stream.integrations.faust`). Each route
+carries its own guard (token, body time limit, errors), so a host's other routes are left as
+they are.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -17,12 +25,13 @@ from stream.api.embeddings import MAX_BATCH_IDS
 from stream.api.errors import ApiError, api_error
 from stream.api.openapi import openapi_document
 
-__all__ = ["MAX_BATCH_IDS", "MAX_BODY_BYTES", "ApiContext", "ApiError", "create_app"]
+__all__ = ["MAX_BATCH_IDS", "MAX_BODY_BYTES", "ApiContext", "ApiError", "add_api", "create_app"]
 
 log = logging.getLogger("embstream.api")
 
 MAX_BODY_BYTES = 4 << 20
 _DOCUMENT = web.AppKey("embstream_openapi", bytes)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _authorized(request: web.Request, token: str) -> bool:
@@ -42,8 +51,7 @@ def _answer(error: ApiError) -> web.Response:
     return json_response({"error": error.code, "message": error.message}, status=error.status)
 
 
-@web.middleware
-async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
     context = context_of(request)
     if context.token and request.path not in status.OPEN_PATHS and not _authorized(request, context.token):
         context.metrics.unauthorized += 1
@@ -74,12 +82,27 @@ async def _openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[_DOCUMENT], headers=JSON_HEADERS)
 
 
-def create_app(context: ApiContext) -> web.Application:
-    """The aiohttp application serving ``context``'s store."""
-    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
+def _guarded(handler: Handler) -> Handler:
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        return await _guard(request, handler)
+
+    return guarded
+
+
+def add_api(app: web.Application, context: ApiContext) -> None:
+    """Serve ``context``'s store on ``app``: every route of the API, each guarded."""
     app[CONTEXT_KEY] = context
     app[_DOCUMENT] = orjson.dumps(openapi_document(MAX_BATCH_IDS, MAX_BODY_BYTES))
     for group in (embeddings, recommendations, admin, status):
-        app.add_routes(group.ROUTES)
-    app.router.add_get("/openapi.json", _openapi)
+        for route in group.ROUTES:
+            assert isinstance(route, web.RouteDef)
+            app.router.add_route(route.method, route.path, _guarded(route.handler), **route.kwargs)
+    app.router.add_get("/openapi.json", _guarded(_openapi))
+
+
+def create_app(context: ApiContext) -> web.Application:
+    """The aiohttp application serving ``context``'s store."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    add_api(app, context)
     return app

@@ -87,6 +87,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+    loop.close()
     indexes.stop()
     store.close()
 
