@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import pytest
 
 from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
+from models.synthetic import SyntheticWorld
+from models.versioning import VersionRequest, train_version
 from stream.kafka.broker import EmbeddedBroker, free_port
 
 
@@ -34,6 +37,20 @@ def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry holding version 1 of the default encoder (trained once per session)."""
     root = tmp_path_factory.mktemp("registry")
     ensure_default_encoder(EncoderRegistry(root), seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def swap_registry(trained_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """v1 (the default encoder), v2 (bc-aligner child of v1), v3 (no aligner: fails the gate)."""
+    root = tmp_path_factory.mktemp("swap") / "registry"
+    shutil.copytree(trained_registry, root)
+    registry = EncoderRegistry(root)
+    world = SyntheticWorld(seed=0)
+    events = world.events(12_000, start_ms=1_767_000_000_000, span_ms=86_400_000, seed=5)
+    _, report = train_version(registry, events, VersionRequest(method="bc-aligner", epochs=1, seed=1))
+    assert report["swappable"], report["consumer_change_pct"]
+    train_version(registry, events, VersionRequest(method="none", epochs=1, seed=2))
     return root
 
 

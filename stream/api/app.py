@@ -90,9 +90,11 @@ def _guarded(handler: Handler) -> Handler:
     return guarded
 
 
-def add_api(app: web.Application, context: ApiContext) -> None:
-    """Serve ``context``'s store on ``app``: every route of the API, each guarded."""
-    app[CONTEXT_KEY] = context
+def add_api(app: web.Application, context: ApiContext | None) -> None:
+    """Serve ``context``'s store on ``app``: every route of the API, each guarded. A host
+    that opens the store later passes ``None`` and sets ``app[CONTEXT_KEY]`` before serving."""
+    if context is not None:
+        app[CONTEXT_KEY] = context
     app[_DOCUMENT] = orjson.dumps(openapi_document(MAX_BATCH_IDS, MAX_BODY_BYTES))
     for group in (embeddings, recommendations, admin, status):
         for route in group.ROUTES:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Protocol
 
@@ -20,12 +21,20 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 
 from store.vector_store import VersionedVectorStore
 from stream.ingest.outbox import decode_outbox
+from stream.ingest.records import SourceRecord
 from stream.ingest.refresher import EmbeddingRefresher
 from stream.kafka.clients import group_consumer, publish, worker_producer
 from stream.metrics import Metrics
 from stream.settings import Settings
 
-__all__ = ["BetweenBatches", "StreamWorker", "consumer_of", "flush_pending_outbox", "producer_of"]
+__all__ = [
+    "BetweenBatches",
+    "StreamWorker",
+    "apply_records",
+    "consumer_of",
+    "flush_pending_outbox",
+    "producer_of",
+]
 
 log = logging.getLogger("embstream.worker")
 
@@ -64,6 +73,26 @@ async def flush_pending_outbox(store: VersionedVectorStore, producer: AIOKafkaPr
         log.info("re-sending %d outgoing messages from the previous run", len(messages))
         await publish(producer, messages)
         store.clear_outbox()
+
+
+async def apply_records(
+    records: Sequence[SourceRecord],
+    refresher: EmbeddingRefresher,
+    executor: Executor,
+    producer: AIOKafkaProducer,
+    metrics: Metrics,
+) -> None:
+    """Apply consumed ``records`` through the write path on ``executor``'s thread (so the
+    event loop keeps answering), then send what the batch committed to its outbox (update
+    messages, dead letters) and clear it. The one way a consumer, ours or a host's (a faust
+    agent), hands records over; once it returns, they may be acknowledged."""
+    loop = asyncio.get_running_loop()
+    for batch in refresher.plan(records):  # one, unless the last run died mid-batch
+        outcome = await loop.run_in_executor(executor, refresher.process, batch)
+        metrics.count(outcome)
+        if outcome.outbox:
+            await publish(producer, outcome.outbox)
+            refresher.store.clear_outbox()
 
 
 class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -153,12 +182,7 @@ class StreamWorker:
                 records = [record for messages in fetched.values() for record in messages]
                 if len(records) >= self.settings.batch_max_records:
                     ahead = asyncio.ensure_future(self._fetch())
-                for batch in refresher.plan(records):  # one, unless the last run died mid-batch
-                    outcome = await loop.run_in_executor(self._executor, refresher.process, batch)
-                    self.metrics.count(outcome)
-                    if outcome.outbox:
-                        await publish(self.producer, outcome.outbox)
-                        self.store.clear_outbox()
+                await apply_records(records, refresher, self._executor, self.producer, self.metrics)
                 await self._commit_to_kafka(fetched)
         finally:
             if ahead is not None:  # fetched, never applied: read again from the stored offsets

@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 
 from models.registry import EncoderRegistry
-from models.synthetic import SyntheticWorld
-from models.versioning import VersionRequest, train_version
 from stream.cli.swap import read_rollout
 from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.producer import send_records
@@ -24,20 +22,6 @@ from tests.conftest import WorkerProcess, http_json, wait_until
 from tests.faults.streams import vectors_match_states
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def swap_registry(trained_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """v1 (the default encoder), v2 (bc-aligner child of v1), v3 (no aligner: fails the gate)."""
-    root = tmp_path_factory.mktemp("swap") / "registry"
-    shutil.copytree(trained_registry, root)
-    registry = EncoderRegistry(root)
-    world = SyntheticWorld(seed=0)
-    events = world.events(12_000, start_ms=1_767_000_000_000, span_ms=86_400_000, seed=5)
-    _, report = train_version(registry, events, VersionRequest(method="bc-aligner", epochs=1, seed=1))
-    assert report["swappable"], report["consumer_change_pct"]
-    train_version(registry, events, VersionRequest(method="none", epochs=1, seed=2))
-    return root
 
 
 def _swap(
