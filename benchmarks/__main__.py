@@ -9,7 +9,9 @@ Every section but storage runs in each world (``--world both``, the default, or 
 them): the small synthetic world (2,000 users, 5,000 items) and the world of real
 cardinality (1,000,000 users, 100,000 items, Zipf-like activity; ``models.synthetic.WORLDS``).
 Sections, in order: ``ingest`` (our worker) and ``peers`` (raw aiokafka, faust, Quix
-Streams) on the same pre-produced events; ``freshness`` against load (with its plot);
+Streams) on the same pre-produced events; ``faust`` (our worker, a no-op faust agent and a
+faust app with embstream attached, on the same events; included in ``peers``);
+``freshness`` against load (with its plot);
 ``lookups`` (HTTP single and batch, binary and JSON, with Redis as the peer; 200,000 users
 read uniformly, or 1,000,000 read with the real world's skew); ``backfill`` (entities
 re-encoded per second, on a store filled with the world's events); then ``storage`` (bytes
@@ -41,7 +43,9 @@ from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
 from stream.kafka.broker import EmbeddedBroker
 
-SECTIONS = ("ingest", "peers", "freshness", "lookups", "backfill", "storage")
+SECTIONS = ("ingest", "peers", "faust", "freshness", "lookups", "backfill", "storage")
+#: ``faust``: embstream inside a faust app, beside a no-op faust agent and our worker.
+FAUST_PEERS = {"faust-noop", "faust-embstream"}
 RESULTS = Path("benchmarks/results")
 
 
@@ -63,7 +67,7 @@ def _stream_sections(args: argparse.Namespace, world: str, work: Path, chosen: s
         results["produce_seconds"] = round(
             produce_events(broker.bootstrap, topic, args.events, args.partitions, world), 2
         )
-        if "ingest" in chosen:
+        if chosen & {"ingest", "faust"}:
             _say("ingest: our worker")
             results["ingest"] = run_ingest(
                 broker.bootstrap, topic, args.events, partitions=args.partitions, registry=registry,
@@ -76,6 +80,12 @@ def _stream_sections(args: argparse.Namespace, world: str, work: Path, chosen: s
                 broker.bootstrap, topic, args.events, partitions=args.partitions, registry=registry,
                 work_dir=work / "peers", time_budget_s=args.peer_budget, torch_threads=1,
             )  # fmt: skip
+        elif "faust" in chosen:
+            _say("faust: a no-op faust agent and a faust app with embstream (each in its own process)")
+            results["peers"] = run_peers(
+                broker.bootstrap, topic, args.events, partitions=args.partitions, registry=registry,
+                work_dir=work / "peers", time_budget_s=args.peer_budget, torch_threads=1, only=FAUST_PEERS,
+            )  # fmt: skip
     return results
 
 
@@ -83,7 +93,14 @@ def _ratios(results: dict[str, Any]) -> dict[str, float]:
     ours = results.get("ingest", {}).get("events_per_second")
     peers = results.get("peers", {})
     ratios = {}
-    for name in ("raw-aiokafka", "faust-naive", "faust-noop", "quix-stateful", "quix-stateful+encode"):
+    for name in (
+        "raw-aiokafka",
+        "faust-naive",
+        "faust-noop",
+        "faust-embstream",
+        "quix-stateful",
+        "quix-stateful+encode",
+    ):
         theirs = peers.get(name, {}).get("events_per_second")
         if ours and theirs:
             ratios[f"embstream / {name}"] = round(ours / theirs, 2)
@@ -132,7 +149,7 @@ def _summary(results: dict[str, Any]) -> str:
 def _world_sections(args: argparse.Namespace, world: str, work: Path, chosen: set[str]) -> dict[str, Any]:
     """Every section but storage on the events (or the population) of one world."""
     results: dict[str, Any] = {}
-    if chosen & {"ingest", "peers"}:
+    if chosen & {"ingest", "peers", "faust"}:
         results.update(_stream_sections(args, world, work, chosen))
         results["ratios"] = _ratios(results)
     if "freshness" in chosen:

@@ -11,6 +11,9 @@ Peers (``--only`` takes a comma-separated subset):
 
 - ``raw-aiokafka``: ``getmany`` plus ``orjson.loads`` of each value, nothing else (the ceiling).
 - ``faust-noop``: a faust agent iterating the stream event by event and counting.
+- ``faust-embstream``: a faust app with embstream attached (``stream.integrations.faust``):
+  its agent applies batches through our write path (state, vectors, offsets in RocksDB),
+  acknowledging them after the commit; the app's own work beside it is nothing.
 - ``faust-naive``: a faust agent doing our worker's work per event, naively: parse, update the
   user and item state in faust tables, encode that user and that item at batch size 1, write
   both vectors to faust tables.
@@ -56,6 +59,7 @@ __all__ = ["PEERS", "main", "run_peers"]
 PEERS = (
     "raw-aiokafka",
     "faust-noop",
+    "faust-embstream",
     "faust-naive",
     "quix-noop",
     "quix-stateful",
@@ -322,6 +326,42 @@ def run_faust(job: PeerJob, naive: bool) -> None:
     Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
 
+def run_faust_embstream(job: PeerJob) -> None:
+    """A faust app with embstream attached: events are counted as its agent applies them."""
+    from faust.worker import Worker
+
+    from stream.integrations.faust import attach
+
+    app = _faust_app(job, store="memory://")
+    app.conf.web_enabled = False  # the API is not measured here
+    budget = EventBudget(job.events, job.time_budget_s)
+    refresher = attach(
+        app,
+        topic=job.topic,
+        data_dir=job.work_dir / "data",
+        registry=job.registry,
+        updates_topic=f"{job.topic}.faust-updates",
+        control_topic=f"{job.topic}.faust-control",
+        torch_threads=job.torch_threads or torch.get_num_threads(),
+    )
+    applying = refresher.apply
+
+    async def counted(messages: list[Any]) -> None:
+        budget.start_once()
+        await applying(messages)
+        if budget.add(len(messages)):
+            _stop_faust_when_done(job, budget)
+
+    refresher.apply = counted  # type: ignore[method-assign]
+
+    @app.timer(1.0)
+    async def watch_budget() -> None:
+        if budget.done() and not job.result_path.exists():
+            _stop_faust_when_done(job, budget)
+
+    Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+
 # --- Quix Streams ------------------------------------------------------------------------------
 
 
@@ -403,6 +443,7 @@ def run_child(job: PeerJob) -> None:
         "raw-aiokafka": lambda: run_raw_aiokafka(job),
         "faust-noop": lambda: run_faust(job, naive=False),
         "faust-naive": lambda: run_faust(job, naive=True),
+        "faust-embstream": lambda: run_faust_embstream(job),
         "quix-noop": lambda: run_quix(job, stateful=False, encode=False, exactly_once=False),
         "quix-stateful": lambda: run_quix(job, stateful=True, encode=False, exactly_once=False),
         "quix-stateful+encode": lambda: run_quix(job, stateful=True, encode=True, exactly_once=False),
