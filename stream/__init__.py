@@ -9,7 +9,9 @@ Rooms, each with one role:
 - ``api``: the HTTP API, one module per group of routes, its OpenAPI document and server;
 - ``kafka``: the embedded broker, topics, connection security, clients, the producer;
 - ``cli``: the ``embstream`` command, one module per group of verbs;
-- ``settings``, ``metrics``, ``service`` (putting a worker together), ``console``, ``errors``;
+- ``integrations``: embstream inside other stream processors' apps (a faust app's agent);
+- ``settings``, ``metrics``, ``runtime`` (what every way of running a worker shares),
+  ``service`` (the ``embstream run`` process), ``console``, ``errors``;
 - ``client``: the Python client of the API (:class:`stream.client.Client`).
 
 The names below are imported on first use, so ``from stream.client import Client`` loads
