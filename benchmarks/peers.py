@@ -346,11 +346,12 @@ def run_faust_embstream(job: PeerJob) -> None:
     )
     applying = refresher.apply
 
-    async def counted(messages: list[Any]) -> None:
+    async def counted(messages: list[Any]) -> bool:
         budget.start_once()
-        await applying(messages)
+        applied = await applying(messages)
         if budget.add(len(messages)):
             _stop_faust_when_done(job, budget)
+        return applied
 
     refresher.apply = counted  # type: ignore[method-assign]
 

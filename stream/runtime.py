@@ -253,15 +253,14 @@ def fewer_collections() -> Iterator[None]:
         gc.set_threshold(*before)
 
 
-async def ensure_worker_topics(settings: Settings, *, with_interactions: bool = True) -> None:
+async def ensure_worker_topics(settings: Settings) -> None:
     """Create the topics a worker reads and writes that do not exist yet."""
     topics = {
+        settings.topic: settings.partitions,
         settings.dlq_topic: 1,
         settings.updates_topic: settings.partitions,
         settings.control_topic: 1,
     }
-    if with_interactions:
-        topics[settings.topic] = settings.partitions
     if settings.scale_out:
         topics.update(scale_out_topics(settings.topic, settings.partitions))
     await asyncio.to_thread(

@@ -45,8 +45,9 @@ async def run_service(
 ) -> None:
     """Run broker (if embedded), worker and API until ``stop`` is set, then shut down in order.
 
-    ``on_ready`` is called once the worker has started; a callable it returns runs first at
-    shutdown (before the worker, the API and the broker stop).
+    ``on_ready`` is called once the worker is set up to consume (its encoder loaded, just
+    before it joins its group); a callable it returns runs first at shutdown (before the
+    worker, the API and the broker stop).
     """
     torch.set_num_threads(settings.torch_threads)
     async with AsyncExitStack() as stack:

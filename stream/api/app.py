@@ -99,7 +99,10 @@ def add_api(app: web.Application, context: ApiContext | None) -> None:
     for group in (embeddings, recommendations, admin, status):
         for route in group.ROUTES:
             assert isinstance(route, web.RouteDef)
-            app.router.add_route(route.method, route.path, _guarded(route.handler), **route.kwargs)
+            if route.method == "GET":  # as RouteTableDef registers it: HEAD answered too
+                app.router.add_get(route.path, _guarded(route.handler), **route.kwargs)
+            else:
+                app.router.add_route(route.method, route.path, _guarded(route.handler), **route.kwargs)
     app.router.add_get("/openapi.json", _guarded(_openapi))
 
 

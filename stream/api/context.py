@@ -40,6 +40,8 @@ class ApiContext:
     #: set up yet while ``indexes_pending``: the routes answer 503 meanwhile, not 404).
     item_indexes: ItemIndexes | None = None
     indexes_pending: bool = False
+    #: The serving version's index was built once: readiness no longer waits for one.
+    indexes_were_ready: bool = False
     #: The most popular items, answered to users with no vector (``None``: no fallback).
     popular: PopularItems | None = None
     #: A request body must arrive within this many seconds (else 408 ``body_timeout``).

@@ -70,7 +70,10 @@ async def healthz(request: web.Request) -> web.Response:
 def readiness(context: ApiContext) -> tuple[bool, str]:
     """Whether this node can take traffic, and why not: its serving encoder is loaded, its
     consumer applies events (joined its group; a scale-out replica caught up), and the item
-    index of the serving version is built (when indexes are on)."""
+    index of the serving version is built (when indexes are on). The index counts at start
+    only: after a swap, every worker builds the new version's index at once, and lookups
+    must not leave every load balancer together meanwhile (recommendations of a version
+    whose index is building answer 503 on their own)."""
     controller = context.controller
     if controller is None or controller.serving_encoder is None:
         return False, "starting: loading the serving encoder"
@@ -82,10 +85,12 @@ def readiness(context: ApiContext) -> tuple[bool, str]:
         if context.indexes_pending:
             return False, "starting: setting up the item indexes"
         return True, "serving"
-    serving = context.store.serving_version
-    status = context.item_indexes.status().get(serving) if serving is not None else None
-    if status is None or status.building:
-        return False, f"building the item index of version {serving}"
+    if not context.indexes_were_ready:
+        serving = context.store.serving_version
+        status = context.item_indexes.status().get(serving) if serving is not None else None
+        if serving is None or status is None or status.building:
+            return False, f"starting: building the item index of version {serving or '(none yet)'}"
+        context.indexes_were_ready = True
     return True, "serving"
 
 

@@ -6,17 +6,16 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from stream.client.answers import Embedding, Embeddings, Recommendation, RecommendationBatch, response_error
+from stream.client.answers import Embedding, Embeddings, Recommendation, RecommendationBatch
 from stream.client.calls import (
+    Attempts,
     Call,
     ClientBase,
     Fallback,
     Kind,
     Steps,
-    attempts,
     backup_steps,
     document_steps,
-    failed,
     get_many_steps,
     get_steps,
     recommend_many_steps,
@@ -104,9 +103,9 @@ class AsyncClient(ClientBase):
 
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        waits = attempts(self, call)
+        attempt = Attempts(self, call)
         timeout = aiohttp.ClientTimeout(total=call.timeout_s or self.timeout_s)
-        url = f"{self.scheme}://{self.host}:{self.port}{call.target(self.prefix)}"
+        url = f"{self.origin}{call.target(self.prefix)}"
         while True:
             try:
                 async with self._session.request(
@@ -114,14 +113,9 @@ class AsyncClient(ClientBase):
                 ) as response:
                     status, body, reason = response.status, await response.read(), response.reason or ""
             except (aiohttp.ClientError, OSError, TimeoutError) as error:
-                wait = next(waits, None)
-                if wait is None:
-                    raise failed(self, call, error) from None
-                await asyncio.sleep(wait)
+                await asyncio.sleep(attempt.after_failure(error))
                 continue
-            if status == 200:
-                return body  # type: ignore[no-any-return]
-            wait = next(waits, None) if status == 503 else None
+            wait = attempt.after_answer(status, body, reason)
             if wait is None:
-                raise response_error(status, body, reason)
+                return body  # type: ignore[no-any-return]
             await asyncio.sleep(wait)

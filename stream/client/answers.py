@@ -92,7 +92,8 @@ class UnavailableError(ResponseError):
 
 
 class IndexBuildingError(UnavailableError):
-    """503 ``index_building``: the item index of the version asked for is still being built."""
+    """503 ``index_building``: the item index of the version asked for is still being built,
+    or the worker is starting and has not set its indexes up yet."""
 
 
 class ServerError(ResponseError):
@@ -174,8 +175,8 @@ class Recommendation:
 
     user_id: str
     version: int
-    items: list[RecommendedItem]
     user_vector: str  # native, forward, aligned, or none (the popular fallback)
+    items: list[RecommendedItem]
     excluded_seen: int
     fallback: str | None  # "popular" when the user had no vector
 

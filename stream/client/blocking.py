@@ -8,17 +8,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from stream.client.answers import Embedding, Embeddings, Recommendation, RecommendationBatch, response_error
+from stream.client.answers import Embedding, Embeddings, Recommendation, RecommendationBatch
 from stream.client.calls import (
+    Attempts,
     Call,
     ClientBase,
     Fallback,
     Kind,
     Steps,
-    attempts,
     backup_steps,
     document_steps,
-    failed,
     get_many_steps,
     get_steps,
     recommend_many_steps,
@@ -118,25 +117,23 @@ class Client(ClientBase):
             return done.value
 
     def _send(self, call: Call) -> bytes:
-        waits = attempts(self, call)
+        attempt = Attempts(self, call)
         while True:
             try:
                 status, body, reason = self._exchange(call, call.timeout_s or self.timeout_s)
             except (OSError, http.client.HTTPException) as error:
-                wait = next(waits, None)
-                if wait is None:
-                    raise failed(self, call, error) from None
-                time.sleep(wait)
+                time.sleep(attempt.after_failure(error))
                 continue
-            if status == 200:
-                return body
-            wait = next(waits, None) if status == 503 else None
+            wait = attempt.after_answer(status, body, reason)
             if wait is None:
-                raise response_error(status, body, reason)
+                return body
             time.sleep(wait)
 
     def _exchange(self, call: Call, timeout_s: float) -> tuple[int, bytes, str]:
         with self._lock:
+            if not call.retry and self._connection is not None:  # sent once: never on a stale one
+                self._connection.close()
+                self._connection = None
             reused = self._connection is not None
             while True:
                 connection = self._connection or self._connect()
@@ -149,11 +146,11 @@ class Client(ClientBase):
                     )
                     response = connection.getresponse()
                     body = response.read()
-                except (OSError, http.client.HTTPException):
+                except (OSError, http.client.HTTPException) as error:
                     connection.close()
                     self._connection = None
-                    if reused:  # the server closed the kept-alive connection: reconnect once
-                        reused = False
+                    if reused and not isinstance(error, TimeoutError):  # the server closed the
+                        reused = False  # kept-alive connection meanwhile: send it once more
                         continue
                     raise
                 self._connection = None if response.will_close else connection

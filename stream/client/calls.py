@@ -14,6 +14,7 @@ import orjson
 
 from stream.api.vector_format import VECTORS_MEDIA_TYPE
 from stream.client.answers import (
+    BadAnswerError,
     ConnectionFailedError,
     Embeddings,
     Recommendation,
@@ -23,20 +24,21 @@ from stream.client.answers import (
     read_embeddings,
     read_json,
     read_recommendation,
+    response_error,
 )
 
 __all__ = [
     "BATCH_IDS",
     "BATCH_USERS",
+    "BODY_BUDGET",
+    "Attempts",
     "Call",
     "ClientBase",
     "Fallback",
     "Kind",
     "Steps",
-    "attempts",
     "backup_steps",
     "document_steps",
-    "failed",
     "get_many_steps",
     "get_steps",
     "recommend_many_steps",
@@ -120,9 +122,25 @@ def _recommend_batch_call(
     return Call("POST", "/v1/recommendations/batch", {}, orjson.dumps(body))
 
 
+#: A split request's body stays below this (the API refuses bodies over 4 MiB).
+BODY_BUDGET = 3 << 20
+
+
 def _chunks(values: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, max(len(values), 1), size):
-        yield values[start : start + size]
+    """``values`` in requests of at most ``size`` ids and :data:`BODY_BUDGET` bytes of JSON
+    (one empty request for no ids)."""
+    if sum(map(len, values)) * 6 + 4 * len(values) < BODY_BUDGET:  # escaped, each char is <= 6 bytes
+        for start in range(0, max(len(values), 1), size):
+            yield values[start : start + size]
+        return
+    start, used = 0, 0
+    for end, value in enumerate(values):
+        cost = len(orjson.dumps(value)) + 1
+        if end > start and (end - start >= size or used + cost > BODY_BUDGET):
+            yield values[start:end]
+            start, used = end, 0
+        used += cost
+    yield values[start:]
 
 
 def _delays(retries: int, backoff_s: float, cap_s: float = 5.0) -> Iterator[float]:
@@ -147,7 +165,9 @@ class ClientBase:
         if retries < 0 or backoff_s < 0 or timeout_s <= 0:
             raise ValueError("retries and backoff_s must be >= 0, timeout_s > 0")
         self.scheme, self.host, self.port, self.prefix = _split_base(base_url)
-        self.base_url = f"{self.scheme}://{self.host}:{self.port}{self.prefix}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
+        self.origin = f"{self.scheme}://{host}:{self.port}"
+        self.base_url = f"{self.origin}{self.prefix}"
         self.token, self.timeout_s, self.retries, self.backoff_s = token, timeout_s, retries, backoff_s
 
     def __repr__(self) -> str:
@@ -185,8 +205,13 @@ def recommend_many_steps(
     results: list[Recommendation | None] = []
     for chunk in _chunks(user_ids, BATCH_USERS):
         data = read_json((yield _recommend_batch_call(chunk, k, version, exclude_seen, fallback)))
-        version = int(data["version"])
-        results.extend(read_recommendation(entry) for entry in data["results"])
+        try:
+            version, entries = int(data["version"]), list(data["results"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise BadAnswerError(f"not a batch of recommendations: {error!r}") from None
+        if len(entries) != len(chunk):
+            raise BadAnswerError(f"{len(entries)} recommendations for {len(chunk)} users")
+        results.extend(read_recommendation(entry) for entry in entries)  # the rest at this version
     assert version is not None
     return RecommendationBatch(version, results)
 
@@ -200,11 +225,31 @@ def backup_steps(directory: str, timeout_s: float) -> Steps:
     return read_json((yield Call("POST", "/v1/admin/backup", {}, body, retry=False, timeout_s=timeout_s)))
 
 
-def attempts(client: ClientBase, call: Call) -> Iterator[float]:
-    """The waits before each retry of ``call`` (none for a call that may change something)."""
-    return _delays(client.retries if call.retry else 0, client.backoff_s)
+class Attempts:
+    """How one call goes, whichever transport sends it: what to make of each answer or
+    failure, and how long to wait before trying again (never, for a call that may change
+    something)."""
 
+    def __init__(self, client: ClientBase, call: Call) -> None:
+        self.client, self.call = client, call
+        self._waits = _delays(client.retries if call.retry else 0, client.backoff_s)
 
-def failed(client: ClientBase, call: Call, error: BaseException) -> ConnectionFailedError:
-    text = str(error) or type(error).__name__
-    return ConnectionFailedError(f"{call.method} {client.base_url}{call.path}: {text}")
+    def after_answer(self, status: int, body: bytes, reason: str) -> float | None:
+        """``None``: ``body`` is the answer (a 200). Else the wait before trying again (a 503,
+        while retries remain); any other answer raises its error."""
+        if status == 200:
+            return None
+        wait = next(self._waits, None) if status == 503 else None
+        if wait is None:
+            raise response_error(status, body, reason)
+        return wait
+
+    def after_failure(self, error: BaseException) -> float:
+        """The wait before trying again after a failed connection, or
+        :class:`ConnectionFailedError` once retries are spent."""
+        wait = next(self._waits, None)
+        if wait is None:
+            text = str(error) or type(error).__name__
+            where = f"{self.call.method} {self.client.base_url}{self.call.path}"
+            raise ConnectionFailedError(f"{where}: {text}") from None
+        return wait

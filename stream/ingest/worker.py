@@ -33,6 +33,7 @@ __all__ = [
     "apply_records",
     "consumer_of",
     "flush_pending_outbox",
+    "group_readiness",
     "producer_of",
 ]
 
@@ -73,6 +74,12 @@ async def flush_pending_outbox(store: VersionedVectorStore, producer: AIOKafkaPr
         log.info("re-sending %d outgoing messages from the previous run", len(messages))
         await publish(producer, messages)
         store.clear_outbox()
+
+
+def group_readiness(joined: bool) -> tuple[bool, str]:
+    """A group consumer's part of ``/readyz``: it applies events once the group assigned it
+    partitions (possibly none)."""
+    return (True, "consuming") if joined else (False, "starting: joining the consumer group")
 
 
 async def apply_records(
@@ -149,7 +156,7 @@ class StreamWorker:
 
     def readiness(self) -> tuple[bool, str]:
         """Whether the worker applies events (``GET /readyz`` reads it)."""
-        return (True, "consuming") if self.joined else (False, "starting: joining the consumer group")
+        return group_readiness(self.joined)
 
     async def run(
         self, stop: asyncio.Event, refresher: EmbeddingRefresher, between: BetweenBatches | None = None

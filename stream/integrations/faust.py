@@ -47,7 +47,7 @@ from stream.api.context import CONTEXT_KEY
 from stream.console import say
 from stream.ingest.records import ConsumedRecord
 from stream.ingest.refresher import EmbeddingRefresher
-from stream.ingest.worker import apply_records, flush_pending_outbox, producer_of
+from stream.ingest.worker import apply_records, flush_pending_outbox, group_readiness, producer_of
 from stream.runtime import Runtime, ensure_worker_topics, fewer_collections
 from stream.settings import Settings, SettingsError
 
@@ -70,12 +70,15 @@ def attach(
     ``index_versions``, ``batch_max_records``, ...) over the ``EMBSTREAM_*`` environment; the
     broker is the app's. Call it where the app is defined, before the worker starts.
     """
-    if settings.get("scale_out"):
-        raise SettingsError("scale-out runs with embstream run only: a faust app is one worker per group")
     brokers = ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
     chosen = Settings.from_env().with_overrides(
         topic=topic, data_dir=data_dir, registry=registry, broker=brokers, **settings
     )
+    if chosen.scale_out:
+        raise SettingsError(
+            "scale-out (EMBSTREAM_SCALE_OUT) runs with embstream run only: a faust app hosts one "
+            "refresher per app id"
+        )
     with warnings.catch_warnings():  # faust warns of a setting written after it was read: here, by us
         warnings.simplefilter("ignore", AlreadyConfiguredWarning)
         options = dict(app.conf.web_application_options or {})
@@ -133,12 +136,14 @@ class FaustRefresher(Service):  # type: ignore[misc]
         say(f"refreshing embeddings from {settings.topic!r} inside faust app {self.app.conf.id!r}")
 
     async def on_stop(self) -> None:
-        async with self._batch:  # a control step in progress finishes first
+        async with self._batch:  # no batch or control step starts any more
+            # A batch whose agent faust cancelled still runs on the refresh thread: let it
+            # commit before the store closes.
+            await asyncio.to_thread(self._executor.shutdown, True)
             await self._stack.aclose()
-        self._executor.shutdown(wait=True)
 
     def readiness(self) -> tuple[bool, str]:
-        return (True, "consuming") if self.joined else (False, "starting: joining the consumer group")
+        return group_readiness(self.joined)
 
     async def on_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         assigned: set[Any] = args[0] if args else kwargs["assigned"]
@@ -153,7 +158,8 @@ class FaustRefresher(Service):  # type: ignore[misc]
             settings.batch_max_records, within=settings.batch_max_wait_ms / 1000
         ):
             try:
-                await self.apply([event.message for event in events])
+                if not await self.apply([event.message for event in events]):
+                    return
             except Exception as error:  # the stream cannot go on past a batch it did not apply
                 log.exception("a batch was not applied: stopping the faust worker")
                 await self.app.crash(error)
@@ -161,15 +167,19 @@ class FaustRefresher(Service):  # type: ignore[misc]
             for event in events:
                 await stream.ack(event)
 
-    async def apply(self, messages: list[Any]) -> None:
-        """Apply faust's ``messages`` (raw keys and values) through the one write path."""
+    async def apply(self, messages: list[Any]) -> bool:
+        """Apply faust's ``messages`` (raw keys and values) through the one write path; False
+        when stopping (nothing applied: acknowledge nothing)."""
         records = [
             ConsumedRecord(m.topic, m.partition, m.offset, m.key, m.value, round(m.timestamp * 1000))
             for m in messages
         ]
         assert self.refresher is not None and self.producer is not None and self.runtime is not None
         async with self._batch:
+            if self.should_stop:  # stopping: never after the store closed (redelivered instead)
+                return False
             await apply_records(records, self.refresher, self._executor, self.producer, self.runtime.metrics)
+        return True
 
     @Service.task  # type: ignore[misc]
     async def _between_batches(self) -> None:
@@ -182,6 +192,8 @@ class FaustRefresher(Service):  # type: ignore[misc]
         while not self.should_stop:
             try:
                 async with self._batch:
+                    if self.should_stop:  # on_stop may have closed the store meanwhile
+                        return
                     await runtime.plane.between_batches(loop, self._executor)
             except Exception as error:
                 log.exception("the control plane failed: stopping the faust worker")

@@ -10,10 +10,10 @@ import pytest
 
 from stream.cli.swap import read_rollout
 from tests.conftest import WorkerProcess, http_json, wait_until
-from tests.integration.test_swap import _backfilled, _serving, _swap, swap_registry, worker
+from tests.integration.test_swap import _backfilled, _serving, _swap, worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
-__all__ = ["swap_registry", "worker"]  # fixtures shared with the swap tests
+__all__ = ["worker"]  # a fixture shared with the swap tests
 
 
 def test_a_worker_killed_mid_backfill_resumes_and_promote_waits_for_it(worker: WorkerProcess, report) -> None:  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -81,7 +82,8 @@ def test_the_readme_examples_run_against_a_live_worker(
     worker: WorkerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     text = README.read_text()
-    section = text[text.index("## Python client") : text.index("## Command line")]
+    start = text.index("## Python client")
+    section = text[start : text.index("\n## ", start)]
     examples = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
     assert len(examples) == 2
     monkeypatch.setenv("EMBSTREAM_API_TOKEN", TOKEN)
@@ -118,9 +120,19 @@ def test_the_client_waits_out_a_starting_worker(
     worker = WorkerProcess(tmp_path / "data", trained_registry, broker.bootstrap, "client-starting")
     with worker.start(wait=False):
         wait_until(lambda: _answers(worker.api), timeout_s=60)
+        statuses: list[int] = []
         with Client(worker.api, retries=12, backoff_s=0.1) as client:
+            exchange = client._exchange
+
+            def seen(call: Any, timeout_s: float) -> Any:
+                answer = exchange(call, timeout_s)
+                statuses.append(answer[0])
+                return answer
+
+            client._exchange = seen  # type: ignore[method-assign]
             answer = client.recommend("reader", k=3)
         assert len(answer.items) == 3 and answer.user_vector == "native"
+        assert statuses[0] == 503 and statuses[-1] == 200 and set(statuses) == {503, 200}, statuses
         assert worker.metric('embstream_recommendations_total{outcome="index_building"}') >= 1
         assert worker.stop() == 0
 

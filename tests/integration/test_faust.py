@@ -52,6 +52,8 @@ def test_the_readme_app_refreshes_serves_and_dead_letters(
         health = http_json("GET", f"{app.api}/healthz")[1]
         assert health["assigned_partitions"] == [0, 1, 2, 3]
         assert app.stop() == 0, app.log()
+    log = app.log()  # faust's consumer joined only once the encoder was loaded
+    assert log.index("embstream: serving version 1") < log.index("Setting newly assigned partitions")
     expected = expected_counts(good)
     assert stored_counts(tmp_path / "data", sorted(expected)) == dict(expected)
 

@@ -310,3 +310,87 @@ def test_base_urls() -> None:
         Client("ftp://host")
     with pytest.raises(ValueError):
         Client("http://host", retries=-1)
+
+
+def test_a_backup_is_sent_once_even_when_its_connection_fails() -> None:
+    """A call that may change something is never sent twice: not on a kept-alive connection
+    the server may have closed, not after the server dropped it mid-answer."""
+    seen: list[str] = []
+
+    async def versions(request: web.Request) -> web.Response:
+        seen.append("versions")
+        return web.json_response({"serving_version": 1})
+
+    async def backup(request: web.Request) -> web.Response:
+        seen.append("backup")
+        assert request.transport is not None
+        request.transport.close()  # the worker went away mid-answer
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/v1/versions", versions)
+    app.router.add_post("/v1/admin/backup", backup)
+    with serving(app) as url, Client(url, retries=3, backoff_s=0.01) as client:
+        client.versions()
+        assert client._connection is not None  # kept alive
+        with pytest.raises(ConnectionFailedError):
+            client.backup("copy")
+    assert seen == ["versions", "backup"]
+
+
+def test_a_split_recommendation_batch_is_of_the_first_answers_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bodies: list[dict[str, Any]] = []
+
+    async def batch(request: web.Request) -> web.Response:
+        body = await request.json()
+        bodies.append(body)
+        version = body["version"] or 3  # the serving version, unless pinned
+        results = [
+            None
+            if user.startswith("none")
+            else {
+                "user_id": user,
+                "version": version,
+                "user_vector": "native",
+                "items": [],
+                "excluded_seen": 0,
+            }
+            for user in body["user_ids"]
+        ]
+        return web.json_response({"version": version, "results": results})
+
+    app = web.Application()
+    app.router.add_post("/v1/recommendations/batch", batch)
+    monkeypatch.setattr(client_calls, "BATCH_USERS", 2)
+    users = ["a", "b", "none-c", "d", "e"]
+    with serving(app) as url, Client(url) as client:
+        answer = client.recommend_many(users, k=4)
+    assert [body["user_ids"] for body in bodies] == [["a", "b"], ["none-c", "d"], ["e"]]
+    assert [body["version"] for body in bodies] == [None, 3, 3] and all(body["k"] == 4 for body in bodies)
+    assert answer.version == 3 and [r and r.user_id for r in answer.results] == ["a", "b", None, "d", "e"]
+
+
+def test_ids_beyond_the_body_limit_are_split_by_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = ["é" * 200 + str(n) for n in range(60)]  # about 400 bytes of JSON each
+    monkeypatch.setattr(client_calls, "BODY_BUDGET", 5_000)
+    chunks = list(client_calls._chunks(ids, 1_000))
+    assert [entity_id for chunk in chunks for entity_id in chunk] == ids
+    assert all(len(orjson.dumps(list(chunk))) <= 5_000 for chunk in chunks) and len(chunks) > 1
+    assert list(client_calls._chunks([], 10)) == [[]]
+
+
+def test_the_client_splits_at_the_apis_limits() -> None:
+    from store.recommend import MAX_RECOMMENDATION_USERS
+    from stream.api.app import MAX_BATCH_IDS, MAX_BODY_BYTES
+
+    assert client_calls.BATCH_IDS == MAX_BATCH_IDS
+    assert client_calls.BATCH_USERS == MAX_RECOMMENDATION_USERS
+    assert client_calls.BODY_BUDGET < MAX_BODY_BYTES
+
+
+def test_ipv6_addresses_keep_their_brackets() -> None:
+    assert Client("http://[::1]:8080").base_url == "http://[::1]:8080"
+    assert AsyncClient("http://[::1]:9000/p").origin == "http://[::1]:9000"
+    assert Client("http://[::1]:8080").host == "::1"  # what the socket connects to
