@@ -77,21 +77,20 @@ def readiness(context: ApiContext) -> tuple[bool, str]:
     controller = context.controller
     if controller is None or controller.serving_encoder is None:
         return False, "starting: loading the serving encoder"
-    if context.readiness is not None:
-        ready, reason = context.readiness()
-        if not ready:
-            return ready, reason
+    ready, reason = (True, "serving") if context.readiness is None else context.readiness()
+    if not ready:
+        return ready, reason
     if context.item_indexes is None:
         if context.indexes_pending:
             return False, "starting: setting up the item indexes"
-        return True, "serving"
+        return True, reason
     if not context.indexes_were_ready:
         serving = context.store.serving_version
         status = context.item_indexes.status().get(serving) if serving is not None else None
         if serving is None or status is None or status.building:
             return False, f"starting: building the item index of version {serving or '(none yet)'}"
         context.indexes_were_ready = True
-    return True, "serving"
+    return True, reason
 
 
 @ROUTES.get("/readyz")

@@ -79,7 +79,7 @@ async def flush_pending_outbox(store: VersionedVectorStore, producer: AIOKafkaPr
 def group_readiness(joined: bool) -> tuple[bool, str]:
     """A group consumer's part of ``/readyz``: it applies events once the group assigned it
     partitions (possibly none)."""
-    return (True, "consuming") if joined else (False, "starting: joining the consumer group")
+    return (True, "serving") if joined else (False, "starting: joining the consumer group")
 
 
 async def apply_records(

@@ -63,7 +63,7 @@ def test_readyz_follows_the_worker_and_needs_no_token(store: VersionedVectorStor
     context.controller = _Loaded()  # type: ignore[assignment]
     assert _get(context, "/readyz") == (503, {"ready": False, "reason": "replaying"})
     state["ready"] = True
-    assert _get(context, "/readyz") == (200, {"ready": True, "reason": "serving"})
+    assert _get(context, "/readyz") == (200, {"ready": True, "reason": "ready"})  # the consumer's own
     context.indexes_pending = True  # indexes on, not set up yet: not ready, and no 404 meanwhile
     assert _get(context, "/readyz") == (
         503,
