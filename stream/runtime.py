@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -170,15 +170,20 @@ async def _keep_indexes_tracking(
                     continue
                 tracked = wanted
 
-    task = asyncio.ensure_future(follow())
+    stack.push_async_callback(asyncio.to_thread, indexes.stop)  # after the task below stopped
+    _in_background(follow(), stack)
 
-    async def stop_indexes() -> None:
+
+def _in_background(work: Coroutine[Any, Any, None], stack: AsyncExitStack) -> None:
+    """Run ``work`` as a task until ``stack`` closes (then cancelled and awaited)."""
+    task = asyncio.ensure_future(work)
+
+    async def stop() -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await asyncio.to_thread(indexes.stop)
 
-    stack.push_async_callback(stop_indexes)
+    stack.push_async_callback(stop)
 
 
 async def _keep_popular_fresh(popular: PopularItems, stack: AsyncExitStack, every_s: float = 30.0) -> None:
@@ -193,14 +198,7 @@ async def _keep_popular_fresh(popular: PopularItems, stack: AsyncExitStack, ever
                 log.error("popular items not ranked: %s", error)
             await asyncio.sleep(every_s)
 
-    task = asyncio.ensure_future(refresh())
-
-    async def stop_refreshing() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    stack.push_async_callback(stop_refreshing)
+    _in_background(refresh(), stack)
 
 
 async def _sample_status(metrics: Metrics, stack: AsyncExitStack, every_s: float = 2.0) -> None:
@@ -211,14 +209,7 @@ async def _sample_status(metrics: Metrics, stack: AsyncExitStack, every_s: float
             await asyncio.sleep(every_s)
             metrics.sample()
 
-    task = asyncio.ensure_future(sample())
-
-    async def stop_sampling() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    stack.push_async_callback(stop_sampling)
+    _in_background(sample(), stack)
 
 
 def worker_identity(store: VersionedVectorStore) -> str:

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from models.bootstrap import ensure_default_encoder
 from models.registry import EncoderRegistry
@@ -52,6 +56,34 @@ def swap_registry(trained_registry: Path, tmp_path_factory: pytest.TempPathFacto
     assert report["swappable"], report["consumer_change_pct"]
     train_version(registry, events, VersionRequest(method="none", epochs=1, seed=2))
     return root
+
+
+@contextmanager
+def serve_app(app: web.Application, **runner_options: Any) -> Iterator[str]:
+    """``app`` on a loopback port, in a thread with its own event loop (so blocking clients
+    can call it from the test's thread); yields its URL."""
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, **runner_options)
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def http_json(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:

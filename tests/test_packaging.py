@@ -286,3 +286,13 @@ def test_every_help_text_is_plain_text() -> None:
     assert len(texts) > 10
     for text in texts:
         assert not re.search(r"``|:(class|func|mod|meth):|`\w", text), text
+
+
+def test_every_lazily_loaded_name_of_stream_resolves() -> None:
+    """``stream`` loads its names on first use: each must be found where it is said to live."""
+    import stream
+
+    for name in stream.__all__:
+        assert getattr(stream, name) is not None, name
+    with pytest.raises(AttributeError):
+        stream.NoSuchName  # noqa: B018

@@ -4,10 +4,8 @@ conforms to the document (status, content type, body schema)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import threading
 import urllib.request
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -16,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 import schemathesis
-from aiohttp import web
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import allow_header_conformance
 
@@ -25,9 +22,8 @@ from store.options import StoreOptions
 from store.vector_store import VersionedVectorStore
 from stream.api.app import MAX_BATCH_IDS, MAX_BODY_BYTES, ApiContext, create_app
 from stream.api.openapi import openapi_document
-from stream.kafka.broker import free_port
 from stream.metrics import Metrics
-from tests.conftest import wait_until
+from tests.conftest import serve_app, wait_until
 from tests.stream.test_api_batch_binary import OneAlignerRegistry
 
 #: CI replays the same examples every run (a gate must not flip on a new draw); a
@@ -68,26 +64,8 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     context.item_indexes = indexes
     context.controller = _LoadedController()  # type: ignore[assignment]
     wait_until(lambda: not indexes.status()[2].building, timeout_s=10)  # /readyz: 200
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(create_app(context), access_log=None)
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    yield f"http://127.0.0.1:{port}"
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+    with serve_app(create_app(context), access_log=None) as url:
+        yield url
     indexes.stop()
     store.close()
 

@@ -5,10 +5,8 @@ stand-in servers."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +15,6 @@ import orjson
 import pytest
 from aiohttp import web
 
-from models.aligners import BackwardAligner
-from models.errors import IncompatibleVersionsError
 from store.vector_store import VersionedVectorStore
 from stream.api.app import ApiContext, create_app
 from stream.client import (
@@ -37,50 +33,11 @@ from stream.client import (
 from stream.client import calls as client_calls
 from stream.kafka.broker import free_port
 from stream.metrics import Metrics
-from tests.conftest import http_json
+from tests.conftest import http_json, serve_app
+from tests.stream.test_api_batch_binary import OneAlignerRegistry
 
 DIM = 8
 TOKEN = "client-test-token"
-ALIGNER = BackwardAligner.from_matrix(np.random.default_rng(1).standard_normal((DIM, DIM)).astype(np.float32))
-
-
-class OneAlignerRegistry:
-    """Carries version 2 back to 1; every other pair is unreachable."""
-
-    def carry(self, source: int, target: int) -> Callable[[np.ndarray], np.ndarray]:
-        if (source, target) == (2, 1):
-            return ALIGNER.apply
-        raise IncompatibleVersionsError(f"no aligner from {source} to {target}")
-
-    def versions(self) -> list[int]:
-        return [1, 2]
-
-
-@contextmanager
-def serving(app: web.Application) -> Iterator[str]:
-    """``app`` on a loopback port, in a thread with its own event loop; yields its URL."""
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, keepalive_timeout=1.0)
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 @pytest.fixture
@@ -104,7 +61,7 @@ def store(tmp_path: Path) -> Iterator[VersionedVectorStore]:
 def api(store: VersionedVectorStore) -> Iterator[str]:
     registry: Any = OneAlignerRegistry()
     context = ApiContext(store=store, metrics=Metrics(), registry=registry, health=dict, token=TOKEN)
-    with serving(create_app(context)) as url:
+    with serve_app(create_app(context), keepalive_timeout=1.0) as url:
         yield url
 
 
@@ -245,7 +202,7 @@ def _flaky_app(
 
 def test_a_503_is_retried_with_growing_waits_then_answered() -> None:
     app, seen = _flaky_app(failures=3)
-    with serving(app) as url, Client(url, retries=4, backoff_s=0.05) as client:
+    with serve_app(app) as url, Client(url, retries=4, backoff_s=0.05) as client:
         answer = client.recommend("u1", k=1)
     assert [item.id for item in answer.items] == ["i1"] and answer.version == 3
     waits = np.diff(seen)
@@ -255,7 +212,7 @@ def test_a_503_is_retried_with_growing_waits_then_answered() -> None:
 def test_retries_are_bounded_and_then_the_503_is_raised() -> None:
     app, seen = _flaky_app(failures=10)
     with (
-        serving(app) as url,
+        serve_app(app) as url,
         Client(url, retries=2, backoff_s=0.01) as client,
         pytest.raises(IndexBuildingError),
     ):
@@ -267,14 +224,14 @@ def test_retries_are_bounded_and_then_the_503_is_raised() -> None:
         async with AsyncClient(url, retries=1, backoff_s=0.01) as client:
             await client.recommend("u1")
 
-    with serving(app) as url, pytest.raises(UnavailableError) as raised:
+    with serve_app(app) as url, pytest.raises(UnavailableError) as raised:
         asyncio.run(once())
     assert raised.value.code == "no_serving_version" and len(seen) == 2
 
 
 def test_other_errors_are_not_retried() -> None:
     app, seen = _flaky_app(failures=10, status=500, code="boom")
-    with serving(app) as url, Client(url, retries=3, backoff_s=0.01) as client, pytest.raises(ServerError):
+    with serve_app(app) as url, Client(url, retries=3, backoff_s=0.01) as client, pytest.raises(ServerError):
         client.recommend("u1")
     assert len(seen) == 1
 
@@ -330,7 +287,7 @@ def test_a_backup_is_sent_once_even_when_its_connection_fails() -> None:
     app = web.Application()
     app.router.add_get("/v1/versions", versions)
     app.router.add_post("/v1/admin/backup", backup)
-    with serving(app) as url, Client(url, retries=3, backoff_s=0.01) as client:
+    with serve_app(app) as url, Client(url, retries=3, backoff_s=0.01) as client:
         client.versions()
         assert client._connection is not None  # kept alive
         with pytest.raises(ConnectionFailedError):
@@ -365,7 +322,7 @@ def test_a_split_recommendation_batch_is_of_the_first_answers_version(
     app.router.add_post("/v1/recommendations/batch", batch)
     monkeypatch.setattr(client_calls, "BATCH_USERS", 2)
     users = ["a", "b", "none-c", "d", "e"]
-    with serving(app) as url, Client(url) as client:
+    with serve_app(app) as url, Client(url) as client:
         answer = client.recommend_many(users, k=4)
     assert [body["user_ids"] for body in bodies] == [["a", "b"], ["none-c", "d"], ["e"]]
     assert [body["version"] for body in bodies] == [None, 3, 3] and all(body["k"] == 4 for body in bodies)
