@@ -20,6 +20,7 @@ from store.vector_store import VersionedVectorStore
 from stream.client import Client, UnauthorizedError
 from stream.kafka.broker import EmbeddedBroker
 from tests.conftest import WorkerProcess, http_json, produce, wait_until
+from tests.faults.streams import send_sentinels
 
 pytestmark = pytest.mark.integration
 TOPIC = "client-interactions"
@@ -41,8 +42,9 @@ def worker(
     )
     running.start()
     produce(broker.bootstrap, TOPIC, [_event(f"u{n % 20}", f"i{(n * 7) % 50}") for n in range(400)])
-    last = f"{running.api}/v1/embeddings/item/i{(399 * 7) % 50}"
-    wait_until(lambda: http_json("GET", last, token=TOKEN)[0] == 200, timeout_s=30)
+    for sentinel in send_sentinels(broker.bootstrap, TOPIC, 1):  # every partition applied
+        url = f"{running.api}/v1/embeddings/user/{sentinel}"
+        wait_until(lambda url=url: http_json("GET", url, token=TOKEN)[0] == 200, timeout_s=30)
     yield running
     if running.process is not None:
         assert running.stop() == 0, running.log()
