@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from aiohttp import web
@@ -164,15 +164,36 @@ class WorkerProcess:
     #: How to start the command line: the package's, or a test's wrapper script around it.
     entry: list[str] = field(default_factory=lambda: ["-m", "stream.cli"])
 
+    #: How long :meth:`start` waits for :meth:`_ready`.
+    START_TIMEOUT_S: ClassVar[float] = 60.0
+
     @property
     def api(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
     def start(self, wait: bool = True) -> WorkerProcess:
-        """Start the worker; with ``wait``, return once it owns partitions."""
+        """Start the worker; with ``wait``, return once it is ready (:meth:`_ready`)."""
         self.api_port = free_port()
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-worker-{self.api_port}.log"
-        command = [
+        env = {
+            **os.environ,
+            "EMBSTREAM_GROUP_ID": f"group-{self.topic}",
+            "EMBSTREAM_UPDATES_TOPIC": f"{self.topic}.updates",
+            "EMBSTREAM_CONTROL_TOPIC": f"{self.topic}.control",
+            **self._extra_env(),
+            **self.env,
+        }
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self._command(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self._cwd()
+            )
+        if wait:
+            wait_until(self._ready, timeout_s=self.START_TIMEOUT_S)
+        return self
+
+    def _command(self) -> list[str]:
+        """``embstream run`` against the session broker, on this worker's port and topic."""
+        return [
             sys.executable,
             *self.entry,
             "run",
@@ -188,18 +209,12 @@ class WorkerProcess:
             self.topic,
             *self.extra_args,
         ]
-        env = {
-            **os.environ,
-            "EMBSTREAM_GROUP_ID": f"group-{self.topic}",
-            "EMBSTREAM_UPDATES_TOPIC": f"{self.topic}.updates",
-            "EMBSTREAM_CONTROL_TOPIC": f"{self.topic}.control",
-            **self.env,
-        }
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        if wait:
-            wait_until(self._ready, timeout_s=60)
-        return self
+
+    def _extra_env(self) -> dict[str, str]:
+        return {}
+
+    def _cwd(self) -> Path | None:
+        return None
 
     def _ready(self) -> bool:
         assert self.process is not None

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from stream.kafka.broker import free_port
-from tests.conftest import WorkerProcess, http_json, wait_until
+from tests.conftest import WorkerProcess, http_json
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -28,9 +27,10 @@ class FaustWorker(WorkerProcess):
     """The README's app under ``faust -A ... worker``, on the session broker."""
 
     app_id: str = "recs"
+    START_TIMEOUT_S: ClassVar[float] = 90.0  # a first start may train version 1
 
-    def start(self, wait: bool = True) -> FaustWorker:
-        root = self.data_dir.parent
+    def _command(self) -> list[str]:
+        """``faust -A <app> worker`` of the README's app, written beside the data directory."""
         source = (
             readme_app()
             .replace('"recs"', repr(self.app_id))
@@ -40,39 +40,18 @@ class FaustWorker(WorkerProcess):
             .replace('registry="embstream-registry"', f"registry={str(self.registry)!r}")
         )
         assert source.count(self.topic) == 1 and source.count(str(self.data_dir)) == 1
-        (root / f"{self.app_id}_app.py").write_text(source)
-        self.api_port = free_port()
-        self.log_path = root / f"{self.app_id}-faust-{self.api_port}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "faust",
-            "-A",
-            f"{self.app_id}_app",
-            "worker",
-            "-l",
-            "info",
-            "--web-port",
-            str(self.api_port),
-            "--web-bind",
-            "127.0.0.1",
-            "--web-host",
-            "127.0.0.1",
-        ]
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-            "EMBSTREAM_UPDATES_TOPIC": f"{self.topic}.updates",
-            "EMBSTREAM_CONTROL_TOPIC": f"{self.topic}.control",
-            **self.env,
-        }
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
-        if wait:
-            wait_until(self._ready, timeout_s=90)
-        return self
+        (self._cwd() / f"{self.app_id}_app.py").write_text(source)
+        web = ["--web-port", str(self.api_port), "--web-bind", "127.0.0.1", "--web-host", "127.0.0.1"]
+        return [sys.executable, "-m", "faust", "-A", f"{self.app_id}_app", "worker", "-l", "info", *web]
+
+    def _extra_env(self) -> dict[str, str]:
+        return {"PYTHONPATH": os.pathsep.join([str(self._cwd()), os.environ.get("PYTHONPATH", "")])}
+
+    def _cwd(self) -> Path:
+        return self.data_dir.parent
 
     def _ready(self) -> bool:
+        """Ready once ``/readyz`` says so (faust's web starts after the encoder loaded)."""
         assert self.process is not None
         if self.process.poll() is not None:
             raise AssertionError(f"faust worker exited early:\n{self.log()}")
